@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from checkpoints import SHAPE_0_6B, TINY_SHAPES, make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def build_checkpoint(tmp_path_factory):
+    """checkpoint(name, shape, **options) -> (folder, transformers model); built once per session per name."""
+    built = {}
+
+    def build(name: str, shape: tuple[int, ...] = TINY_SHAPES["gqa2"], **options):
+        if name not in built:
+            folder = tmp_path_factory.mktemp(name)
+            built[name] = folder, make_checkpoint(folder, shape, **options)
+        return built[name]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny(build_checkpoint):
+    """The default tiny checkpoint (GQA 2): (folder, transformers model)."""
+    return build_checkpoint("gqa2", TINY_SHAPES["gqa2"])
+
+
+@pytest.fixture(scope="session")
+def embedder(tiny):
+    from qwen3_embed import Embedder
+
+    return Embedder.from_pretrained(tiny[0], device="cpu")
+
+
+@pytest.fixture(params=[*TINY_SHAPES, "0.6B-layers"])
+def any_shape(request, build_checkpoint):
+    """Every tiny shape and the real 0.6B layer shapes: (folder, transformers model)."""
+    if request.param == "0.6B-layers":
+        return build_checkpoint("0.6B-layers", SHAPE_0_6B)
+    return build_checkpoint(request.param, TINY_SHAPES[request.param])
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,168 @@
+"""Embedder against sentence-transformers, batch invariance, order, and every bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from checkpoints import SHAPE_0_6B, SHARED_TOKENIZER, TINY_SHAPES, texts_of_lengths
+from safetensors.torch import load_file, save_file
+
+from qwen3_embed import Embedder
+
+TASK = "Given a web search query, retrieve relevant passages that answer the query"
+QUERIES = ["What is the capital of China?", "Explain gravity", "中文 query 🙂"]
+DOCUMENTS = [
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other. It gives weight to physical objects.",
+    "",
+]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+def sentence_transformer(folder, **kwargs):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("shape", ["gqa4", "0.6B-layers"])
+def test_matches_sentence_transformers(build_checkpoint, shape):
+    folder, _ = build_checkpoint(shape, SHAPE_0_6B if shape == "0.6B-layers" else TINY_SHAPES[shape])
+    ours = Embedder.from_pretrained(folder, device="cpu")
+    st = sentence_transformer(folder)
+    documents = DOCUMENTS + texts_of_lengths(6, seed=3)
+    q_ref = st.encode(QUERIES, prompt_name="query", convert_to_tensor=True)
+    d_ref = st.encode(documents, convert_to_tensor=True)
+    assert cosine(ours.encode(QUERIES, prompt_name="query"), q_ref).min() >= 0.99999
+    assert cosine(ours.encode(QUERIES, instruction=TASK), q_ref).min() >= 0.99999
+    assert cosine(ours.encode(documents), d_ref).min() >= 0.99999
+
+
+def test_matryoshka_dim_matches_sentence_transformers_truncate_dim(tiny, embedder):
+    st = sentence_transformer(tiny[0], truncate_dim=24)
+    texts = QUERIES + DOCUMENTS
+    ours = embedder.encode(texts, dim=24)
+    assert ours.shape == (len(texts), 24)
+    torch.testing.assert_close(ours.norm(dim=-1), torch.ones(len(texts)))  # re-normalized after the slice
+    assert cosine(ours, st.encode(texts, convert_to_tensor=True)).min() >= 0.99999
+
+
+@pytest.mark.skipif(not (SHARED_TOKENIZER / "tokenizer.json").exists(), reason=f"no real Qwen3 tokenizer at {SHARED_TOKENIZER}")
+def test_real_vocabulary_matches_sentence_transformers(build_checkpoint):
+    folder, _ = build_checkpoint("real-vocab", (151669, 32, 2, 4, 2, 8, 64), tokenizer=SHARED_TOKENIZER)
+    texts = ["test", "test again", "中文、日本語 🙂", "<|im_start|>user<|im_end|>", "Explain gravity"]
+    ours = Embedder.from_pretrained(folder, device="cpu").encode(texts, prompt_name="query")
+    ref = sentence_transformer(folder).encode(texts, prompt_name="query", convert_to_tensor=True)
+    assert cosine(ours, ref).min() >= 0.99999
+
+
+def test_batch_invariance(embedder):
+    texts = texts_of_lengths(40, seed=5, max_words=200)
+    together = embedder.encode(texts, batch_tokens=100_000)
+    in_small_batches = embedder.encode(texts, batch_tokens=300)
+    for i in [0, 7, 13, 39]:
+        alone = embedder.encode(texts[i])
+        assert (alone - together[i]).abs().max() <= 1e-5
+    assert (in_small_batches - together).abs().max() <= 1e-5
+
+
+def test_order_is_the_callers(embedder):
+    texts = texts_of_lengths(12, seed=6)
+    forward = embedder.encode(texts, batch_tokens=200)
+    backward = embedder.encode(texts[::-1], batch_tokens=200)
+    torch.testing.assert_close(backward, forward.flip(0), rtol=0, atol=1e-6)
+    assert not torch.allclose(forward[0], forward[1])
+
+
+def test_output_types_and_shapes(embedder):
+    hidden = embedder.config.hidden_size
+    single = embedder.encode("hello")
+    assert single.shape == (hidden,) and single.dtype == torch.float32 and single.device.type == "cpu"
+    assert embedder.encode(("a", "b")).shape == (2, hidden)
+    assert embedder.encode([]).shape == (0, hidden)
+    assert embedder.encode([], dim=8).shape == (0, 8)
+
+
+def test_normalize_false_gives_the_pooled_hidden_state(embedder):
+    raw = embedder.encode(["hello world"], normalize=False)
+    assert abs(raw.norm().item() - 1) > 1e-3
+    torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), embedder.encode(["hello world"]))
+
+
+def test_similarity(embedder):
+    q, d = embedder.encode(QUERIES), embedder.encode(DOCUMENTS)
+    scores = embedder.similarity(q, d)
+    assert scores.shape == (3, 3)
+    torch.testing.assert_close(scores, q @ d.T)
+    torch.testing.assert_close(embedder.similarity(q[0], d), scores[:1])
+    torch.testing.assert_close(embedder.similarity(2 * q, d), scores)  # cosine, whatever the norms
+    with pytest.raises(ValueError, match="cannot compare vectors of 96 and 8 dimensions"):
+        embedder.similarity(q, d[:, :8])
+
+
+def test_non_string_item_is_named(embedder):
+    with pytest.raises(TypeError, match=r"texts\[2\] is a int, not a str"):
+        embedder.encode(["a", "b", 3])
+    with pytest.raises(TypeError, match=r"texts\[0\] is a NoneType"):
+        embedder.encode([None])
+
+
+@pytest.mark.parametrize("dim", [0, -1, 97])
+def test_dim_out_of_range(embedder, dim):
+    with pytest.raises(ValueError, match=f"dim={dim} is outside 1..96, the model's hidden size"):
+        embedder.encode(["a"], dim=dim)
+
+
+def test_prompt_errors(embedder):
+    with pytest.raises(ValueError, match="either instruction or prompt_name"):
+        embedder.encode(["a"], instruction="x", prompt_name="query")
+    with pytest.raises(ValueError, match=r"prompt_name='passage' is not among the checkpoint's prompts \['document', 'query'\]"):
+        embedder.encode(["a"], prompt_name="passage")
+
+
+def test_max_length_limits(embedder):
+    with pytest.raises(ValueError, match="max_length=40000 is outside 2..32768"):
+        embedder.encode(["a"], max_length=40000)
+    long_text = "gravity " * 50
+    with pytest.warns(UserWarning, match="1 of 2 text"):
+        cut = embedder.encode(["short", long_text], max_length=16)
+    with pytest.raises(ValueError, match="longer than max_length=16"):
+        embedder.encode(["short", long_text], max_length=16, truncate=False)
+    with pytest.warns(UserWarning):
+        ids = embedder.tokenizer.encode([long_text], max_length=16)[0]
+    assert len(ids) == 16
+    same = embedder.encode(embedder.tokenizer._tokenizer.decode(ids[:-1]))
+    torch.testing.assert_close(cut[1], same, rtol=0, atol=1e-5)  # the kept prefix, embedded with its EOS
+
+
+def test_default_max_length_is_8192_within_the_model_limit(build_checkpoint):
+    folder, _ = build_checkpoint("short-context", TINY_SHAPES["gqa1"], max_position_embeddings=64)
+    small = Embedder.from_pretrained(folder)
+    with pytest.warns(UserWarning, match="max_length=64"):
+        small.encode(["gravity " * 100])
+
+
+def test_batch_tokens_must_be_positive(embedder):
+    with pytest.raises(ValueError, match="batch_tokens=0"):
+        embedder.encode(["a"], batch_tokens=0)
+
+
+def test_fp16_overflow_names_the_texts(tiny, tmp_path):
+    folder = tmp_path / "overflow"
+    shutil.copytree(tiny[0], folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["layers.1.mlp.down_proj.weight"] *= 1e6
+    save_file(weights, folder / "model.safetensors")
+    texts = ["a", "the capital", "b"]
+    assert torch.isfinite(Embedder.from_pretrained(folder, dtype="float32").encode(texts)).all()
+    with pytest.raises(FloatingPointError, match=r"non-finite .* torch.float16 .*indices \[0, 1, 2\].*bfloat16"):
+        Embedder.from_pretrained(folder, dtype="float16").encode(texts)
+
+
+def test_defaults_on_cpu(embedder):
+    assert embedder.device.type == "cpu" and embedder.dtype == torch.float32

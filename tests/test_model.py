@@ -1,0 +1,43 @@
+"""The packed, padding-free model against transformers' Qwen3Model run on each sequence alone."""
+
+from __future__ import annotations
+
+import torch
+from checkpoints import texts_of_lengths
+
+from qwen3_embed import Embedder
+from qwen3_embed.tokenize import pack
+
+
+def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours - ref).abs().max() / ref.abs().max()).item()
+
+
+def test_hidden_states_match_transformers(any_shape):
+    folder, hf = any_shape
+    embedder = Embedder.from_pretrained(folder, device="cpu", dtype="float32")
+    ids = embedder.tokenizer.encode(texts_of_lengths(5, seed=1) + ["", "x"], max_length=8192)
+    batch = pack(ids, list(range(len(ids))))
+    last, states = embedder.model(
+        batch.input_ids, batch.cu_seqlens, batch.position_ids, batch.max_seqlen, output_hidden_states=True
+    )
+    assert last.shape == (len(ids), hf.config.hidden_size)
+    assert len(states) == hf.config.num_hidden_layers + 1
+    bounds = batch.cu_seqlens.tolist()
+    with torch.no_grad():
+        for i, seq in enumerate(ids):
+            ref = hf(torch.tensor([seq]), output_hidden_states=True)
+            assert relative_error(last[i], ref.last_hidden_state[0, -1]) < 1e-5
+            for layer, (ours, theirs) in enumerate(zip(states, ref.hidden_states)):
+                err = relative_error(ours[bounds[i] : bounds[i + 1]], theirs[0])
+                assert err < 1e-5, f"sequence {i}, hidden state {layer}: relative error {err:.2e}"
+
+
+def test_forward_without_hidden_states_returns_the_pooled_rows(tiny):
+    embedder = Embedder.from_pretrained(tiny[0], device="cpu")
+    ids = embedder.tokenizer.encode(["a b c", "d"], max_length=64)
+    batch = pack(ids, [0, 1])
+    args = batch.input_ids, batch.cu_seqlens, batch.position_ids, batch.max_seqlen
+    last = embedder.model(*args)
+    _, states = embedder.model(*args, output_hidden_states=True)
+    torch.testing.assert_close(last, states[-1][batch.cu_seqlens[1:].long() - 1], rtol=0, atol=0)
