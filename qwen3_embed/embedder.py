@@ -17,7 +17,9 @@ from .model import Qwen3Model
 from .tokenize import Tokenizer, batches
 
 DEFAULT_MAX_LENGTH = 8192  # what the official evaluation uses
-DEFAULT_BATCH_TOKENS = 8192
+# Tokens per forward pass. On CPU, 2048 keeps the activations in cache and measured fastest (benchmarks/);
+# on CUDA, larger batches keep the GPU busy.
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 
 
 def format_instruction(instruction: str, text: str) -> str:
@@ -96,7 +98,7 @@ class Embedder:
         dim: keep the first `dim` values (Matryoshka), normalized afterwards; default: the hidden size.
         max_length: tokens per text, EOS included (default 8192, at most the model's maximum); longer texts are
         cut with a warning, or are an error when `truncate` is False.
-        batch_tokens: tokens per forward pass (default 8192).
+        batch_tokens: tokens per forward pass (default 2048 on CPU, 16384 on CUDA); a longer text runs alone.
         """
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
@@ -108,7 +110,8 @@ class Embedder:
         if not 1 <= dim <= hidden:
             raise ValueError(f"dim={dim} is outside 1..{hidden}, the model's hidden size")
         max_length = self._check_max_length(max_length)
-        batch_tokens = DEFAULT_BATCH_TOKENS if batch_tokens is None else batch_tokens
+        if batch_tokens is None:
+            batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens={batch_tokens} must be at least 1")
         texts = self._apply_prompt(texts, instruction, prompt_name)

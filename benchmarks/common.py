@@ -1,0 +1,126 @@
+"""Shared pieces of the benchmark scripts: the machine, a random-weight checkpoint of a real shape, texts of
+given token lengths, FLOP counts and the matmul roofline."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from qwen3_embed import Qwen3Config
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED_TOKENIZER = Path(os.environ.get("QWEN3_TOKENIZER_DIR", ROOT.parent / "shared" / "qwen3-tokenizer"))
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+        import sentence_transformers
+
+        info["sentence_transformers"] = sentence_transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def write_checkpoint(folder: Path, config: Qwen3Config, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A random-weight checkpoint of `config`'s shape in bf16 (as the real repos), written by transformers with
+    the real tokenizer and the sentence-transformers files (tests/checkpoints.py). Reused when already there."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from checkpoints import make_checkpoint
+
+    marker = folder / "benchmark-config.json"
+    key = json.dumps({"config": asdict(config), "seed": seed, "tokenizer": str(tokenizer_dir)}, sort_keys=True)
+    if marker.exists() and marker.read_text() == key:
+        return folder
+    shape = (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+             config.num_key_value_heads, config.head_dim, config.intermediate_size)
+    make_checkpoint(folder, shape, seed=seed, dtype=torch.bfloat16, tokenizer=tokenizer_dir,
+                    max_position_embeddings=config.max_position_embeddings)
+    marker.write_text(key)
+    return folder
+
+
+def texts_of_token_lengths(tokenizer_dir: Path, lengths: list[int], seed: int = 0) -> list[str]:
+    """Texts of words drawn from the tokenizer's vocabulary, each `length` tokens long once the EOS is appended."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    words = sorted(w[1:] for w in tok.get_vocab() if w.startswith("Ġ") and w[1:].isascii() and w[1:].isalpha())
+    rng = random.Random(seed)
+    texts = []
+    for n in lengths:
+        ids = tok.encode(" ".join(rng.choices(words, k=n + 8)), add_special_tokens=False).ids
+        text = tok.decode(ids[: n - 1])
+        texts.append(text)
+    return texts
+
+
+def log_uniform_lengths(n: int, low: int, high: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [round(math.exp(rng.uniform(math.log(low), math.log(high)))) for _ in range(n)]
+
+
+def model_flops(config: Qwen3Config, lengths: list[int]) -> float:
+    """2 x non-embedding parameters per token, plus causal attention (QK^T and PV over the lower triangle)."""
+    h, d, layers = config.hidden_size, config.head_dim, config.num_hidden_layers
+    q, kv, inter = config.num_attention_heads * d, config.num_key_value_heads * d, config.intermediate_size
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * inter + 2 * h + 2 * d
+    params = layers * per_layer + h
+    attention = sum(layers * config.num_attention_heads * 2 * n * n * d for n in lengths)
+    return 2 * params * sum(lengths) + attention
+
+
+def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of a large square torch.mm: the machine's matmul roofline in this dtype."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def write_results(name: str, results: dict, table: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    print(f"\nwrote {RESULTS / name}.json and .md")
