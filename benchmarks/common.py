@@ -51,20 +51,25 @@ def machine() -> dict:
     return info
 
 
-def write_checkpoint(folder: Path, config: Qwen3Config, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A random-weight checkpoint of `config`'s shape in bf16 (as the real repos), written by transformers with
-    the real tokenizer and the sentence-transformers files (tests/checkpoints.py). Reused when already there."""
+def write_checkpoint(folder: Path, config: Qwen3Config, tokenizer_dir: Path, reranker: bool = False) -> Path:
+    """A random-weight checkpoint of `config`'s shape in bf16 (as the real repos), written by transformers with the
+    real tokenizer: an embedding model with the sentence-transformers files, or a reranker (Qwen3ForCausalLM, tied
+    as the 0.6B). Built by tests/checkpoints.py; reused when `folder` already holds it."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from checkpoints import make_checkpoint
+    from checkpoints import make_checkpoint, make_reranker_checkpoint
 
     marker = folder / "benchmark-config.json"
-    key = json.dumps({"config": asdict(config), "seed": seed, "tokenizer": str(tokenizer_dir)}, sort_keys=True)
+    key = json.dumps({"config": asdict(config), "reranker": reranker, "tokenizer": str(tokenizer_dir)}, sort_keys=True)
     if marker.exists() and marker.read_text() == key:
         return folder
     shape = (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-             config.num_key_value_heads, config.head_dim, config.intermediate_size)
-    make_checkpoint(folder, shape, seed=seed, dtype=torch.bfloat16, tokenizer=tokenizer_dir,
-                    max_position_embeddings=config.max_position_embeddings)
+             config.num_key_value_heads, config.head_dim, config.intermediate_size)  # fmt: skip
+    if reranker:
+        make_reranker_checkpoint(folder, shape, tied=config.tie_word_embeddings, dtype=torch.bfloat16,
+                                 tokenizer=tokenizer_dir)  # fmt: skip
+    else:
+        make_checkpoint(folder, shape, dtype=torch.bfloat16, tokenizer=tokenizer_dir,
+                        max_position_embeddings=config.max_position_embeddings)  # fmt: skip
     marker.write_text(key)
     return folder
 
@@ -112,6 +117,29 @@ def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 4096, repeat
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
+
+
+def bench_seconds(fn, device: str) -> float:
+    """Seconds per call of fn: the median of CUDA-event timings on a GPU, the best of a few calls elsewhere."""
+    if str(device).startswith("cuda"):
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+    fn()
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def copy_bandwidth(device: str, smoke: bool = False) -> float:
+    """GB/s of a large device-to-device copy_ (bytes read plus bytes written): the card's practical memory ceiling."""
+    n = 2**14 if smoke else 2**28  # 512 MiB of bf16
+    x = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
+    y = torch.empty_like(x)
+    return 2 * x.numel() * x.element_size() / bench_seconds(lambda: y.copy_(x), device) / 1e9
 
 
 def sync(device: str) -> None:

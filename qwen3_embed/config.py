@@ -23,6 +23,8 @@ class Qwen3Config:
     dtype: str | None = None  # the dtype the weights were saved in, when config.json says
 
     def __post_init__(self) -> None:
+        if self.num_hidden_layers < 1:
+            raise ValueError(f"num_hidden_layers={self.num_hidden_layers}; a model needs at least one layer")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "

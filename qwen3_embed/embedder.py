@@ -68,7 +68,7 @@ class Embedder:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> Embedder:
-        """Load a checkpoint from a local folder or the hub (default: CUDA in bf16 when available, else CPU in float32)."""
+        """Load a local folder or hub id (default: CUDA in bf16 when available, else CPU in float32)."""
         folder = checkpoint.resolve(name_or_path)
         device = torch.device(device) if device is not None else default_device()
         dtype = checkpoint.resolve_dtype(dtype) if dtype is not None else default_dtype(device)
@@ -121,7 +121,7 @@ class Embedder:
         with torch.inference_mode(), tqdm(total=len(texts), unit="text", disable=not show_progress) as progress:
             for batch in batches(ids, batch_tokens):
                 b = batch.to(self.device)
-                pooled = self.model(b.input_ids, b.cu_seqlens, b.position_ids, b.max_seqlen)
+                pooled = self.model(b.input_ids, b.cu_seqlens, b.position_ids)
                 vectors = pooled[:, :dim].float()
                 if normalize:
                     vectors = F.normalize(vectors, dim=-1)

@@ -1,6 +1,6 @@
 """The Qwen3 decoder as used by Qwen3-Embedding, over packed (padding-free) batches.
 
-A batch is T tokens of B sequences laid end to end: `input_ids [T]`, `cu_seqlens [B+1]` (sequence b is rows
+A batch is T tokens of B sequences laid end to end: `input_ids [T]`, `cu_seqlens [B+1]` int32 (sequence b is rows
 `cu_seqlens[b]:cu_seqlens[b+1]`) and `position_ids [T]`, which restart at 0 for every sequence. Every matmul
 runs on `[T, hidden]`; attention never crosses a sequence boundary. Module and parameter names are the
 checkpoint's, so `state_dict()` keys are the safetensors keys.
@@ -22,12 +22,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.rms_norm(x, self.weight, self.eps)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """norm(x); with a residual, (norm(x + residual), x + residual) in one pass."""
+        return ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate-half RoPE; cos and sin are computed in float32 for the batch's positions."""
+    """Rotate-half RoPE angles for the batch's positions, computed in float32 as transformers does."""
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
@@ -35,17 +38,11 @@ class RotaryEmbedding(nn.Module):
         self.theta = theta
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [T, head_dim / 2] in `dtype` (the two halves of a head share them)."""
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=position_ids.device).float()
         inv_freq = 1.0 / (self.theta ** (exponents / self.head_dim))  # [D/2]
-        freqs = position_ids.float()[:, None] * inv_freq[None, :]  # [T, D/2]
-        angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, D], broadcast over heads
+        angles = position_ids.float()[:, None] * inv_freq[None, :]  # [T, D/2]
         return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] -> x rotated by its position."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class Attention(nn.Module):
@@ -65,14 +62,16 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens: torch.Tensor, max_seqlen: int
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens: torch.Tensor
     ) -> torch.Tensor:
         t = x.shape[0]
-        q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))  # [T, Hq, D]
-        k = self.k_norm(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))  # [T, Hkv, D]
+        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)  # [T, Hq, D]
+        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        o = ops.varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.head_dim**-0.5)
+        # q_norm / k_norm on each head, then RoPE, in one pass
+        q = ops.rms_norm_rope(q, self.q_norm.weight, self.q_norm.eps, *rope)
+        k = ops.rms_norm_rope(k, self.k_norm.weight, self.k_norm.eps, *rope)
+        o = ops.varlen_attention(q, k, v, cu_seqlens, scale=self.head_dim**-0.5)
         return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
 
 
@@ -90,7 +89,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then h + mlp(norm(h))."""
+    """Pre-norm block: h = x + attention(norm(x)), then out = h + mlp(norm(h)).
+
+    The residual adds are fused into the norms: a layer takes the previous layer's MLP output and the residual
+    stream before it (None for the first layer, whose input is the embeddings) and returns the same pair for its
+    own output, which is their sum.
+    """
 
     def __init__(self, config: Qwen3Config):
         super().__init__()
@@ -100,10 +104,19 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens: torch.Tensor, max_seqlen: int
-    ) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), rope, cu_seqlens, max_seqlen)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cu_seqlens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(h, rope, cu_seqlens)
+        h, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(h), residual
 
 
 class Qwen3Model(nn.Module):
@@ -120,7 +133,6 @@ class Qwen3Model(nn.Module):
         input_ids: torch.Tensor,
         cu_seqlens: torch.Tensor,
         position_ids: torch.Tensor,
-        max_seqlen: int,
         output_hidden_states: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Final-normed hidden state of each sequence's last token, [B, hidden].
@@ -128,15 +140,18 @@ class Qwen3Model(nn.Module):
         With `output_hidden_states`, also every layer's hidden states as transformers reports them: the
         embeddings, the output of each layer, the last one final-normed; num_hidden_layers + 1 tensors [T, hidden].
         """
+        ops.check_cu_seqlens(cu_seqlens, input_ids.shape[0], input_ids.device)  # once per batch, not per layer
         x = self.embed_tokens(input_ids)  # [T, hidden]
         rope = self.rotary(position_ids, x.dtype)
         states = [x] if output_hidden_states else None
+        residual = None
         for layer in self.layers:
-            x = layer(x, rope, cu_seqlens, max_seqlen)
+            x, residual = layer(x, residual, rope, cu_seqlens)
             if states is not None:
-                states.append(x)
-        last = self.norm(x[cu_seqlens[1:] - 1])  # the final norm only on the rows that are pooled
+                states.append(x + residual)
+        last_rows = cu_seqlens[1:].long() - 1  # the final norm only on the rows that are pooled
+        last, _ = self.norm(x[last_rows], residual[last_rows])
         if states is None:
             return last
-        states[-1] = self.norm(x)
+        states[-1] = self.norm(x, residual)[0]
         return last, states

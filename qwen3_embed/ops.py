@@ -1,32 +1,136 @@
-"""The hot ops, one entry each. PyTorch references here; the Triton kernels in `qwen3_embed.kernels` plug in
-behind the same signatures."""
+"""The hot ops, one entry each, with their PyTorch references.
+
+Each op runs a Triton kernel from `qwen3_embed.kernels` on CUDA tensors when Triton is installed, and its PyTorch
+reference everywhere else. `QWEN3_EMBED_BACKEND=torch|triton` (or the `backend` argument, for tests and
+benchmarks) forces one; the Triton backend runs on CPU tensors only under Triton's interpreter (`TRITON_INTERPRET=1`).
+"""
 
 from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 
+BACKENDS = ("torch", "triton")
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim: statistics in float32, normalize, cast to x's dtype, then scale by weight."""
+
+@cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def backend_for(x: torch.Tensor, backend: str | None = None) -> str:
+    """The backend an op runs on x with: the argument, else $QWEN3_EMBED_BACKEND, else by device."""
+    choice = backend or os.environ.get("QWEN3_EMBED_BACKEND") or "auto"
+    if choice == "auto":
+        return "triton" if x.is_cuda and triton_available() else "torch"
+    if choice not in BACKENDS:
+        raise ValueError(f"backend {choice!r} is not one of auto, {', '.join(BACKENDS)}")
+    if choice == "triton":
+        if not triton_available():
+            raise RuntimeError("the Triton backend was asked for, but triton is not installed")
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("the Triton backend needs CUDA tensors, or TRITON_INTERPRET=1 to run on the CPU")
+    return choice
+
+
+def _kernels(name: str):
+    return importlib.import_module(f"qwen3_embed.kernels.{name}")
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm over the last dim: statistics in float32, normalize, cast to x's dtype, then scale by weight.
+
+    With `residual`, first forms `x + residual` and returns `(norm(x + residual), x + residual)`.
+    """
+    if backend_for(x, backend) == "triton":
+        return _kernels("rmsnorm").rms_norm(x, weight, eps, residual)
+    if residual is not None:
+        x = x + residual
+        return rms_norm_reference(x, weight, eps), x
+    return rms_norm_reference(x, weight, eps)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(x.dtype)
 
 
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, backend: str | None = None
+) -> torch.Tensor:
+    """RMSNorm of each head, then RoPE: x [T, H, D], weight [D], cos and sin [T, D/2] (in x's dtype) -> [T, H, D]."""
+    if backend_for(x, backend) == "triton":
+        return _kernels("rmsnorm").rms_norm_rope(x, weight, eps, cos, sin)
+    return apply_rotary(rms_norm_reference(x, weight, eps), cos, sin)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE, x [T, H, D] with cos, sin [T, D/2]: bit for bit transformers' `x*cos + rotate_half(x)*sin`."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
 def varlen_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Causal grouped-query attention within each packed sequence.
 
-    q [T, Hq, D], k and v [T, Hkv, D], cu_seqlens [B+1] (sequence b is rows cu_seqlens[b]:cu_seqlens[b+1])
-    -> [T, Hq, D]. Memory stays linear in the sequence length (SDPA's fused causal kernels).
+    q [T, Hq, D], k and v [T, Hkv, D], cu_seqlens [B+1] int32 (sequence b is rows cu_seqlens[b]:cu_seqlens[b+1])
+    -> [T, Hq, D]. Query head h reads key/value head h // (Hq / Hkv). cu_seqlens must be valid: check it once per
+    batch with `check_cu_seqlens` (the model does).
     """
+    if backend_for(q, backend) == "triton":
+        return _kernels("attention").varlen_attention(q, k, v, cu_seqlens, scale, check_offsets=False)
+    return varlen_attention_reference(q, k, v, cu_seqlens, scale)
+
+
+def varlen_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """SDPA's fused causal attention, one sequence at a time: memory stays linear in the sequence length."""
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
-        # [1, H, L, D] per sequence; SDPA maps q head h to kv head h // (Hq / Hkv)
-        qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, L, D]
         o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
         out[start:end] = o[0].transpose(0, 1)
     return out
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device: torch.device, values: bool = True) -> None:
+    """cu_seqlens must be int32 [B+1] on `device`; with `values` (a device sync), start at 0, never decrease and
+    end at `total`."""
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens must be a 1-D tensor of B+1 offsets")
+    if cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"cu_seqlens has dtype {cu_seqlens.dtype}; it must be torch.int32")
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, the tokens on {device}; move it there")
+    if not values:
+        return
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0 or offsets[-1] != total:
+        raise ValueError(
+            f"cu_seqlens runs from {offsets[0]} to {offsets[-1]}; it must run from 0 to {total}, the tokens"
+        )
+    for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
+        if b < a:
+            raise ValueError(f"cu_seqlens decreases at index {i + 1} ({a} -> {b}); offsets must not decrease")

@@ -140,7 +140,9 @@ def offline_cache(monkeypatch, tmp_path):
 
 
 def test_hub_id_neither_cached_nor_reachable(offline_cache):
-    with pytest.raises(FileNotFoundError, match=r"neither in the local Hugging Face cache nor reachable.*HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        FileNotFoundError, match=r"neither in the local Hugging Face cache nor reachable.*HF_HUB_OFFLINE=1"
+    ):
         resolve("Qwen/Qwen3-Embedding-0.6B")
 
 

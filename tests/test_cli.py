@@ -18,7 +18,9 @@ def test_similarity_prints_the_card_example_scores(tiny, embedder, capsys):
     assert CARD_QUERIES[0] in out and CARD_DOCUMENTS[1] in out
     rows = [line.split()[1:] for line in out.splitlines() if re.match(r"q\d +-?\d", line)]
     printed = torch.tensor([[float(x) for x in row] for row in rows])
-    expected = embedder.similarity(embedder.encode(CARD_QUERIES, instruction=CARD_TASK), embedder.encode(CARD_DOCUMENTS))
+    expected = embedder.similarity(
+        embedder.encode(CARD_QUERIES, instruction=CARD_TASK), embedder.encode(CARD_DOCUMENTS)
+    )
     assert printed.shape == (2, 2)
     torch.testing.assert_close(printed, expected, rtol=0, atol=6e-5)
 
@@ -39,7 +41,19 @@ def test_encode_writes_one_row_per_text(tiny, embedder, tmp_path, kind):
         source.write_text("\n".join(texts) + "\n", encoding="utf-8")
     else:
         source.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)), encoding="utf-8")
-    main(["encode", "--model", str(tiny[0]), "--input", str(source), "--output", str(tmp_path / "out.npy"), "--dim", "16"])
+    main(
+        [
+            "encode",
+            "--model",
+            str(tiny[0]),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "out.npy"),
+            "--dim",
+            "16",
+        ]
+    )
     vectors = np.load(tmp_path / "out.npy")
     assert vectors.shape == (3, 16) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, embedder.encode(texts, dim=16).numpy(), rtol=0, atol=1e-6)

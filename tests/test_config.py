@@ -56,7 +56,10 @@ def test_reads_the_transformers_5_layout(tiny):
 
 
 def test_presets_have_the_real_shapes():
-    shapes = {name: (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) for name, c in PRESETS.items()}
+    shapes = {
+        name: (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size)
+        for name, c in PRESETS.items()
+    }
     assert shapes == {"0.6B": (1024, 28, 16, 3072), "4B": (2560, 36, 32, 9728), "8B": (4096, 36, 32, 12288)}
     assert Qwen3Config.preset("8B").tie_word_embeddings is False
     with pytest.raises(ValueError, match="unknown preset '1B'"):

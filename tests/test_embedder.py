@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 import torch
-from checkpoints import SHAPE_0_6B, SHARED_TOKENIZER, TINY_SHAPES, texts_of_lengths
 from safetensors.torch import load_file, save_file
 
+from checkpoints import SHAPE_0_6B, SHARED_TOKENIZER, TINY_SHAPES, texts_of_lengths
 from qwen3_embed import Embedder
 
 TASK = "Given a web search query, retrieve relevant passages that answer the query"
@@ -52,7 +52,9 @@ def test_matryoshka_dim_matches_sentence_transformers_truncate_dim(tiny, embedde
     assert cosine(ours, st.encode(texts, convert_to_tensor=True)).min() >= 0.99999
 
 
-@pytest.mark.skipif(not (SHARED_TOKENIZER / "tokenizer.json").exists(), reason=f"no real Qwen3 tokenizer at {SHARED_TOKENIZER}")
+@pytest.mark.skipif(
+    not (SHARED_TOKENIZER / "tokenizer.json").exists(), reason=f"no real Qwen3 tokenizer at {SHARED_TOKENIZER}"
+)
 def test_real_vocabulary_matches_sentence_transformers(build_checkpoint):
     folder, _ = build_checkpoint("real-vocab", (151669, 32, 2, 4, 2, 8, 64), tokenizer=SHARED_TOKENIZER)
     texts = ["test", "test again", "中文、日本語 🙂", "<|im_start|>user<|im_end|>", "Explain gravity"]
@@ -121,7 +123,9 @@ def test_dim_out_of_range(embedder, dim):
 def test_prompt_errors(embedder):
     with pytest.raises(ValueError, match="either instruction or prompt_name"):
         embedder.encode(["a"], instruction="x", prompt_name="query")
-    with pytest.raises(ValueError, match=r"prompt_name='passage' is not among the checkpoint's prompts \['document', 'query'\]"):
+    with pytest.raises(
+        ValueError, match=r"prompt_name='passage' is not among the checkpoint's prompts \['document', 'query'\]"
+    ):
         embedder.encode(["a"], prompt_name="passage")
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from checkpoints import texts_of_lengths
 
+from checkpoints import texts_of_lengths
 from qwen3_embed import Embedder
 from qwen3_embed.tokenize import pack
 
@@ -18,9 +18,7 @@ def test_hidden_states_match_transformers(any_shape):
     embedder = Embedder.from_pretrained(folder, device="cpu", dtype="float32")
     ids = embedder.tokenizer.encode(texts_of_lengths(5, seed=1) + ["", "x"], max_length=8192)
     batch = pack(ids, list(range(len(ids))))
-    last, states = embedder.model(
-        batch.input_ids, batch.cu_seqlens, batch.position_ids, batch.max_seqlen, output_hidden_states=True
-    )
+    last, states = embedder.model(batch.input_ids, batch.cu_seqlens, batch.position_ids, output_hidden_states=True)
     assert last.shape == (len(ids), hf.config.hidden_size)
     assert len(states) == hf.config.num_hidden_layers + 1
     bounds = batch.cu_seqlens.tolist()
@@ -37,7 +35,20 @@ def test_forward_without_hidden_states_returns_the_pooled_rows(tiny):
     embedder = Embedder.from_pretrained(tiny[0], device="cpu")
     ids = embedder.tokenizer.encode(["a b c", "d"], max_length=64)
     batch = pack(ids, [0, 1])
-    args = batch.input_ids, batch.cu_seqlens, batch.position_ids, batch.max_seqlen
+    args = batch.input_ids, batch.cu_seqlens, batch.position_ids
     last = embedder.model(*args)
     _, states = embedder.model(*args, output_hidden_states=True)
     torch.testing.assert_close(last, states[-1][batch.cu_seqlens[1:].long() - 1], rtol=0, atol=0)
+
+
+def test_triton_backend_agrees_with_the_reference(tiny, monkeypatch):
+    """The whole model with every op forced onto its Triton kernel (the interpreter on CPU)."""
+    embedder = Embedder.from_pretrained(tiny[0])
+    texts = ["a", "The capital of China is Beijing.", "gravity " * 9, "x y"]
+    monkeypatch.setenv("QWEN3_EMBED_BACKEND", "torch")
+    reference = embedder.encode(texts)
+    monkeypatch.setenv("QWEN3_EMBED_BACKEND", "triton")
+    together = embedder.encode(texts)
+    alone = torch.stack([embedder.encode(t) for t in texts])
+    torch.testing.assert_close(together, reference, rtol=0, atol=2e-6)
+    torch.testing.assert_close(alone, together, rtol=0, atol=2e-6)

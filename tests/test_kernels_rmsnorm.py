@@ -1,0 +1,125 @@
+"""The Triton RMSNorm kernels against a float64 reference: on CPU through Triton's interpreter, on a GPU if any."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qwen3_embed import ops
+from qwen3_embed.kernels import rmsnorm
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16] + (
+    [torch.bfloat16] if DEVICE == "cuda" else []
+)  # bf16 is broken in the interpreter
+FLOOR = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every output the kernels allocate starts as NaN, so an element left unwritten shows."""
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t, *a, **k: empty_like(t, *a, **k).fill_(math.nan))
+
+
+def assert_close_to_reference(out: torch.Tensor, same_dtype: torch.Tensor, exact: torch.Tensor) -> None:
+    """The kernel's error is at most twice the same-dtype PyTorch error, plus a small floor."""
+    assert out.dtype == same_dtype.dtype and out.shape == exact.shape
+    assert torch.isfinite(out).all(), "some outputs were not written"
+    kernel_error = (out.double() - exact).abs().max().item()
+    torch_error = (same_dtype.double() - exact).abs().max().item()
+    assert kernel_error <= 2 * torch_error + FLOOR[out.dtype], f"kernel {kernel_error:.3g}, torch {torch_error:.3g}"
+
+
+def inputs(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * 3 + 0.5).to(DEVICE, dtype)
+    w = (torch.rand(shape[-1], generator=g) + 0.5).to(DEVICE, dtype)
+    return x, w
+
+
+def norm64(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.double()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 7), (5, 33), (19, 1000), (3, 2560), (2, 3, 96)])
+@pytest.mark.parametrize("eps", [1e-6, 1e-2])
+def test_rms_norm(poisoned, dtype, shape, eps):
+    x, w = inputs(shape, dtype)
+    out = rmsnorm.rms_norm(x, w, eps)
+    assert_close_to_reference(out, ops.rms_norm(x, w, eps, backend="torch"), norm64(x, w, eps))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 7), (13, 1000), (4, 1024)])
+def test_rms_norm_with_residual(poisoned, dtype, shape):
+    x, w = inputs(shape, dtype, seed=1)
+    residual, _ = inputs(shape, dtype, seed=2)
+    out, new_residual = rmsnorm.rms_norm(x, w, 1e-6, residual)
+    ref_out, ref_residual = ops.rms_norm(x, w, 1e-6, residual, backend="torch")
+    torch.testing.assert_close(new_residual, ref_residual, rtol=0, atol=0)  # one rounding of x + residual, as torch
+    assert_close_to_reference(out, ref_out, norm64(ref_residual, w, 1e-6))
+
+
+def rope_tables(tokens: int, d: int, dtype):
+    positions = torch.cat([torch.arange(tokens // 2), torch.arange(tokens - tokens // 2)]).to(DEVICE)
+    inv_freq = 1.0 / (1e6 ** (torch.arange(0, d, 2, device=DEVICE).float() / d))
+    angles = positions.float()[:, None] * inv_freq
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens, heads, d", [(1, 1, 128), (7, 3, 128), (21, 5, 64), (3, 2, 16)])
+def test_rms_norm_rope(poisoned, dtype, tokens, heads, d):
+    x, w = inputs((tokens, heads, d), dtype, seed=3)
+    cos, sin = rope_tables(tokens, d, dtype)
+    out = rmsnorm.rms_norm_rope(x, w, 1e-6, cos, sin)
+    n = norm64(x, w, 1e-6)
+    n1, n2 = n.chunk(2, dim=-1)
+    c, s = cos.double()[:, None], sin.double()[:, None]
+    exact = torch.cat((n1 * c - n2 * s, n2 * c + n1 * s), dim=-1)
+    assert_close_to_reference(out, ops.rms_norm_rope(x, w, 1e-6, cos, sin, backend="torch"), exact)
+
+
+def test_empty_input():
+    x, w = inputs((0, 64), torch.float32)
+    assert rmsnorm.rms_norm(x, w, 1e-6).shape == (0, 64)
+
+
+def test_bad_inputs_are_refused():
+    x, w = inputs((4, 64), torch.float32)
+    with pytest.raises(ValueError, match="x has dtype torch.float64"):
+        rmsnorm.rms_norm(x.double(), w.double(), 1e-6)
+    with pytest.raises(ValueError, match="weight is torch.float16 .* they must match"):
+        rmsnorm.rms_norm(x, w.half(), 1e-6)
+    with pytest.raises(ValueError, match=r"weight has shape \[32\], expected \[64\]"):
+        rmsnorm.rms_norm(x, w[:32], 1e-6)
+    with pytest.raises(ValueError, match="contiguous last dimension"):
+        rmsnorm.rms_norm(x.T, torch.ones(4, device=DEVICE), 1e-6)
+    with pytest.raises(ValueError, match="residual is .* they must match"):
+        rmsnorm.rms_norm(x, w, 1e-6, residual=x[:2])
+    q = x.view(4, 1, 64)
+    cos, sin = rope_tables(4, 64, torch.float32)
+    with pytest.raises(ValueError, match=r"cos is .* expected torch.float32 \[4, 32\]"):
+        rmsnorm.rms_norm_rope(q, w, 1e-6, cos[:3], sin)
+    with pytest.raises(ValueError, match=r"x must be \[tokens, heads, head_dim\]"):
+        rmsnorm.rms_norm_rope(x, w, 1e-6, cos, sin)
+
+
+def test_backend_selection(monkeypatch):
+    x = torch.zeros(2, 4)
+    assert ops.backend_for(x, "torch") == "torch"
+    with pytest.raises(ValueError, match="backend 'cuda' is not one of"):
+        ops.backend_for(x, "cuda")
+    monkeypatch.setenv("QWEN3_EMBED_BACKEND", "torch")
+    assert ops.backend_for(x) == "torch"
+    monkeypatch.setenv("QWEN3_EMBED_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors, or TRITON_INTERPRET=1"):
+        ops.backend_for(x)
+    monkeypatch.delenv("QWEN3_EMBED_BACKEND")
+    assert ops.backend_for(x) == ("triton" if x.is_cuda else "torch")
