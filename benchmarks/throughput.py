@@ -1,11 +1,17 @@
-"""Tokens per second of Embedder.encode against sentence-transformers and the model card's transformers recipe.
+"""Throughput of qwen3-embed against the alternatives on the same work, in one run.
 
-All three run the same random-weight checkpoint of a real shape (default: 0.6B), on the same texts (mixed
-lengths, real Qwen3 tokenizer), in the same dtype, in one run; each is checked against ours for agreement.
-Also reported: model FLOP/s over the GFLOP/s of a large torch.mm in the same dtype, measured in the same run.
+Embedding: tokens per second of Embedder.encode against sentence-transformers (encode with its defaults) and the
+model card's transformers recipe (left padding, last-token pooling, batches of 32 in input order).
+Reranking: documents per second of Reranker.score against the card's transformers recipe (left padding, full
+logits, log-softmax over [no, yes], batches of 8 in input order).
 
-    python benchmarks/throughput.py                      # float32 and bfloat16 on CPU, 64 texts of 8-1024 tokens
-    python benchmarks/throughput.py --dtype float32 --layers 4 --texts 16   # a quick look
+Each task runs on one random-weight checkpoint of a real shape (default: 0.6B), on the same texts (mixed lengths,
+real Qwen3 tokenizer) and in the same dtype for every system; each system's output is checked against ours. Also
+reported: model FLOP/s (2 x non-embedding parameters per token, plus causal attention) over the GFLOP/s of a large
+torch.mm in the same dtype, measured in the same run.
+
+    python benchmarks/throughput.py                                  # the README table (CPU: about 40 minutes)
+    python benchmarks/throughput.py --layers 4 --texts 16 --tasks embed --dtype float32   # a quick look
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from common import (
     ROOT,
     SHARED_TOKENIZER,
@@ -30,38 +37,48 @@ from common import (
     write_checkpoint,
     write_results,
 )
-
 from qwen3_embed import Embedder, Qwen3Config
+from qwen3_embed.reranker import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, Reranker, format_pair
 from qwen3_embed.tokenize import Tokenizer
 
+QUERY = "What is the capital of China?"
 
-def run_ours(folder: Path, texts: list[str], dtype: torch.dtype, device: str) -> torch.Tensor:
+
+def timed(fn, device: str):
+    """fn()'s result and the seconds it took (callers warm up first)."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def embed_ours(folder: Path, texts: list[str], dtype: torch.dtype, device: str):
     embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
     embedder.encode(texts[:4])  # warm-up
     return timed(lambda: embedder.encode(texts), device)
 
 
-def run_sentence_transformers(folder: Path, texts: list[str], dtype: torch.dtype, device: str) -> torch.Tensor:
+def embed_sentence_transformers(folder: Path, texts: list[str], dtype: torch.dtype, device: str):
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(folder), device=device, model_kwargs={"dtype": dtype})
     model.encode(texts[:4])
-    return timed(lambda: torch.from_numpy(model.encode(texts)), device)  # encode with its defaults
+    return timed(lambda: torch.from_numpy(model.encode(texts)), device)
 
 
-def run_card_recipe(folder: Path, texts: list[str], dtype: torch.dtype, device: str, batch_size: int = 32):
-    """The model card's transformers code: left padding, last-token pooling, batches in input order."""
+def embed_card_recipe(folder: Path, texts: list[str], dtype: torch.dtype, device: str, batch_size: int = 32):
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     model = AutoModel.from_pretrained(folder, dtype=dtype).to(device).eval()
 
-    def encode(chunk_texts: list[str]) -> torch.Tensor:
+    def encode(chunk: list[str]) -> torch.Tensor:
         out = []
         with torch.inference_mode():
-            for i in range(0, len(chunk_texts), batch_size):
-                batch = tokenizer(chunk_texts[i : i + batch_size], padding=True, truncation=True, max_length=8192,
-                                  return_tensors="pt").to(device)
+            for i in range(0, len(chunk), batch_size):
+                batch = tokenizer(chunk[i : i + batch_size], padding=True, truncation=True, max_length=8192,
+                                  return_tensors="pt").to(device)  # fmt: skip
                 hidden = model(**batch).last_hidden_state
                 out.append(F.normalize(hidden[:, -1].float(), p=2, dim=1).cpu())
         return torch.cat(out)
@@ -70,29 +87,66 @@ def run_card_recipe(folder: Path, texts: list[str], dtype: torch.dtype, device: 
     return timed(lambda: encode(texts), device)
 
 
-SYSTEMS = {"qwen3-embed": run_ours, "sentence-transformers": run_sentence_transformers, "card recipe": run_card_recipe}
+def rerank_ours(folder: Path, documents: list[str], dtype: torch.dtype, device: str):
+    reranker = Reranker.from_pretrained(folder, device=device, dtype=dtype)
+    reranker.score(QUERY, documents[:4])
+    return timed(lambda: reranker.score(QUERY, documents), device)
 
 
-def timed(fn, device: str):
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - start
+def rerank_card_recipe(folder: Path, documents: list[str], dtype: torch.dtype, device: str, batch_size: int = 8):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    no, yes = tokenizer.convert_tokens_to_ids("no"), tokenizer.convert_tokens_to_ids("yes")
+    prefix = tokenizer.encode(PREFIX, add_special_tokens=False)
+    suffix = tokenizer.encode(SUFFIX, add_special_tokens=False)
+
+    def score(chunk: list[str]) -> torch.Tensor:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(chunk), batch_size):
+                pairs = [format_pair(DEFAULT_INSTRUCTION, QUERY, d) for d in chunk[i : i + batch_size]]
+                inputs = tokenizer(pairs, padding=False, truncation="longest_first", return_attention_mask=False,
+                                   max_length=8192 - len(prefix) - len(suffix))  # fmt: skip
+                inputs["input_ids"] = [prefix + ids + suffix for ids in inputs["input_ids"]]
+                inputs = tokenizer.pad(inputs, padding=True, return_tensors="pt").to(device)
+                logits = model(**inputs).logits[:, -1, :]
+                scores = torch.stack([logits[:, no], logits[:, yes]], dim=1).log_softmax(dim=1)
+                out.append(scores[:, 1].exp().float().cpu())
+        return torch.cat(out)
+
+    score(documents[:4])
+    return timed(lambda: score(documents), device)
+
+
+TASKS = {
+    "embed": {"qwen3-embed": embed_ours, "sentence-transformers": embed_sentence_transformers,
+              "card recipe": embed_card_recipe},
+    "rerank": {"qwen3-embed": rerank_ours, "card recipe": rerank_card_recipe},
+}  # fmt: skip
+
+
+def agreement(task: str, outputs: torch.Tensor, ours: torch.Tensor) -> str:
+    if task == "embed":
+        return f"min cosine {F.cosine_similarity(outputs.float(), ours.float(), dim=-1).min().item():.6f}"
+    return f"max abs diff {(outputs.float() - ours.float()).abs().max().item():.2e}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="0.6B", choices=["0.6B", "4B", "8B"])
     p.add_argument("--layers", type=int, help="reduce the depth (for a quick look; the table uses the full depth)")
-    p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
-    p.add_argument("--texts", type=int, default=64)
+    p.add_argument("--tasks", nargs="+", default=["embed", "rerank"], choices=list(TASKS))
+    p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], help="for embedding")
+    p.add_argument("--rerank-dtype", nargs="+", default=["float32"])
+    p.add_argument("--texts", type=int, default=64, help="texts to embed")
+    p.add_argument("--documents", type=int, default=32, help="documents to rerank (the first of the same texts)")
     p.add_argument("--min-tokens", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
-    p.add_argument("--tokenizer", type=Path, default=SHARED_TOKENIZER, help="folder with the real Qwen3 tokenizer.json")
-    p.add_argument("--checkpoint", type=Path, default=ROOT / "local" / "bench-checkpoint", help="where to write it")
+    p.add_argument("--tokenizer", type=Path, default=SHARED_TOKENIZER, help="folder with the real Qwen3 tokenizer")
+    p.add_argument("--checkpoints", type=Path, default=ROOT / "local", help="where to write the checkpoints")
     p.add_argument("--name", default="throughput-cpu", help="file name under benchmarks/results/")
     args = p.parse_args()
     if not (args.tokenizer / "tokenizer.json").exists():
@@ -101,51 +155,61 @@ def main() -> None:
     config = Qwen3Config.preset(args.preset)
     if args.layers:
         config = replace(config, num_hidden_layers=args.layers)
-    print("writing the random-weight checkpoint ...", flush=True)
-    folder = write_checkpoint(args.checkpoint, config, args.tokenizer)
-    texts = texts_of_token_lengths(args.tokenizer, log_uniform_lengths(args.texts, args.min_tokens, args.max_tokens))
-    lengths = [len(ids) for ids in Tokenizer(folder / "tokenizer.json", config.vocab_size).encode(texts, 8192)]
-    tokens, flops = sum(lengths), model_flops(config, lengths)
     shape = f"{args.preset} shape" + (f", {config.num_hidden_layers} layers" if args.layers else "")
-    print(f"{len(texts)} texts, {tokens} tokens ({min(lengths)}-{max(lengths)} per text), {shape}")
-
-    results = {"machine": machine(), "preset": args.preset, "layers": config.num_hidden_layers, "texts": len(texts),
-               "tokens": tokens, "model_gflop": flops / 1e9, "runs": []}
+    texts = texts_of_token_lengths(args.tokenizer, log_uniform_lengths(args.texts, args.min_tokens, args.max_tokens))
+    results = {"machine": machine(), "preset": args.preset, "layers": config.num_hidden_layers, "runs": []}
     rows = []
-    for dtype_name in args.dtype:
-        dtype = getattr(torch, dtype_name)
-        peak = matmul_gflops(dtype, args.device)
-        print(f"\n{dtype_name}: torch.mm roofline {peak:.0f} GFLOP/s", flush=True)
-        ours = None
-        for system in args.systems:
-            vectors, seconds = SYSTEMS[system](folder, texts, dtype, args.device)
-            gc.collect()
-            if ours is None:
-                ours = vectors
-            agreement = F.cosine_similarity(vectors.float(), ours.float(), dim=-1).min().item()
-            run = {"dtype": dtype_name, "system": system, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                   "gflops": flops / seconds / 1e9, "roofline_gflops": peak, "min_cosine_vs_ours": agreement}
-            run["roofline_fraction"] = run["gflops"] / peak
-            results["runs"].append(run)
-            print(f"  {system:22s} {seconds:8.1f} s  {run['tokens_per_s']:8.1f} tok/s  "
-                  f"{run['roofline_fraction']:6.1%} of roofline  min cosine vs ours {agreement:.6f}", flush=True)
-        base = {r["system"]: r for r in results["runs"] if r["dtype"] == dtype_name}
-        for system in args.systems:
-            r = base[system]
-            speedup = base["qwen3-embed"]["tokens_per_s"] / r["tokens_per_s"] if "qwen3-embed" in base else float("nan")
-            r["qwen3_embed_speedup"] = speedup
-            rows.append(f"| {dtype_name} | {system} | {r['tokens_per_s']:.0f} | {speedup:.2f}x | "
-                        f"{r['gflops']:.0f} / {peak:.0f} ({r['roofline_fraction']:.0%}) | {r['min_cosine_vs_ours']:.6f} |")
+    for task in args.tasks:
+        reranking = task == "rerank"
+        print(f"writing the random-weight {task} checkpoint ...", flush=True)
+        folder = write_checkpoint(args.checkpoints / f"bench-{task}-{args.preset}-{config.num_hidden_layers}",
+                                  config, args.tokenizer, reranker=reranking)  # fmt: skip
+        tokenizer = Tokenizer(folder / "tokenizer.json", config.vocab_size)
+        if reranking:
+            inputs = texts[: args.documents]
+            pairs = [format_pair(DEFAULT_INSTRUCTION, QUERY, d) for d in inputs]
+            ids = tokenizer.encode(pairs, 8192, prefix=tokenizer.ids(PREFIX), suffix=tokenizer.ids(SUFFIX))
+        else:
+            inputs = texts
+            ids = tokenizer.encode(inputs, 8192)
+        lengths = [len(i) for i in ids]
+        tokens, flops = sum(lengths), model_flops(config, lengths)
+        print(f"{task}: {len(inputs)} texts, {tokens} tokens ({min(lengths)}-{max(lengths)} per text), {shape}")
+        for dtype_name in args.rerank_dtype if reranking else args.dtype:
+            dtype = getattr(torch, dtype_name)
+            peak = matmul_gflops(dtype, args.device)
+            print(f"  {dtype_name}: torch.mm roofline {peak:.0f} GFLOP/s", flush=True)
+            ours, runs = None, []
+            for system, fn in TASKS[task].items():
+                outputs, seconds = fn(folder, inputs, dtype, args.device)
+                gc.collect()
+                ours = outputs if ours is None else ours
+                run = {"task": task, "dtype": dtype_name, "system": system, "texts": len(inputs), "tokens": tokens,
+                       "seconds": seconds, "texts_per_s": len(inputs) / seconds, "tokens_per_s": tokens / seconds,
+                       "gflops": flops / seconds / 1e9, "roofline_gflops": peak,
+                       "agreement": agreement(task, outputs, ours)}  # fmt: skip
+                run["roofline_fraction"] = run["gflops"] / peak
+                runs.append(run)
+                print(f"    {system:22s} {seconds:7.1f} s {run['tokens_per_s']:7.1f} tok/s "
+                      f"{run['roofline_fraction']:6.1%} of roofline, {run['agreement']}", flush=True)  # fmt: skip
+            for run in runs:
+                run["qwen3_embed_speedup"] = run["seconds"] / runs[0]["seconds"]
+                rows.append(f"| {task} | {dtype_name} | {run['system']} | {run['texts_per_s']:.2f} | "
+                            f"{run['tokens_per_s']:.0f} | {run['qwen3_embed_speedup']:.2f}x | {run['gflops']:.0f} / "
+                            f"{peak:.0f} ({run['roofline_fraction']:.0%}) | {run['agreement']} |")  # fmt: skip
+            results["runs"] += runs
 
     m = results["machine"]
     table = "\n".join([
-        f"Embedding throughput, random weights of the {shape}, {len(texts)} texts of {min(lengths)}-{max(lengths)} "
-        f"tokens ({tokens} in all), on {m['cpu']} ({m['torch_threads']} threads), torch {m['torch']}:",
+        f"Random weights of the {shape}; texts of {args.min_tokens}-{args.max_tokens} tokens (real Qwen3 tokenizer); "
+        f"reranking: one query against the first {args.documents} texts. On {m['cpu']}, {m['torch_threads']} "
+        f"threads, torch {m['torch']}, transformers {m.get('transformers')}, sentence-transformers "
+        f"{m.get('sentence_transformers')}.",
         "",
-        "| dtype | system | tokens/s | qwen3-embed is | model GFLOP/s / torch.mm roofline | min cosine vs ours |",
-        "|---|---|---|---|---|---|",
+        "| task | dtype | system | texts/s | tokens/s | qwen3-embed is | model GFLOP/s / torch.mm peak | vs ours |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
-    ])
+    ])  # fmt: skip
     print("\n" + table)
     write_results(args.name, results, table)
 

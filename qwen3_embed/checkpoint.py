@@ -95,11 +95,15 @@ def checkpoint_key(key: str) -> str:
 
 
 def read_state_dict(
-    folder: Path, shapes: dict[str, torch.Size], dtype: torch.dtype, device: torch.device
+    folder: Path,
+    shapes: dict[str, torch.Size],
+    dtype: torch.dtype,
+    device: torch.device,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, torch.Tensor]:
     """Every tensor of `shapes` from the checkpoint, each read straight onto `device` and cast to `dtype`.
 
-    Strict: a missing, unexpected, duplicated or wrongly shaped key is an error naming it.
+    Strict: a missing, unexpected (and not in `skip`), duplicated or wrongly shaped key is an error naming it.
     """
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(folder):
@@ -107,8 +111,12 @@ def read_state_dict(
             with safe_open(file, framework="pt", device=str(device)) as f:
                 for key in f.keys():
                     name = checkpoint_key(key)
+                    if name in skip:
+                        continue
                     if name not in shapes:
-                        raise ValueError(f"{file.name} has the unexpected key {key!r}: is this a Qwen3 embedding checkpoint?")
+                        raise ValueError(
+                            f"{file.name} has the unexpected key {key!r}: is this a Qwen3 embedding checkpoint?"
+                        )
                     if name in state:
                         raise ValueError(f"{file.name} holds {name!r} twice (with and without the 'model.' prefix)")
                     shape = tuple(f.get_slice(key).get_shape())
@@ -119,9 +127,7 @@ def read_state_dict(
                         )
                     state[name] = f.get_tensor(key).to(dtype)
         except SafetensorError as e:
-            raise OSError(
-                f"{file} is truncated or corrupt ({e}); delete it and download or copy it again"
-            ) from None
+            raise OSError(f"{file} is truncated or corrupt ({e}); delete it and download or copy it again") from None
     missing = [name for name in shapes if name not in state]
     if missing:
         raise ValueError(f"the checkpoint in {folder} lacks {len(missing)} tensors the model needs: {missing[:5]}")
@@ -129,11 +135,28 @@ def read_state_dict(
 
 
 def load_model(
-    folder: Path, config: Qwen3Config, dtype: torch.dtype, device: torch.device
+    folder: Path, config: Qwen3Config, dtype: torch.dtype, device: torch.device, skip: frozenset[str] = frozenset()
 ) -> Qwen3Model:
-    """A Qwen3Model with the checkpoint's weights, built without ever allocating random weights."""
+    """A Qwen3Model with the checkpoint's weights (ignoring the keys in `skip`), built without ever allocating
+    random weights."""
     with torch.device("meta"):
         model = Qwen3Model(config)
     shapes = {name: t.shape for name, t in model.state_dict().items()}
-    model.load_state_dict(read_state_dict(folder, shapes, dtype, device), strict=True, assign=True)
+    model.load_state_dict(read_state_dict(folder, shapes, dtype, device, skip), strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def read_rows(
+    folder: Path, key: str, rows: list[int], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | None:
+    """Only the given rows of a checkpoint tensor of `shape`, read from disk (None when there is no such key)."""
+    for file in weight_files(folder):
+        with safe_open(file, framework="pt", device="cpu") as f:
+            if key not in f.keys():
+                continue
+            tensor = f.get_slice(key)
+            if tuple(tensor.get_shape()) != tuple(shape):
+                found = list(tensor.get_shape())
+                raise ValueError(f"{key!r} in {file.name} has shape {found}, but config.json implies {list(shape)}")
+            return torch.cat([tensor[r : r + 1] for r in rows]).to(device=device, dtype=dtype)
+    return None

@@ -1,4 +1,5 @@
-"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` writes a file of vectors."""
+"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` writes a file of vectors, `rerank` orders
+documents for a query."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .embedder import Embedder
+from .reranker import DEFAULT_INSTRUCTION, Reranker
 
 CARD_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 CARD_QUERIES = ["What is the capital of China?", "Explain gravity"]
@@ -78,15 +80,29 @@ def encode(args: argparse.Namespace) -> None:
     print(f"wrote {len(texts)} vectors of {vectors.shape[-1]} dimensions to {args.output}", file=sys.stderr)
 
 
+def rerank(args: argparse.Namespace) -> None:
+    if bool(args.document) == bool(args.input):
+        raise ValueError("give the documents with --document (repeated) or --input FILE, not both")
+    documents = args.document or read_texts(args.input)
+    reranker = Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    ranked = reranker.rank(
+        args.query, documents, top_k=args.top_k, instruction=args.instruction, max_length=args.max_length,
+        show_progress=args.input is not None,
+    )  # fmt: skip
+    for index, score in ranked:
+        print(f"{score:.4f}  d{index}  {documents[index]}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qwen3-embed", description=__doc__)
     commands = p.add_subparsers(dest="command", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    device.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on cuda, else fp32")
+    common = argparse.ArgumentParser(add_help=False, parents=[device])
     common.add_argument("--model", default="Qwen/Qwen3-Embedding-0.6B", help="hub id or local folder")
     common.add_argument("--dim", type=int, help="output dimensions (Matryoshka), default: the hidden size")
-    common.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    common.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on cuda, else fp32")
 
     s = commands.add_parser("similarity", parents=[common], help="print query x document cosine scores")
     s.add_argument("--query", action="append", help="a query (repeat for several); default: the model card's")
@@ -102,6 +118,16 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--no-truncate", action="store_true", help="fail on a text over --max-length instead of cutting it")
     e.add_argument("--batch-tokens", type=int, help="tokens per forward pass")
     e.set_defaults(run=encode)
+
+    r = commands.add_parser("rerank", parents=[device], help="score documents for a query, best first")
+    r.add_argument("--model", default="Qwen/Qwen3-Reranker-0.6B", help="hub id or local folder")
+    r.add_argument("--query", required=True)
+    r.add_argument("--document", action="append", help="a document (repeat for several)")
+    r.add_argument("--input", type=Path, help="documents from a file: one per line, or .jsonl with 'text'")
+    r.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="the task; default: the card's")
+    r.add_argument("--top-k", type=int, help="print only the best k")
+    r.add_argument("--max-length", type=int, help="tokens per query-document pair, prompt included (default 8192)")
+    r.set_defaults(run=rerank)
     return p
 
 

@@ -27,18 +27,33 @@ class Tokenizer:
             raise ValueError(f"{path} has no {EOS} token; is it a Qwen3 tokenizer?")
         self.eos_id = eos_id
 
-    def encode(self, texts: Sequence[str], max_length: int, truncate: bool = True) -> list[list[int]]:
-        """Token ids of each text, ending with exactly one `<|endoftext|>`, at most `max_length` long.
+    def encode(
+        self,
+        texts: Sequence[str],
+        max_length: int,
+        truncate: bool = True,
+        prefix: Sequence[int] = (),
+        suffix: Sequence[int] | None = None,
+    ) -> list[list[int]]:
+        """`prefix + tokens of the text + suffix` for each text, at most `max_length` tokens.
 
-        The post-processor is bypassed and the EOS appended here, so the result is the same whether or not
-        the tokenizer.json appends one. A longer text is cut before its EOS with a warning, or is an error
-        when `truncate` is False. A token the embedding table has no row for is an error naming the text.
+        The suffix defaults to one `<|endoftext|>`, the token the embedding models pool. The tokenizer's own
+        post-processor is bypassed, so the result is the same whether or not its tokenizer.json appends an EOS.
+        A text too long to fit has its tokens cut (never the prefix or suffix) with a warning, or is an error when
+        `truncate` is False. A token the embedding table has no row for is an error naming the text.
         """
-        encodings = self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
-        ids = [e.ids for e in encodings]
-        too_long = [i for i, seq in enumerate(ids) if len(seq) + 1 > max_length]
+        prefix, suffix = list(prefix), [self.eos_id] if suffix is None else list(suffix)
+        room = max_length - len(prefix) - len(suffix)
+        if room < 1:
+            raise ValueError(
+                f"max_length={max_length} leaves no room for text after the {len(prefix) + len(suffix)} tokens of "
+                f"the prompt; use at least {len(prefix) + len(suffix) + 1}"
+            )
+        self._check_rows(prefix + suffix, "the prompt")
+        ids = [e.ids for e in self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+        too_long = [i for i, seq in enumerate(ids) if len(seq) > room]
         if too_long:
-            longest = max(len(ids[i]) + 1 for i in too_long)
+            longest = max(len(ids[i]) for i in too_long) + len(prefix) + len(suffix)
             if not truncate:
                 raise ValueError(
                     f"{len(too_long)} text(s) are longer than max_length={max_length} tokens "
@@ -52,16 +67,29 @@ class Tokenizer:
                 stacklevel=3,
             )
             for i in too_long:
-                del ids[i][max_length - 1 :]
+                del ids[i][room:]
         for i, seq in enumerate(ids):
-            if seq and max(seq) >= self.vocab_size:
-                bad = max(seq)
-                raise ValueError(
-                    f"text {i} contains the token {self._tokenizer.id_to_token(bad)!r} (id {bad}), but the model's "
-                    f"embedding table has only {self.vocab_size} rows; remove it from the text"
-                )
-            seq.append(self.eos_id)
-        return ids
+            self._check_rows(seq, f"text {i}")
+        return [prefix + seq + suffix for seq in ids]
+
+    def token_id(self, token: str) -> int:
+        """The id of a token of the vocabulary, or a clear error."""
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"the tokenizer has no token {token!r}")
+        return token_id
+
+    def ids(self, text: str) -> list[int]:
+        """The tokens of a text, without any special token added."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _check_rows(self, seq: list[int], what: str) -> None:
+        if seq and max(seq) >= self.vocab_size:
+            bad = max(seq)
+            raise ValueError(
+                f"{what} contains the token {self._tokenizer.id_to_token(bad)!r} (id {bad}), but the model's "
+                f"embedding table has only {self.vocab_size} rows; remove it from the text"
+            )
 
 
 def _some(indices: list[int], shown: int = 10) -> str:
@@ -76,7 +104,6 @@ class Batch:
     input_ids: torch.Tensor  # [T] int64
     cu_seqlens: torch.Tensor  # [B+1] int32: sequence b is input_ids[cu_seqlens[b]:cu_seqlens[b+1]]
     position_ids: torch.Tensor  # [T] int64, restarting at 0 for each sequence
-    max_seqlen: int
     index: list[int]  # where each sequence came from in the caller's list
 
     def to(self, device: torch.device) -> Batch:
@@ -84,7 +111,6 @@ class Batch:
             self.input_ids.to(device),
             self.cu_seqlens.to(device),
             self.position_ids.to(device),
-            self.max_seqlen,
             self.index,
         )
 
@@ -99,7 +125,6 @@ def pack(sequences: Sequence[list[int]], index: list[int]) -> Batch:
         input_ids=torch.tensor([t for s in sequences for t in s], dtype=torch.int64),
         cu_seqlens=cu_seqlens.to(torch.int32),
         position_ids=torch.arange(int(cu_seqlens[-1])) - starts,
-        max_seqlen=int(lengths.max()),
         index=index,
     )
 

@@ -31,6 +31,8 @@ CORPUS = [
     "Qwen3 models use grouped-query attention, rotary position embeddings and RMSNorm.",
     "Les modèles multilingues comprennent aussi le français, el español y el 中文。",
     "0123456789 !?.,;:()[]{}<>+-*/=_'\"",
+    'Judge whether the Document meets the requirements. Note that the answer can only be "yes" or "no".',
+    "yes\nno\nyes\nno\nyes\nno",
 ]
 
 
@@ -44,7 +46,7 @@ def make_tokenizer(folder: Path, vocab_size: int = 300, post_processor: bool = T
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -52,7 +54,9 @@ def make_tokenizer(folder: Path, vocab_size: int = 300, post_processor: bool = T
     if post_processor:
         eos = tok.token_to_id("<|endoftext|>")
         tok.post_processor = processors.TemplateProcessing(
-            single="$A <|endoftext|>", pair="$A <|endoftext|> $B:1 <|endoftext|>:1", special_tokens=[("<|endoftext|>", eos)]
+            single="$A <|endoftext|>",
+            pair="$A <|endoftext|> $B:1 <|endoftext|>:1",
+            special_tokens=[("<|endoftext|>", eos)],
         )
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
@@ -69,6 +73,46 @@ def make_tokenizer(folder: Path, vocab_size: int = 300, post_processor: bool = T
     return tok.get_vocab_size()
 
 
+def random_model(architecture: str, shape: tuple[int, ...], *, tied: bool = True, seed: int = 0, **config):
+    """A transformers Qwen3 model ("Qwen3Model" or "Qwen3ForCausalLM") of `shape` with random weights, its norms
+    too (not all ones), so that a skipped or misplaced norm shows."""
+    import transformers
+
+    vocab, hidden, layers, heads, kv_heads, head_dim, inter = shape
+    hf_config = transformers.Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        rope_theta=1_000_000.0,
+        initializer_range=hidden**-0.5,
+        tie_word_embeddings=tied,
+        **config,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, architecture)(hf_config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def install_tokenizer(folder: Path, tokenizer: Path | None, vocab: int, eos: bool) -> None:
+    """A copy of the tokenizer in `tokenizer` (or a small trained one), appending <|endoftext|> or not."""
+    if tokenizer is None:
+        assert make_tokenizer(folder, post_processor=eos) <= vocab
+        return
+    data = json.loads((tokenizer / "tokenizer.json").read_text(encoding="utf-8"))
+    if not eos:
+        data["post_processor"] = None
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_bytes((tokenizer / "tokenizer_config.json").read_bytes())
+
+
 def make_checkpoint(
     folder: Path,
     shape: tuple[int, ...],
@@ -78,39 +122,30 @@ def make_checkpoint(
     max_position_embeddings: int = 32768,
     tokenizer: Path | None = None,
 ):
-    """Save a random Qwen3Model with transformers' save_pretrained, plus a tokenizer and the
-    sentence-transformers files of the real repos; returns the transformers model (float32)."""
-    from transformers import Qwen3Config, Qwen3Model
-
-    vocab, hidden, layers, heads, kv_heads, head_dim, inter = shape
-    config = Qwen3Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=max_position_embeddings,
-        rope_theta=1_000_000.0,
-        initializer_range=hidden**-0.5,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = Qwen3Model(config).eval()
-    with torch.no_grad():  # norms that are not all ones, so that a skipped or misplaced norm shows
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
+    """Save a random Qwen3Model with transformers' save_pretrained, plus a tokenizer that appends the EOS and the
+    sentence-transformers files of the real Qwen3-Embedding repos; returns the transformers model (float32)."""
+    model = random_model("Qwen3Model", shape, seed=seed, max_position_embeddings=max_position_embeddings)
     model.to(dtype).save_pretrained(folder)
-    model.float()
-    if tokenizer is None:
-        assert make_tokenizer(folder) <= vocab
-    else:
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            (folder / name).write_bytes((tokenizer / name).read_bytes())
-    write_sentence_transformers_files(folder, hidden)
-    return model
+    install_tokenizer(folder, tokenizer, shape[0], eos=True)
+    write_sentence_transformers_files(folder, shape[1])
+    return model.float()
+
+
+def make_reranker_checkpoint(
+    folder: Path,
+    shape: tuple[int, ...],
+    *,
+    tied: bool,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    tokenizer: Path | None = None,
+):
+    """Save a random Qwen3ForCausalLM (keys with the `model.` prefix, `lm_head.weight` only when untied) and a
+    tokenizer that appends no EOS, like the Qwen3-Reranker repos; returns the transformers model (float32)."""
+    model = random_model("Qwen3ForCausalLM", shape, tied=tied, seed=seed)
+    model.to(dtype).save_pretrained(folder)
+    install_tokenizer(folder, tokenizer, shape[0], eos=False)
+    return model.float()
 
 
 def write_sentence_transformers_files(folder: Path, hidden: int) -> None:

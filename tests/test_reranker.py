@@ -1,0 +1,169 @@
+"""Reranker against the model card's recipe written with transformers, and its behaviour on every input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from checkpoints import SHARED_TOKENIZER, TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
+from qwen3_embed.reranker import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, Reranker, format_pair
+
+QUERY = "What is the capital of China?"
+DOCUMENTS = [
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other.",
+    "",
+    "yes",
+]
+
+
+@pytest.fixture(scope="module", params=["tied", "untied"])
+def checkpoint(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"reranker-{request.param}")
+    hf = make_reranker_checkpoint(folder, TINY_SHAPES["gqa2"], tied=request.param == "tied")
+    keys = load_file(folder / "model.safetensors").keys()
+    assert all(k.startswith("model.") or k == "lm_head.weight" for k in keys)
+    assert ("lm_head.weight" in keys) == (request.param == "untied")  # the layouts under test
+    return folder, hf
+
+
+@pytest.fixture(scope="module")
+def reranker(checkpoint):
+    return Reranker.from_pretrained(checkpoint[0], device="cpu")
+
+
+def card_recipe(folder, model, pairs: list[tuple[str, str]], max_length: int, instruction=DEFAULT_INSTRUCTION):
+    """The model card's transformers code: left padding, full logits, log-softmax over [no, yes]."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    no, yes = tokenizer.convert_tokens_to_ids("no"), tokenizer.convert_tokens_to_ids("yes")
+    prefix_tokens = tokenizer.encode(PREFIX, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(SUFFIX, add_special_tokens=False)
+    texts = [format_pair(instruction, q, d) for q, d in pairs]
+    inputs = tokenizer(texts, padding=False, truncation="longest_first", return_attention_mask=False,
+                       max_length=max_length - len(prefix_tokens) - len(suffix_tokens))  # fmt: skip
+    inputs["input_ids"] = [prefix_tokens + ids + suffix_tokens for ids in inputs["input_ids"]]
+    with warnings.catch_warnings():  # the card's call draws a warning that max_length is unused here
+        warnings.simplefilter("ignore")
+        inputs = tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, -1, :]
+    scores = torch.nn.functional.log_softmax(torch.stack([logits[:, no], logits[:, yes]], dim=1), dim=1)
+    return scores[:, 1].exp()
+
+
+def test_matches_the_card_recipe(checkpoint, reranker):
+    folder, hf = checkpoint
+    long_document = " ".join(texts_of_lengths(3, seed=9, max_words=80))
+    documents = DOCUMENTS + texts_of_lengths(4, seed=8) + [long_document]
+    pair_tokens = [len(reranker.tokenizer.ids(format_pair(DEFAULT_INSTRUCTION, QUERY, d))) for d in documents]
+    max_length = len(reranker.prefix) + len(reranker.suffix) + max(pair_tokens[:-1]) + 3
+    assert max_length < len(reranker.prefix) + len(reranker.suffix) + pair_tokens[-1]  # only the last is cut
+    with pytest.warns(UserWarning, match="1 of 9 text"):
+        ours = reranker.score(QUERY, documents, max_length=max_length)
+    reference = card_recipe(folder, hf, [(QUERY, d) for d in documents], max_length)
+    assert ours.dtype == torch.float32 and ours.shape == (len(documents),)
+    assert 0 < ours.min() and ours.max() < 1 and ours.std() > 1e-3  # real probabilities, not a constant
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_instruction(checkpoint, reranker):
+    folder, hf = checkpoint
+    ours = reranker.score(QUERY, DOCUMENTS, instruction="Judge relevance")
+    reference = card_recipe(folder, hf, [(QUERY, d) for d in DOCUMENTS], 8192, instruction="Judge relevance")
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+    assert not torch.allclose(ours, reranker.score(QUERY, DOCUMENTS))
+
+
+def test_batch_invariance_and_order(reranker):
+    documents = texts_of_lengths(12, seed=4)
+    together = reranker.score(QUERY, documents, batch_tokens=100_000)
+    small_batches = reranker.score(QUERY, documents, batch_tokens=150)
+    alone = torch.cat([reranker.score(QUERY, [d]) for d in documents])
+    reversed_order = reranker.score(QUERY, documents[::-1])
+    torch.testing.assert_close(small_batches, together, rtol=0, atol=1e-6)
+    torch.testing.assert_close(alone, together, rtol=0, atol=1e-6)
+    torch.testing.assert_close(reversed_order, together.flip(0), rtol=0, atol=1e-6)
+
+
+def test_pairs_input(reranker):
+    pairs = [(QUERY, DOCUMENTS[0]), ("Explain gravity", DOCUMENTS[1]), ("Explain gravity", DOCUMENTS[0])]
+    scores = reranker.score(pairs)
+    torch.testing.assert_close(scores[:1], reranker.score(QUERY, DOCUMENTS[:1]))
+    torch.testing.assert_close(scores[1:], reranker.score("Explain gravity", [DOCUMENTS[1], DOCUMENTS[0]]))
+
+
+def test_rank_and_top_k(reranker):
+    documents = texts_of_lengths(8, seed=2)
+    scores = reranker.score(QUERY, documents).tolist()
+    ranked = reranker.rank(QUERY, documents)
+    assert [i for i, _ in ranked] == sorted(range(8), key=lambda i: -scores[i])
+    assert [s for _, s in ranked] == sorted(scores, reverse=True)
+    assert reranker.rank(QUERY, documents, top_k=3) == ranked[:3]
+    assert reranker.rank(QUERY, documents, top_k=0) == []
+    assert [i for i, _ in reranker.rank(QUERY, ["same", "same", "same"])] == [0, 1, 2]  # ties keep the input order
+
+
+def test_empty_documents(reranker):
+    assert reranker.score(QUERY, []).shape == (0,)
+    assert reranker.rank(QUERY, []) == []
+
+
+def test_bad_input(reranker):
+    with pytest.raises(TypeError, match=r"documents\[1\] is a int, not a str"):
+        reranker.score(QUERY, ["a", 1])
+    with pytest.raises(TypeError, match=r"pairs\[0\] is not a \(query, document\) pair"):
+        reranker.score([("a",)])
+    with pytest.raises(TypeError, match="a list of documents"):
+        reranker.score(QUERY, "one document")
+    with pytest.raises(TypeError, match="not both"):
+        reranker.score([("q", "d")], ["d"])
+    with pytest.raises(ValueError, match="top_k=-1"):
+        reranker.rank(QUERY, ["a"], top_k=-1)
+
+
+def test_max_length_too_small_says_the_minimum(reranker):
+    minimum = len(reranker.prefix) + len(reranker.suffix) + 1
+    with pytest.raises(ValueError, match=f"use at least {minimum}"):
+        reranker.score(QUERY, ["a"], max_length=minimum - 1)
+    with pytest.raises(ValueError, match="longer than max_length"):
+        reranker.score(QUERY, ["a b c d e f g h i j k l m n o p"], max_length=minimum, truncate=False)
+    with pytest.raises(ValueError, match="more than the model's maximum"):
+        reranker.score(QUERY, ["a"], max_length=10**6)
+
+
+def test_untied_config_without_lm_head_is_an_error(checkpoint, tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(checkpoint[0], folder)
+    weights = {k: v for k, v in load_file(folder / "model.safetensors").items() if k != "lm_head.weight"}
+    save_file(weights, folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config["tie_word_embeddings"] = False
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no lm_head.weight, yet config.json says the embeddings are not tied"):
+        Reranker.from_pretrained(folder)
+
+
+@pytest.mark.skipif(
+    not (SHARED_TOKENIZER / "tokenizer.json").exists(), reason=f"no real Qwen3 tokenizer at {SHARED_TOKENIZER}"
+)
+def test_real_tokenizer_with_or_without_an_eos_post_processor(tmp_path):
+    """The yes/no ids are the official ones, and an EOS-appending tokenizer.json changes nothing."""
+    folder = tmp_path / "real"
+    make_reranker_checkpoint(folder, (151669, 32, 1, 4, 2, 8, 64), tied=True)
+    shutil.copy(SHARED_TOKENIZER / "tokenizer.json", folder / "tokenizer.json")  # appends <|endoftext|>
+    with_eos = Reranker.from_pretrained(folder)
+    assert with_eos.tokenizer.token_id("yes") == 9693 and with_eos.tokenizer.token_id("no") == 2152
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["post_processor"] = None
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    without = Reranker.from_pretrained(folder)
+    assert with_eos.prefix == without.prefix and with_eos.suffix == without.suffix
+    documents = ["中文 document", "The capital of China is Beijing."]
+    torch.testing.assert_close(with_eos.score(QUERY, documents), without.score(QUERY, documents), rtol=0, atol=0)
