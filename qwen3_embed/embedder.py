@@ -9,17 +9,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from . import checkpoint
-from .config import Qwen3Config
 from .model import Qwen3Model
-from .tokenize import Tokenizer, batches
-
-DEFAULT_MAX_LENGTH = 8192  # what the official evaluation uses
-# Tokens per forward pass. On CPU, 2048 keeps the activations in cache and measured fastest (benchmarks/);
-# on CUDA, larger batches keep the GPU busy.
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+from .pipeline import Pipeline
+from .tokenize import Tokenizer
 
 
 def format_instruction(instruction: str, text: str) -> str:
@@ -27,15 +20,7 @@ def format_instruction(instruction: str, text: str) -> str:
     return f"Instruct: {instruction}\nQuery:{text}"
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-class Embedder:
+class Embedder(Pipeline):
     def __init__(
         self,
         model: Qwen3Model,
@@ -43,22 +28,9 @@ class Embedder:
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
     ):
-        self.model = model
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer)
         self.prompts = prompts or {}
         self.default_prompt_name = default_prompt_name
-
-    @property
-    def config(self) -> Qwen3Config:
-        return self.model.config
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
 
     @classmethod
     def from_pretrained(
@@ -69,14 +41,8 @@ class Embedder:
         dtype: str | torch.dtype | None = None,
     ) -> Embedder:
         """Load a local folder or hub id (default: CUDA in bf16 when available, else CPU in float32)."""
-        folder = checkpoint.resolve(name_or_path)
-        device = torch.device(device) if device is not None else default_device()
-        dtype = checkpoint.resolve_dtype(dtype) if dtype is not None else default_dtype(device)
-        config = Qwen3Config.from_json(folder / "config.json")
-        model = checkpoint.load_model(folder, config, dtype, device)
-        tokenizer = Tokenizer(folder / "tokenizer.json", config.vocab_size)
-        prompts, default_prompt_name = read_prompts(folder)
-        return cls(model, tokenizer, prompts, default_prompt_name)
+        folder, model, tokenizer = cls.load(name_or_path, device, dtype)
+        return cls(model, tokenizer, *read_prompts(folder))
 
     def encode(
         self,
@@ -101,41 +67,48 @@ class Embedder:
         batch_tokens: tokens per forward pass (default 2048 on CPU, 16384 on CUDA); a longer text runs alone.
         """
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
+        dim = self.check_dim(dim)
+        ids = self.tokenize([texts] if single else texts, instruction, prompt_name, max_length, truncate)
+        if not ids:
+            return torch.empty(0, dim)
+        vectors = self.run(ids, lambda last: last[:, :dim].float(), batch_tokens, show_progress)
+        vectors = self.finish(vectors, normalize)
+        return vectors[0] if single else vectors
+
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        instruction: str | None = None,
+        prompt_name: str | None = None,
+        max_length: int | None = None,
+        truncate: bool = True,
+        warn: bool = True,
+    ) -> list[list[int]]:
+        """The token ids `encode` runs for each text: prompt applied, one final EOS, cut to max_length."""
+        texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
+        texts = self._apply_prompt(texts, instruction, prompt_name)
+        return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn)
+
+    def check_dim(self, dim: int | None) -> int:
+        """The output dimensions: 1..hidden, default hidden."""
         hidden = self.config.hidden_size
         dim = hidden if dim is None else dim
         if not 1 <= dim <= hidden:
             raise ValueError(f"dim={dim} is outside 1..{hidden}, the model's hidden size")
-        max_length = self._check_max_length(max_length)
-        if batch_tokens is None:
-            batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
-        if batch_tokens < 1:
-            raise ValueError(f"batch_tokens={batch_tokens} must be at least 1")
-        texts = self._apply_prompt(texts, instruction, prompt_name)
+        return dim
 
-        out = torch.empty(len(texts), dim, dtype=torch.float32)
-        ids = self.tokenizer.encode(texts, max_length, truncate)
-        with torch.inference_mode(), tqdm(total=len(texts), unit="text", disable=not show_progress) as progress:
-            for batch in batches(ids, batch_tokens):
-                b = batch.to(self.device)
-                pooled = self.model(b.input_ids, b.cu_seqlens, b.position_ids)
-                vectors = pooled[:, :dim].float()
-                if normalize:
-                    vectors = F.normalize(vectors, dim=-1)
-                vectors = vectors.cpu()
-                bad = (~torch.isfinite(vectors).all(dim=1)).nonzero().flatten().tolist()
-                if bad:
-                    raise FloatingPointError(
-                        f"the model produced non-finite values (inf or NaN) in {self.dtype} for the texts at "
-                        f"indices {sorted(batch.index[i] for i in bad)}; float16 overflows on some inputs: use "
-                        "dtype='bfloat16' or 'float32'"
-                    )
-                out[batch.index] = vectors
-                progress.update(len(batch.index))
-        return out[0] if single else out
+    def finish(self, vectors: torch.Tensor, normalize: bool) -> torch.Tensor:
+        """Pooled vectors [n, dim] -> L2-normalized (when asked); non-finite rows are an error naming them."""
+        bad = (~torch.isfinite(vectors).all(dim=1)).nonzero().flatten().tolist()
+        if bad:
+            raise FloatingPointError(
+                f"the model produced non-finite values (inf or NaN) in {self.dtype} for the texts at indices {bad}; "
+                "float16 overflows on some inputs: use dtype='bfloat16' or 'float32'"
+            )
+        return F.normalize(vectors, dim=-1) if normalize else vectors
 
     @staticmethod
     def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -144,14 +117,6 @@ class Embedder:
         if a.shape[-1] != b.shape[-1]:
             raise ValueError(f"cannot compare vectors of {a.shape[-1]} and {b.shape[-1]} dimensions")
         return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
-
-    def _check_max_length(self, max_length: int | None) -> int:
-        limit = self.config.max_position_embeddings
-        if max_length is None:
-            return min(DEFAULT_MAX_LENGTH, limit)
-        if not 2 <= max_length <= limit:
-            raise ValueError(f"max_length={max_length} is outside 2..{limit}, the model's maximum sequence length")
-        return max_length
 
     def _apply_prompt(self, texts: list[str], instruction: str | None, prompt_name: str | None) -> list[str]:
         if instruction is not None and prompt_name is not None:

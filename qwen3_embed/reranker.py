@@ -11,13 +11,11 @@ import os
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from . import checkpoint
-from .config import Qwen3Config
-from .embedder import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LENGTH, default_device, default_dtype
 from .model import Qwen3Model
-from .tokenize import Tokenizer, batches
+from .pipeline import Pipeline
+from .tokenize import Tokenizer
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
@@ -32,21 +30,12 @@ def format_pair(instruction: str, query: str, document: str) -> str:
     return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
 
 
-class Reranker:
+class Reranker(Pipeline):
     def __init__(self, model: Qwen3Model, tokenizer: Tokenizer, no_yes: torch.Tensor):
-        self.model = model
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer)
         self.no_yes = no_yes  # [2, hidden]: the output projection's rows for "no" and "yes"
         self.prefix = tokenizer.ids(PREFIX)
         self.suffix = tokenizer.ids(SUFFIX)
-
-    @property
-    def config(self) -> Qwen3Config:
-        return self.model.config
-
-    @property
-    def device(self) -> torch.device:
-        return self.no_yes.device
 
     @classmethod
     def from_pretrained(
@@ -57,20 +46,15 @@ class Reranker:
         dtype: str | torch.dtype | None = None,
     ) -> Reranker:
         """Load a local folder or hub id (default: CUDA in bf16 when available, else CPU in float32)."""
-        folder = checkpoint.resolve(name_or_path)
-        device = torch.device(device) if device is not None else default_device()
-        dtype = checkpoint.resolve_dtype(dtype) if dtype is not None else default_dtype(device)
-        config = Qwen3Config.from_json(folder / "config.json")
-        model = checkpoint.load_model(folder, config, dtype, device, skip=frozenset({"lm_head.weight"}))
-        tokenizer = Tokenizer(folder / "tokenizer.json", config.vocab_size)
+        folder, model, tokenizer = cls.load(name_or_path, device, dtype, skip=frozenset({"lm_head.weight"}))
+        config, weight = model.config, model.embed_tokens.weight
         rows = [tokenizer.token_id("no"), tokenizer.token_id("yes")]
-        no_yes = checkpoint.read_rows(
-            folder, "lm_head.weight", rows, (config.vocab_size, config.hidden_size), dtype, device
-        )
+        shape = (config.vocab_size, config.hidden_size)
+        no_yes = checkpoint.read_rows(folder, "lm_head.weight", rows, shape, weight.dtype, weight.device)
         if no_yes is None:
             if not config.tie_word_embeddings:
                 raise ValueError(f"{folder} has no lm_head.weight, yet config.json says the embeddings are not tied")
-            no_yes = model.embed_tokens.weight[rows].clone()  # tied: the output projection is the embedding table
+            no_yes = weight[rows].clone()  # tied: the output projection is the embedding table
         return cls(model, tokenizer, no_yes)
 
     def score(
@@ -83,6 +67,7 @@ class Reranker:
         truncate: bool = True,
         batch_tokens: int | None = None,
         show_progress: bool = False,
+        raw: bool = False,
     ) -> torch.Tensor:
         """Relevance probability of each document for the query: float32 CPU tensor [len(documents)], in order.
 
@@ -91,29 +76,13 @@ class Reranker:
         max_length: tokens per pair, prompt included (default 8192); a longer pair has its document's end cut,
         never the prompt, with a warning, or is an error when `truncate` is False.
         batch_tokens: tokens per forward pass (default 2048 on CPU, 16384 on CUDA).
+        raw: return the logit difference `l_yes - l_no` instead of its sigmoid.
         """
-        pairs = _pairs(query, documents)
-        instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
-        limit = self.config.max_position_embeddings
-        max_length = min(DEFAULT_MAX_LENGTH, limit) if max_length is None else max_length
-        if max_length > limit:
-            raise ValueError(f"max_length={max_length} is more than the model's maximum sequence length {limit}")
-        if batch_tokens is None:
-            batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
-        if batch_tokens < 1:
-            raise ValueError(f"batch_tokens={batch_tokens} must be at least 1")
-        texts = [format_pair(instruction, q, d) for q, d in pairs]
-        ids = self.tokenizer.encode(texts, max_length, truncate, prefix=self.prefix, suffix=self.suffix)
-
-        scores = torch.empty(len(pairs), dtype=torch.float32)
-        with torch.inference_mode(), tqdm(total=len(pairs), unit="pair", disable=not show_progress) as progress:
-            for batch in batches(ids, batch_tokens):
-                b = batch.to(self.device)
-                last = self.model(b.input_ids, b.cu_seqlens, b.position_ids)  # [B, hidden]
-                no, yes = (last @ self.no_yes.T).float().unbind(-1)
-                scores[batch.index] = torch.sigmoid(yes - no).cpu()
-                progress.update(len(batch.index))
-        return scores
+        ids = self.tokenize(pairs(query, documents), instruction, max_length, truncate)
+        if not ids:
+            return torch.empty(0)
+        logits = self.run(ids, self.head, batch_tokens, show_progress, unit="pair")
+        return logits if raw else torch.sigmoid(logits)
 
     def rank(
         self, query: str, documents: Sequence[str], *, top_k: int | None = None, **score_options
@@ -125,21 +94,40 @@ class Reranker:
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
         return [(i, scores[i]) for i in order[:top_k]]
 
+    def tokenize(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        instruction: str | None = None,
+        max_length: int | None = None,
+        truncate: bool = True,
+        warn: bool = True,
+    ) -> list[list[int]]:
+        """The token ids `score` runs for each pair: prefix, the pair's text (cut to fit max_length), suffix."""
+        instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+        texts = [format_pair(instruction, q, d) for q, d in pairs]
+        return self.tokenizer.encode(
+            texts, self.max_length(max_length), truncate, prefix=self.prefix, suffix=self.suffix, warn=warn
+        )
 
-def _pairs(query: str | Sequence[tuple[str, str]], documents: Sequence[str] | None) -> list[tuple[str, str]]:
+    def head(self, last: torch.Tensor) -> torch.Tensor:
+        """l_yes - l_no from the final-normed last-token states [B, hidden]: [B] float32."""
+        no, yes = (last @ self.no_yes.T).float().unbind(-1)
+        return yes - no
+
+
+def pairs(query: str | Sequence[tuple[str, str]], documents: Sequence[str] | None) -> list[tuple[str, str]]:
     """(query, document) pairs from a query and its documents, or from a list of pairs; non-strings are named."""
     if isinstance(query, str):
         if documents is None or isinstance(documents, str):
             raise TypeError("pass a query and a list of documents, or a list of (query, document) pairs")
-        pairs = [(query, d) for d in documents]
-        for i, (_, d) in enumerate(pairs):
+        for i, d in enumerate(documents):
             if not isinstance(d, str):
                 raise TypeError(f"documents[{i}] is a {type(d).__name__}, not a str")
-        return pairs
+        return [(query, d) for d in documents]
     if documents is not None:
         raise TypeError("pass either a query with documents, or a list of (query, document) pairs, not both")
-    pairs = list(query)
-    for i, pair in enumerate(pairs):
+    result = list(query)
+    for i, pair in enumerate(result):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise TypeError(f"pairs[{i}] is not a (query, document) pair of strings")
-    return [tuple(p) for p in pairs]
+    return [tuple(p) for p in result]

@@ -34,13 +34,15 @@ class Tokenizer:
         truncate: bool = True,
         prefix: Sequence[int] = (),
         suffix: Sequence[int] | None = None,
+        warn: bool = True,
     ) -> list[list[int]]:
         """`prefix + tokens of the text + suffix` for each text, at most `max_length` tokens.
 
         The suffix defaults to one `<|endoftext|>`, the token the embedding models pool. The tokenizer's own
         post-processor is bypassed, so the result is the same whether or not its tokenizer.json appends an EOS.
-        A text too long to fit has its tokens cut (never the prefix or suffix) with a warning, or is an error when
-        `truncate` is False. A token the embedding table has no row for is an error naming the text.
+        A text too long to fit has its tokens cut (never the prefix or suffix) with a warning (unless `warn` is
+        False, for callers that asked for truncation explicitly), or is an error when `truncate` is False. A token
+        the embedding table has no row for is an error naming the text.
         """
         prefix, suffix = list(prefix), [self.eos_id] if suffix is None else list(suffix)
         room = max_length - len(prefix) - len(suffix)
@@ -60,12 +62,13 @@ class Tokenizer:
                     f"(indices {_some(too_long)}; the longest has {longest}); shorten them, raise max_length, "
                     "or pass truncate=True"
                 )
-            warnings.warn(
-                f"{len(too_long)} of {len(ids)} text(s) were longer than max_length={max_length} tokens and were "
-                f"cut to fit (indices {_some(too_long)}; the longest had {longest}); pass truncate=False to get an "
-                "error instead",
-                stacklevel=3,
-            )
+            if warn:  # stacklevel: the user's call of Embedder.encode or Reranker.score
+                warnings.warn(
+                    f"{len(too_long)} of {len(ids)} text(s) were longer than max_length={max_length} tokens and were "
+                    f"cut to fit (indices {_some(too_long)}; the longest had {longest}); pass truncate=False to get "
+                    "an error instead",
+                    stacklevel=4,
+                )
             for i in too_long:
                 del ids[i][room:]
         for i, seq in enumerate(ids):
