@@ -1,15 +1,17 @@
-"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` writes a file of vectors, `rerank` orders
-documents for a query."""
+"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` embeds a file (streamed into shards, or
+one .npy), `rerank` orders documents for a query, `serve` runs the HTTP server."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from .corpus import FORMATS, chunks, encode_corpus, read_records
 from .embedder import Embedder
 from .reranker import DEFAULT_INSTRUCTION, Reranker
 
@@ -22,24 +24,18 @@ CARD_DOCUMENTS = [
 ]
 
 
-def read_texts(path: Path) -> list[str]:
-    """One text per line, or JSON lines with a "text" field when the file ends in .jsonl."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    if path.suffix != ".jsonl":
-        return lines
-    texts = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
-        if not isinstance(record, dict) or "text" not in record:
-            raise ValueError(f'{path}:{number}: expected an object with a "text" field')
-        if not isinstance(record["text"], str):
-            raise ValueError(f'{path}:{number}: "text" is a {type(record["text"]).__name__}, not a string')
-        texts.append(record["text"])
+def read_texts(path: Path, text_field: str = "text", skip_bad: bool = False) -> list[str]:
+    """The texts of a file: one per line, or a field of JSON lines (.jsonl) or Parquet (.parquet)."""
+    skipped: list[str] = []
+    texts = [r.text for chunk in chunks(read_records(path, text_field), 1 << 30, skip_bad, skipped) for r in chunk]
+    report_skipped(skipped)
     return texts
+
+
+def report_skipped(skipped: list[str]) -> None:
+    if skipped:
+        shown = "\n  ".join(skipped[:10]) + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        print(f"skipped {len(skipped)} malformed record(s):\n  {shown}", file=sys.stderr)
 
 
 def load(args: argparse.Namespace) -> Embedder:
@@ -65,19 +61,44 @@ def similarity(args: argparse.Namespace) -> None:
 
 
 def encode(args: argparse.Namespace) -> None:
-    texts = read_texts(args.input)
-    embedder = load(args)
-    vectors = embedder.encode(
-        texts,
-        instruction=args.instruction,
-        dim=args.dim,
-        max_length=args.max_length,
-        truncate=not args.no_truncate,
-        batch_tokens=args.batch_tokens,
-        show_progress=True,
-    )
-    np.save(args.output, vectors.numpy())
-    print(f"wrote {len(texts)} vectors of {vectors.shape[-1]} dimensions to {args.output}", file=sys.stderr)
+    options = dict(instruction=args.instruction, dim=args.dim, max_length=args.max_length,
+                   truncate=not args.no_truncate, batch_tokens=args.batch_tokens)  # fmt: skip
+    if args.output.suffix == ".npy":  # one array, built in memory
+        texts = read_texts(args.input, args.text_field, args.skip_bad)
+        vectors = load(args).encode(texts, show_progress=True, **options)
+        np.save(args.output, vectors.to(getattr(torch, args.vector_dtype)).numpy())
+        print(f"wrote {len(texts)} vectors of {vectors.shape[-1]} dimensions to {args.output}", file=sys.stderr)
+        return
+    rank, world_size, barrier, device = start_distributed(args.device)
+    try:
+        embedder = Embedder.from_pretrained(args.model, device=device, dtype=args.dtype)
+        manifest = encode_corpus(
+            embedder, args.input, args.output, model=args.model, chunk_size=args.chunk_size,
+            text_field=args.text_field, id_field=args.id_field, skip_bad=args.skip_bad, fmt=args.format,
+            vector_dtype=args.vector_dtype, rank=rank, world_size=world_size, barrier=barrier, **options,
+        )  # fmt: skip
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+    if manifest is not None:
+        report_skipped(manifest["skipped"])
+        print(f"wrote {manifest['texts']} vectors of {manifest['dim']} dimensions in {len(manifest['shards'])} "
+              f"shard(s) to {args.output}", file=sys.stderr)  # fmt: skip
+
+
+def start_distributed(device: str | None) -> tuple[int, int, object, str | None]:
+    """(rank, world size, barrier, device) under torchrun (gloo on CPU, NCCL on GPUs), or a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, None, device
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), world_size, dist.barrier, device or "cpu"
 
 
 def rerank(args: argparse.Namespace) -> None:
@@ -91,6 +112,24 @@ def rerank(args: argparse.Namespace) -> None:
     )  # fmt: skip
     for index, score in ranked:
         print(f"{score:.4f}  d{index}  {documents[index]}")
+
+
+def serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError as e:
+        raise SystemExit(f"the server needs its extra ({e}): pip install 'qwen3-embed-triton[server]'") from None
+    embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    reranker = args.reranker and Reranker.from_pretrained(args.reranker, device=args.device, dtype=args.dtype)
+    app = create_app(
+        embedder, reranker or None, model_id=args.model, reranker_id=args.reranker,
+        max_input_length=args.max_input_length, max_batch_tokens=args.max_batch_tokens,
+        max_client_batch_size=args.max_client_batch_size,
+        max_wait_ms=args.max_wait_ms, batching=not args.no_batching,
+    )  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -110,9 +149,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--instruction", default=CARD_TASK, help="task for the queries ('' for none); default: the card's")
     s.set_defaults(run=similarity)
 
-    e = commands.add_parser("encode", parents=[common], help="embed a file of texts into a .npy file")
-    e.add_argument("--input", type=Path, required=True, help="text file (one text per line) or .jsonl with 'text'")
-    e.add_argument("--output", type=Path, required=True, help=".npy file of float32 vectors, one row per text")
+    e = commands.add_parser("encode", parents=[common], help="embed a file of texts into shards (or one .npy file)")
+    e.add_argument("--input", type=Path, required=True, help="text lines, JSON lines (.jsonl) or Parquet (.parquet)")
+    e.add_argument("--output", type=Path, required=True,
+                   help="folder for shards and manifest.json (streamed, resumable, torchrun); or FILE.npy for one "
+                   "array built in memory")  # fmt: skip
+    e.add_argument("--text-field", default="text", help="field of the text in JSON lines or Parquet")
+    e.add_argument("--id-field", help="field of the id (default: the record's position in the input)")
+    e.add_argument("--chunk-size", type=int, default=10_000, help="texts per shard")
+    e.add_argument("--format", choices=FORMATS, default="npy", help="shard files: .npy or .safetensors")
+    e.add_argument("--vector-dtype", choices=["float32", "float16"], default="float32")
+    e.add_argument(
+        "--skip-bad", action="store_true", help="skip malformed records (and report them) instead of failing"
+    )
     e.add_argument("--instruction", help="task instruction applied to every text (for queries)")
     e.add_argument("--max-length", type=int, help="tokens per text (default 8192)")
     e.add_argument("--no-truncate", action="store_true", help="fail on a text over --max-length instead of cutting it")
@@ -128,6 +177,18 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, help="print only the best k")
     r.add_argument("--max-length", type=int, help="tokens per query-document pair, prompt included (default 8192)")
     r.set_defaults(run=rerank)
+
+    v = commands.add_parser("serve", parents=[device], help="serve TEI and OpenAI compatible HTTP endpoints")
+    v.add_argument("--model", default="Qwen/Qwen3-Embedding-0.6B", help="embedding model: hub id or local folder")
+    v.add_argument("--reranker", help="reranker model to serve on /rerank: hub id or local folder")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--max-input-length", type=int, help="tokens per input (default 8192)")
+    v.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per request, and per queue drain")
+    v.add_argument("--max-client-batch-size", type=int, default=32, help="inputs per request")
+    v.add_argument("--max-wait-ms", type=float, default=2.0, help="how long an idle worker waits to fill a batch")
+    v.add_argument("--no-batching", action="store_true", help="run each request alone (for comparison)")
+    v.set_defaults(run=serve)
     return p
 
 
