@@ -147,8 +147,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def write_results(name: str, results: dict, table: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(table + "\n")
-    print(f"\nwrote {RESULTS / name}.json and .md")
+def write_results(name: str, results: dict, table: str, folder: Path = RESULTS) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(table + "\n")
+    print(f"\nwrote {folder / name}.json and .md")

@@ -86,49 +86,46 @@ def run(name, lengths, hq, hkv, dtype, device, d):
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--smoke", action="store_true", help="tiny sizes on CPU through the interpreter (float16), no results"
-    )
-    args = p.parse_args()
-    if args.smoke:
-        os.environ["TRITON_INTERPRET"] = "1"
-        device, dtype, d = "cpu", torch.float16, 64
-    elif torch.cuda.is_available():
-        device, dtype, d = "cuda", torch.bfloat16, 128
-    else:
-        sys.exit("no CUDA device: run with --smoke for a CPU plumbing check, or on a GPU")
-
+def benchmark(device: str, dtype: torch.dtype, smoke: bool = False) -> tuple[dict, str]:
+    """Every case, checked then timed: the results and a markdown table."""
+    d = 64 if smoke else 128
     m = machine()
     results = {"machine": m, "dtype": str(dtype), "runs": []}
     rows = []
-    for name, lengths, hq, hkv in cases(args.smoke):
+    for name, lengths, hq, hkv in cases(smoke):
         r = run(name, lengths, hq, hkv, dtype, device, d)
         results["runs"].append(r)
         tf = r["tflops"]
-        padded = tf["padded SDPA"]
-        rows.append(
-            f"| {name} | {r['tokens']} | {hq}/{hkv} | {tf['kernel']:.1f} | "
-            + f"{padded:.1f} ({tf['kernel'] / padded:.2f}x) | "
-            + f"{tf['per-sequence SDPA']:.1f} ({tf['kernel'] / tf['per-sequence SDPA']:.2f}x) | "
-            f"{r['max_abs_diff_vs_sdpa']:.2g} |"
-        )
+        padded, per_seq = tf["padded SDPA"], tf["per-sequence SDPA"]
+        rows.append(f"| {name} | {r['tokens']} | {hq}/{hkv} | {tf['kernel']:.1f} | {padded:.1f} "
+                    f"({tf['kernel'] / padded:.2f}x) | {per_seq:.1f} ({tf['kernel'] / per_seq:.2f}x) | "
+                    f"{r['max_abs_diff_vs_sdpa']:.2g} |")  # fmt: skip
         print(rows[-1], flush=True)
-    device_name = m.get("gpu", m["cpu"])
-    table = "\n".join(
-        [
-            f"Varlen causal attention, {dtype}, head_dim {d}, on {device_name} (causal TFLOP/s; x = kernel speed-up)"
-            + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if args.smoke else ""),
-            "",
-            "| case | tokens | Hq/Hkv | kernel | padded SDPA (CUDA: flash) | per-sequence SDPA | max diff vs SDPA |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
-        ]
+    table = "\n".join([
+        f"Varlen causal attention, {dtype}, head_dim {d}, on {m.get('gpu', m['cpu'])} (causal TFLOP/s; x = kernel "
+        "speed-up)" + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if smoke else ""),
+        "",
+        "| case | tokens | Hq/Hkv | kernel | padded SDPA (CUDA: flash) | per-sequence SDPA | max diff vs SDPA |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ])  # fmt: skip
+    return results, table
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU through the interpreter, no results")
+    args = p.parse_args()
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+    elif not torch.cuda.is_available():
+        sys.exit("no CUDA device: run with --smoke for a CPU plumbing check, or on a GPU")
+    results, table = benchmark(
+        "cpu" if args.smoke else "cuda", torch.float16 if args.smoke else torch.bfloat16, args.smoke
     )
     print("\n" + table)
     if not args.smoke:
-        write_results(f"kernels_attention-{device_name.replace(' ', '_')}", results, table)
+        write_results(f"kernels_attention-{torch.cuda.get_device_name().replace(' ', '_')}", results, table)
 
 
 if __name__ == "__main__":

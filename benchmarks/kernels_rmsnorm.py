@@ -67,46 +67,43 @@ def run(op: str, width: int, tokens: int, dtype: torch.dtype, device: str):
     }
 
 
+def benchmark(device: str, dtype: torch.dtype, smoke: bool = False) -> tuple[dict, str]:
+    """Every case, checked then timed: the results and a markdown table."""
+    m = machine()
+    copy = copy_bandwidth(device, smoke=smoke)
+    rows = []
+    results = {"machine": m, "dtype": str(dtype), "copy_gbps": copy, "runs": []}
+    for op, width, tokens in cases(smoke):
+        r = run(op, width, tokens, dtype, device)
+        results["runs"].append(r)
+        rows.append(f"| {op} | {width} | {tokens} | {r['kernel_gbps']:.0f} ({r['kernel_gbps'] / copy:.0%}) | "
+                    f"{r['torch_gbps']:.0f} | {r['speedup']:.1f}x | {r['max_abs_diff_vs_torch']:.2g} |")  # fmt: skip
+        print(rows[-1], flush=True)
+    table = "\n".join([
+        f"RMSNorm kernels, {dtype}, on {m.get('gpu', m['cpu'])}: copy bandwidth {copy:.0f} GB/s (device-to-device "
+        "copy_)" + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if smoke else ""),
+        "",
+        "| op | width | tokens | kernel GB/s (of copy) | torch GB/s | speedup | max abs diff vs torch |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ])  # fmt: skip
+    return results, table
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--smoke", action="store_true", help="tiny sizes on CPU through the interpreter (float16), no results"
-    )
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU through the interpreter, no results")
     args = p.parse_args()
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
-        device, dtype = "cpu", torch.float16
-    elif torch.cuda.is_available():
-        device, dtype = "cuda", torch.bfloat16
-    else:
+    elif not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --smoke for a CPU plumbing check, or on a GPU")
-
-    m = machine()
-    copy = copy_bandwidth(device, smoke=args.smoke)
-    rows = []
-    results = {"machine": m, "dtype": str(dtype), "copy_gbps": copy, "runs": []}
-    for op, width, tokens in cases(args.smoke):
-        r = run(op, width, tokens, dtype, device)
-        results["runs"].append(r)
-        rows.append(
-            f"| {op} | {width} | {tokens} | {r['kernel_gbps']:.0f} ({r['kernel_gbps'] / copy:.0%}) | "
-            f"{r['torch_gbps']:.0f} | {r['speedup']:.1f}x | {r['max_abs_diff_vs_torch']:.2g} |"
-        )
-        print(rows[-1], flush=True)
-    device_name = m.get("gpu", m["cpu"])
-    table = "\n".join(
-        [
-            f"RMSNorm kernels, {dtype}, on {device_name}: copy bandwidth {copy:.0f} GB/s (device-to-device copy_)"
-            + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if args.smoke else ""),
-            "",
-            "| op | width | tokens | kernel GB/s (of copy) | torch GB/s | speedup | max abs diff vs torch |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
-        ]
+    results, table = benchmark(
+        "cpu" if args.smoke else "cuda", torch.float16 if args.smoke else torch.bfloat16, args.smoke
     )
     print("\n" + table)
     if not args.smoke:
-        write_results(f"kernels_rmsnorm-{device_name.replace(' ', '_')}", results, table)
+        write_results(f"kernels_rmsnorm-{torch.cuda.get_device_name().replace(' ', '_')}", results, table)
 
 
 if __name__ == "__main__":
