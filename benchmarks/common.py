@@ -147,6 +147,25 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def kernel_benchmark_main(doc: str, benchmark, name: str) -> None:
+    """The command line of a kernel benchmark: on CUDA in bf16, or --smoke (CPU, Triton's interpreter, fp16)."""
+    import argparse
+    import os
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU through the interpreter, no results")
+    args = p.parse_args()
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+    elif not torch.cuda.is_available():
+        sys.exit("no CUDA device: run with --smoke for a CPU plumbing check, or on a GPU")
+    device, dtype = ("cpu", torch.float16) if args.smoke else ("cuda", torch.bfloat16)
+    results, table = benchmark(device, dtype, args.smoke)
+    print("\n" + table)
+    if not args.smoke:
+        write_results(f"{name}-{torch.cuda.get_device_name().replace(' ', '_')}", results, table)
+
+
 def write_results(name: str, results: dict, table: str, folder: Path = RESULTS) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")

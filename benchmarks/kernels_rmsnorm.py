@@ -10,13 +10,9 @@ read once, outputs written once); each kernel is checked against the reference b
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-
 import torch
 
-from common import bench_seconds, copy_bandwidth, machine, write_results
+from common import bench_seconds, copy_bandwidth, kernel_benchmark_main, machine
 
 
 def cases(smoke: bool):
@@ -91,19 +87,7 @@ def benchmark(device: str, dtype: torch.dtype, smoke: bool = False) -> tuple[dic
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU through the interpreter, no results")
-    args = p.parse_args()
-    if args.smoke:
-        os.environ["TRITON_INTERPRET"] = "1"
-    elif not torch.cuda.is_available():
-        sys.exit("no CUDA device: run with --smoke for a CPU plumbing check, or on a GPU")
-    results, table = benchmark(
-        "cpu" if args.smoke else "cuda", torch.float16 if args.smoke else torch.bfloat16, args.smoke
-    )
-    print("\n" + table)
-    if not args.smoke:
-        write_results(f"kernels_rmsnorm-{torch.cuda.get_device_name().replace(' ', '_')}", results, table)
+    kernel_benchmark_main(__doc__, benchmark, "kernels_rmsnorm")
 
 
 if __name__ == "__main__":

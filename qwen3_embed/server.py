@@ -190,7 +190,7 @@ def create_app(
             option = "--model" if worker == "embed" else "--reranker"
             raise ApiError(424, f"this server has no {worker} model: start it with {option}", "Backend")
 
-    async def tokenize(worker: str, texts: list, tokenize_fn) -> list[list[int]]:
+    async def tokenize(texts: list, tokenize_fn) -> list[list[int]]:
         """Token ids of a request's inputs, or the error the client gets: 400 empty, 413 too many or too long
         together, 422 (400 on /v1) for any other bad input."""
         if not texts:
@@ -220,7 +220,7 @@ def create_app(
         except ValueError as e:
             raise ApiError(422, str(e)) from None
         ids = await tokenize(
-            "embed", texts, lambda: embedder.tokenize(texts, None, prompt_name, max_input_length, truncate, warn=False)
+            texts, lambda: embedder.tokenize(texts, None, prompt_name, max_input_length, truncate, warn=False)
         )
         vectors = await results("embed", ids, lambda rows: embedder.finish(rows[:, :dim], normalize))
         return vectors, sum(map(len, ids))
@@ -240,7 +240,7 @@ def create_app(
             return reranker.tokenize(pairs_, None, max_input_length, request.truncate, warn=False)
 
         require("rerank")
-        ids = await tokenize("rerank", request.texts, tokenize_pairs)
+        ids = await tokenize(request.texts, tokenize_pairs)
         scores = await results(
             "rerank", ids, lambda rows: (rows if request.raw_scores else torch.sigmoid(rows)).tolist()
         )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -45,6 +46,14 @@ def any_shape(request, build_checkpoint):
     if request.param == "0.6B-layers":
         return build_checkpoint("0.6B-layers", SHAPE_0_6B)
     return build_checkpoint(request.param, TINY_SHAPES[request.param])
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every output a kernel wrapper allocates with torch.empty_like starts as NaN, so an element left unwritten
+    shows."""
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t, *a, **k: empty_like(t, *a, **k).fill_(math.nan))
 
 
 @pytest.fixture(autouse=True)
