@@ -140,7 +140,9 @@ def test_too_many_tokens_in_one_request(embedder, reranker):
     app = create_app(embedder, None, max_input_length=64, max_batch_tokens=100)
     with Server(app) as base:
         response = httpx.post(f"{base}/embed", json={"inputs": ["gravity " * 20] * 8, "truncate": True})
+        no_reranker = httpx.post(f"{base}/rerank", json={"query": "q", "texts": ["t"]})
     assert response.status_code == 413 and "more than max_batch_tokens=100" in response.json()["error"]
+    assert no_reranker.status_code == 424 and "--reranker" in no_reranker.json()["error"]
 
 
 def test_rerank_matches_score(client, reranker):
