@@ -51,7 +51,9 @@ def machine() -> dict:
     return info
 
 
-def write_checkpoint(folder: Path, config: Qwen3Config, tokenizer_dir: Path, reranker: bool = False) -> Path:
+def write_checkpoint(
+    folder: Path, config: Qwen3Config, tokenizer_dir: Path, reranker: bool = False, device: str = "cpu"
+) -> Path:
     """A random-weight checkpoint of `config`'s shape in bf16 (as the real repos), written by transformers with the
     real tokenizer: an embedding model with the sentence-transformers files, or a reranker (Qwen3ForCausalLM, tied
     as the 0.6B). Built by tests/checkpoints.py; reused when `folder` already holds it."""
@@ -68,7 +70,7 @@ def write_checkpoint(folder: Path, config: Qwen3Config, tokenizer_dir: Path, rer
         make_reranker_checkpoint(folder, shape, tied=config.tie_word_embeddings, dtype=torch.bfloat16,
                                  tokenizer=tokenizer_dir)  # fmt: skip
     else:
-        make_checkpoint(folder, shape, dtype=torch.bfloat16, tokenizer=tokenizer_dir,
+        make_checkpoint(folder, shape, dtype=torch.bfloat16, tokenizer=tokenizer_dir, device=device,
                         max_position_embeddings=config.max_position_embeddings)  # fmt: skip
     marker.write_text(key)
     return folder

@@ -114,7 +114,8 @@ def end_to_end(args, device: str, dtype: torch.dtype, tokenizer_dir: Path) -> tu
                              num_key_value_heads=2, head_dim=16, vocab_size=512)  # fmt: skip
         elif layers:
             config = replace(config, num_hidden_layers=layers)
-        folder = write_checkpoint(args.checkpoints / f"gpu-{preset}-{config.num_hidden_layers}", config, tokenizer_dir)
+        name = f"gpu-{preset}-{config.num_hidden_layers}"
+        folder = write_checkpoint(args.checkpoints / name, config, tokenizer_dir, device=device)
         shape = f"{preset} shape" + (f", {config.num_hidden_layers} layers" if layers or args.smoke else "")
         for corpus, (count, low, high) in CORPORA.items():
             if args.smoke:

@@ -73,9 +73,11 @@ def make_tokenizer(folder: Path, vocab_size: int = 300, post_processor: bool = T
     return tok.get_vocab_size()
 
 
-def random_model(architecture: str, shape: tuple[int, ...], *, tied: bool = True, seed: int = 0, **config):
+def random_model(
+    architecture: str, shape: tuple[int, ...], *, tied: bool = True, seed: int = 0, device: str = "cpu", **config
+):
     """A transformers Qwen3 model ("Qwen3Model" or "Qwen3ForCausalLM") of `shape` with random weights, its norms
-    too (not all ones), so that a skipped or misplaced norm shows."""
+    too (not all ones), so that a skipped or misplaced norm shows; built on `device` (a GPU builds 8B quickly)."""
     import transformers
 
     vocab, hidden, layers, heads, kv_heads, head_dim, inter = shape
@@ -93,7 +95,8 @@ def random_model(architecture: str, shape: tuple[int, ...], *, tied: bool = True
         **config,
     )
     torch.manual_seed(seed)
-    model = getattr(transformers, architecture)(hf_config).eval()
+    with torch.device(device):
+        model = getattr(transformers, architecture)(hf_config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -121,10 +124,11 @@ def make_checkpoint(
     dtype: torch.dtype = torch.float32,
     max_position_embeddings: int = 32768,
     tokenizer: Path | None = None,
+    device: str = "cpu",
 ):
     """Save a random Qwen3Model with transformers' save_pretrained, plus a tokenizer that appends the EOS and the
     sentence-transformers files of the real Qwen3-Embedding repos; returns the transformers model (float32)."""
-    model = random_model("Qwen3Model", shape, seed=seed, max_position_embeddings=max_position_embeddings)
+    model = random_model("Qwen3Model", shape, seed=seed, device=device, max_position_embeddings=max_position_embeddings)
     model.to(dtype).save_pretrained(folder)
     install_tokenizer(folder, tokenizer, shape[0], eos=True)
     write_sentence_transformers_files(folder, shape[1])
