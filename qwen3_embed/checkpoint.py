@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .config import Qwen3Config
 from .model import Qwen3Model
@@ -94,6 +94,73 @@ def checkpoint_key(key: str) -> str:
     return key.removeprefix("model.")
 
 
+# safetensors' dtype names for the tensors a Qwen3 checkpoint holds
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+class SafetensorsFile:
+    """The header of a .safetensors file, and its tensors read with plain file reads into fresh CPU tensors: no
+    memory map, so no mapped file pages stay resident beside the weights while a model fills up."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if length > size - 8:
+                self._fail(f"its header claims {length} bytes, more than the file holds")
+            try:
+                header = json.loads(f.read(length))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                self._fail(f"its header is not JSON: {e}")
+        header.pop("__metadata__", None)
+        self.data_start = 8 + length
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int]] = {}  # key -> dtype, shape, offset
+        for key, entry in header.items():
+            dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+            if dtype is None:
+                self._fail(f"{key!r} has the dtype {entry.get('dtype')!r}, not one of {sorted(SAFETENSORS_DTYPES)}")
+            shape, (begin, end) = tuple(entry["shape"]), entry["data_offsets"]
+            if end - begin != math.prod(shape) * dtype.itemsize:
+                self._fail(
+                    f"{key!r} spans {end - begin} bytes, not the {math.prod(shape) * dtype.itemsize} of its shape"
+                )
+            if self.data_start + end > size:
+                self._fail(f"{key!r} ends at byte {self.data_start + end}, past the end of the file ({size})")
+            self.entries[key] = dtype, shape, self.data_start + begin
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.entries[key][1]
+
+    def nbytes(self, key: str) -> int:
+        dtype, shape, _ = self.entries[key]
+        return math.prod(shape) * dtype.itemsize
+
+    def read(self, key: str, rows: list[int] | None = None, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor (only the given rows of its first dimension, when given), in the file's dtype, on the CPU:
+        in fresh memory, or in the first bytes of `scratch` (uint8) when given."""
+        dtype, shape, offset = self.entries[key]
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        spans = [(offset, math.prod(shape) * dtype.itemsize)] if rows is None else [
+            (offset + row * row_bytes, row_bytes) for row in rows]  # fmt: skip
+        shape = shape if rows is None else (len(rows), *shape[1:])
+        if scratch is None:
+            out = torch.empty(shape, dtype=dtype)
+        else:
+            out = scratch[: math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+        buffer = out.view(-1).view(torch.uint8).numpy()
+        with open(self.path, "rb") as f:
+            done = 0
+            for start, length in spans:
+                f.seek(start)
+                f.readinto(buffer[done : done + length])
+                done += length
+        return out
+
+    def _fail(self, why: str):
+        raise OSError(f"{self.path} is truncated or corrupt ({why}); delete it and download or copy it again")
+
+
 def read_state_dict(
     folder: Path,
     shapes: dict[str, torch.Size],
@@ -101,33 +168,39 @@ def read_state_dict(
     device: torch.device,
     skip: frozenset[str] = frozenset(),
 ) -> dict[str, torch.Tensor]:
-    """Every tensor of `shapes` from the checkpoint, each read straight onto `device` and cast to `dtype`.
+    """Every tensor of `shapes` from the checkpoint, read one at a time and placed on `device` in `dtype`.
 
-    Strict: a missing, unexpected (and not in `skip`), duplicated or wrongly shaped key is an error naming it.
+    A tensor stored in `dtype`, for the CPU, is read straight into its final memory; any other is read into one
+    reused buffer (pinned for a GPU) and converted or copied from there, so the most memory beyond the model is
+    one tensor as stored. Strict: a missing, unexpected (and not in `skip`), duplicated or wrongly shaped key is
+    an error naming it.
     """
+    files = [SafetensorsFile(path) for path in weight_files(folder)]
+    largest = max((f.nbytes(key) for f in files for key in f.entries), default=0)
+    scratch = None
     state: dict[str, torch.Tensor] = {}
-    for file in weight_files(folder):
-        try:
-            with safe_open(file, framework="pt", device=str(device)) as f:
-                for key in f.keys():
-                    name = checkpoint_key(key)
-                    if name in skip:
-                        continue
-                    if name not in shapes:
-                        raise ValueError(
-                            f"{file.name} has the unexpected key {key!r}: is this a Qwen3 embedding checkpoint?"
-                        )
-                    if name in state:
-                        raise ValueError(f"{file.name} holds {name!r} twice (with and without the 'model.' prefix)")
-                    shape = tuple(f.get_slice(key).get_shape())
-                    if shape != tuple(shapes[name]):
-                        raise ValueError(
-                            f"{key!r} in {file.name} has shape {list(shape)}, but config.json implies "
-                            f"{list(shapes[name])}"
-                        )
-                    state[name] = f.get_tensor(key).to(dtype)
-        except SafetensorError as e:
-            raise OSError(f"{file} is truncated or corrupt ({e}); delete it and download or copy it again") from None
+    for file in files:
+        for key in file.entries:
+            name = checkpoint_key(key)
+            if name in skip:
+                continue
+            if name not in shapes:
+                raise ValueError(
+                    f"{file.path.name} has the unexpected key {key!r}: is this a Qwen3 embedding checkpoint?"
+                )
+            if name in state:
+                raise ValueError(f"{file.path.name} holds {name!r} twice (with and without the 'model.' prefix)")
+            if file.shape(key) != tuple(shapes[name]):
+                raise ValueError(
+                    f"{key!r} in {file.path.name} has shape {list(file.shape(key))}, but config.json implies "
+                    f"{list(shapes[name])}"
+                )
+            if file.entries[key][0] == dtype and device.type == "cpu":
+                state[name] = file.read(key)
+                continue
+            if scratch is None:
+                scratch = torch.empty(largest, dtype=torch.uint8, pin_memory=device.type == "cuda")
+            state[name] = file.read(key, scratch=scratch).to(device=device, dtype=dtype, copy=True)
     missing = [name for name in shapes if name not in state]
     if missing:
         raise ValueError(f"the checkpoint in {folder} lacks {len(missing)} tensors the model needs: {missing[:5]}")
@@ -150,13 +223,12 @@ def read_rows(
     folder: Path, key: str, rows: list[int], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor | None:
     """Only the given rows of a checkpoint tensor of `shape`, read from disk (None when there is no such key)."""
-    for file in weight_files(folder):
-        with safe_open(file, framework="pt", device="cpu") as f:
-            if key not in f.keys():
-                continue
-            tensor = f.get_slice(key)
-            if tuple(tensor.get_shape()) != tuple(shape):
-                found = list(tensor.get_shape())
-                raise ValueError(f"{key!r} in {file.name} has shape {found}, but config.json implies {list(shape)}")
-            return torch.cat([tensor[r : r + 1] for r in rows]).to(device=device, dtype=dtype)
+    for file in map(SafetensorsFile, weight_files(folder)):
+        if key in file.entries:
+            if file.shape(key) != tuple(shape):
+                found = list(file.shape(key))
+                raise ValueError(
+                    f"{key!r} in {file.path.name} has shape {found}, but config.json implies {list(shape)}"
+                )
+            return file.read(key, rows).to(device=device, dtype=dtype)
     return None
