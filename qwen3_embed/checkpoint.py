@@ -62,11 +62,12 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
             f"{name!r} is not a repository on the Hugging Face Hub (or it is private: log in with `hf auth login`)"
         ) from None
     except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        fix = "unset HF_HUB_OFFLINE to let it download" if offline else "check the network connection"
         raise FileNotFoundError(
             f"{name!r} is not a local folder, and as a hub id it is neither in the local Hugging Face cache nor "
-            f"reachable on the hub "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}). Connect to the internet and unset "
-            "HF_HUB_OFFLINE to download it, or pass the path of a local checkpoint folder."
+            f"reachable on the hub{' (HF_HUB_OFFLINE is set)' if offline else ''}: {fix}, or pass the path of a "
+            "local checkpoint folder"
         ) from None
 
 
