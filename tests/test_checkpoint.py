@@ -141,7 +141,8 @@ def offline_cache(monkeypatch, tmp_path):
 
 def test_hub_id_neither_cached_nor_reachable(offline_cache):
     with pytest.raises(
-        FileNotFoundError, match=r"neither in the local Hugging Face cache nor reachable on the hub \(HF_HUB_OFFLINE is set\)"
+        FileNotFoundError,
+        match=r"neither in the local Hugging Face cache nor reachable on the hub \(HF_HUB_OFFLINE is set\)",
     ):
         resolve("Qwen/Qwen3-Embedding-0.6B")
 
