@@ -64,6 +64,8 @@ def encode(args: argparse.Namespace) -> None:
     options = dict(instruction=args.instruction, dim=args.dim, max_length=args.max_length,
                    truncate=not args.no_truncate, batch_tokens=args.batch_tokens)  # fmt: skip
     if args.output.suffix == ".npy":  # one array, built in memory
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("under torchrun, --output must be a folder of shards, not a .npy file")
         texts = read_texts(args.input, args.text_field, args.skip_bad)
         vectors = load(args).encode(texts, show_progress=True, **options)
         np.save(args.output, vectors.to(getattr(torch, args.vector_dtype)).numpy())
@@ -122,9 +124,9 @@ def serve(args: argparse.Namespace) -> None:
     except ImportError as e:
         raise SystemExit(f"the server needs its extra ({e}): pip install 'qwen3-embed-triton[server]'") from None
     embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    reranker = args.reranker and Reranker.from_pretrained(args.reranker, device=args.device, dtype=args.dtype)
+    reranker = Reranker.from_pretrained(args.reranker, device=args.device, dtype=args.dtype) if args.reranker else None
     app = create_app(
-        embedder, reranker or None, model_id=args.model, reranker_id=args.reranker,
+        embedder, reranker, model_id=args.model, reranker_id=args.reranker,
         max_input_length=args.max_input_length, max_batch_tokens=args.max_batch_tokens,
         max_client_batch_size=args.max_client_batch_size,
         max_wait_ms=args.max_wait_ms, batching=not args.no_batching,
