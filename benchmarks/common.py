@@ -168,6 +168,11 @@ def kernel_benchmark_main(doc: str, benchmark, name: str) -> None:
         write_results(f"{name}-{torch.cuda.get_device_name().replace(' ', '_')}", results, table)
 
 
+def markdown_table(title: str, columns: list[str], rows: list[str]) -> str:
+    """A title, then a markdown table of the given columns over rows already formatted as `| a | b |`."""
+    return "\n".join([title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows])
+
+
 def write_results(name: str, results: dict, table: str, folder: Path = RESULTS) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -21,6 +21,7 @@ from common import (
     SHARED_TOKENIZER,
     log_uniform_lengths,
     machine,
+    markdown_table,
     texts_of_token_lengths,
     write_checkpoint,
     write_results,
@@ -80,14 +81,12 @@ def main() -> None:
         rows.append(f"| {run['way']} | {run['seconds']:.1f} | {run['seconds'] / base['seconds'] - 1:+.1%} | "
                     f"{run['peak'] / 2**30:.2f} GiB |")  # fmt: skip
     m = results["machine"]
-    table = "\n".join([
+    table = markdown_table(
         f"{n} texts of 8-256 tokens ({n // args.chunk_size} chunks of {args.chunk_size}), random weights of the 0.6B "
         f"layer shapes at {args.layers} layers, float32, on {m['cpu']} ({m['torch_threads']} threads):",
-        "",
-        "| way | seconds | overhead | peak memory (process) |",
-        "|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
+        ["way", "seconds", "overhead", "peak memory (process)"],
+        rows,
+    )  # fmt: skip
     print("\n" + table)
     write_results("corpus-cpu", results, table)
 

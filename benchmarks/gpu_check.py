@@ -26,6 +26,7 @@ from common import (
     SHARED_TOKENIZER,
     log_uniform_lengths,
     machine,
+    markdown_table,
     matmul_gflops,
     model_flops,
     texts_of_token_lengths,
@@ -182,20 +183,14 @@ def main() -> None:
         write_results(name, results, tables[name], args.out)
     runs, rows = end_to_end(args, device, dtype, tokenizer_dir)
     failed = [c["check"] for c in checks if not c["ok"]]
-    table = "\n".join([
+    table = markdown_table(
         f"End to end, {dtype}, on {m.get('gpu', m['cpu'])}, torch {m['torch']}, transformers {m.get('transformers')}, "
-        f"sentence-transformers {m.get('sentence_transformers')}" + (" [smoke run]" if args.smoke else "") + ".",
+        f"sentence-transformers {m.get('sentence_transformers')}" + (" [smoke run]" if args.smoke else "") + ".\n"
         f"Kernel checks: {len(checks) - len(failed)} of {len(checks)} passed"
         + (f"; FAILED: {failed}" if failed else ""),
-        "",
-        "| shape | corpus | system | tokens/s | time vs qwen3-embed | MFU | peak GiB | min cosine vs ours |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        tables["kernels_rmsnorm"],
-        "",
-        tables["kernels_attention"],
-    ])  # fmt: skip
+        ["shape", "corpus", "system", "tokens/s", "time vs qwen3-embed", "MFU", "peak GiB", "min cosine vs ours"],
+        rows,
+    ) + "\n\n" + "\n\n".join([tables["kernels_rmsnorm"], tables["kernels_attention"]])  # fmt: skip
     print("\n" + table)
     write_results("gpu_check", {"machine": m, "kernel_checks": checks, "end_to_end": runs}, table, args.out)
     if failed:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import bench_seconds, kernel_benchmark_main, log_uniform_lengths, machine
+from common import bench_seconds, kernel_benchmark_main, log_uniform_lengths, machine, markdown_table
 
 
 def cases(smoke: bool):
@@ -97,14 +97,12 @@ def benchmark(device: str, dtype: torch.dtype, smoke: bool = False) -> tuple[dic
                     f"({tf['kernel'] / padded:.2f}x) | {per_seq:.1f} ({tf['kernel'] / per_seq:.2f}x) | "
                     f"{r['max_abs_diff_vs_sdpa']:.2g} |")  # fmt: skip
         print(rows[-1], flush=True)
-    table = "\n".join([
+    table = markdown_table(
         f"Varlen causal attention, {dtype}, head_dim {d}, on {m.get('gpu', m['cpu'])} (causal TFLOP/s; x = kernel "
         "speed-up)" + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if smoke else ""),
-        "",
-        "| case | tokens | Hq/Hkv | kernel | padded SDPA (CUDA: flash) | per-sequence SDPA | max diff vs SDPA |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
+        ["case", "tokens", "Hq/Hkv", "kernel", "padded SDPA (CUDA: flash)", "per-sequence SDPA", "max diff vs SDPA"],
+        rows,
+    )  # fmt: skip
     return results, table
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from common import bench_seconds, copy_bandwidth, kernel_benchmark_main, machine
+from common import bench_seconds, copy_bandwidth, kernel_benchmark_main, machine, markdown_table
 
 
 def cases(smoke: bool):
@@ -75,14 +75,12 @@ def benchmark(device: str, dtype: torch.dtype, smoke: bool = False) -> tuple[dic
         rows.append(f"| {op} | {width} | {tokens} | {r['kernel_gbps']:.0f} ({r['kernel_gbps'] / copy:.0%}) | "
                     f"{r['torch_gbps']:.0f} | {r['speedup']:.1f}x | {r['max_abs_diff_vs_torch']:.2g} |")  # fmt: skip
         print(rows[-1], flush=True)
-    table = "\n".join([
+    table = markdown_table(
         f"RMSNorm kernels, {dtype}, on {m.get('gpu', m['cpu'])}: copy bandwidth {copy:.0f} GB/s (device-to-device "
         "copy_)" + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if smoke else ""),
-        "",
-        "| op | width | tokens | kernel GB/s (of copy) | torch GB/s | speedup | max abs diff vs torch |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
+        ["op", "width", "tokens", "kernel GB/s (of copy)", "torch GB/s", "speedup", "max abs diff vs torch"],
+        rows,
+    )  # fmt: skip
     return results, table
 
 

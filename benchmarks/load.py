@@ -15,7 +15,7 @@ import json
 import subprocess
 import sys
 
-from common import ROOT, SHARED_TOKENIZER, machine, write_checkpoint, write_results
+from common import ROOT, SHARED_TOKENIZER, machine, markdown_table, write_checkpoint, write_results
 from qwen3_embed import Qwen3Config
 
 # Run in a child process: prints {"seconds", "baseline", "peak"} (bytes) for one loader and dtype.
@@ -70,14 +70,12 @@ def main() -> None:
                         f"({load_rss / size:.2f}x) | {r['peak'] / 2**30:.2f} GiB |")  # fmt: skip
             print(rows[-1], flush=True)
     m = results["machine"]
-    table = "\n".join([
+    table = markdown_table(
         f"Loading a random-weight checkpoint of the 0.6B shape ({size / 2**30:.2f} GiB of bf16 safetensors) to CPU, "
         f"warm page cache, on {m['cpu']}, torch {m['torch']}, transformers {m.get('transformers')}:",
-        "",
-        "| loader | dtype | seconds | load RSS (x checkpoint) | process peak RSS |",
-        "|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
+        ["loader", "dtype", "seconds", "load RSS (x checkpoint)", "process peak RSS"],
+        rows,
+    )  # fmt: skip
     print("\n" + table)
     write_results("load-cpu", results, table)
 

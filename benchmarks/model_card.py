@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from common import ROOT, machine, write_results
+from common import ROOT, machine, markdown_table, write_results
 
 sys.path.insert(0, str(ROOT / "tests"))
 from test_model_card import EMBEDDING_CARD, RERANKER_CARD, embedding_scores, locate, reranker_logits  # noqa: E402
@@ -52,13 +52,11 @@ def main() -> None:
     if not rows:
         sys.exit("no real checkpoint found: set QWEN3_MODELS_DIR, or HF_HUB_OFFLINE=1 with the models in the hub cache")
     m = results["machine"]
-    table = "\n".join([
+    table = markdown_table(
         f"The model cards' examples on the real weights, on {m.get('gpu', m['cpu'])}:",
-        "",
-        "| model | dtype | ours | card | max abs diff |",
-        "|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
+        ["model", "dtype", "ours", "card", "max abs diff"],
+        rows,
+    )  # fmt: skip
     print("\n" + table)
     write_results("model_card", results, table)
 

@@ -24,6 +24,7 @@ from common import (
     SHARED_TOKENIZER,
     log_uniform_lengths,
     machine,
+    markdown_table,
     texts_of_token_lengths,
     write_checkpoint,
     write_results,
@@ -101,14 +102,12 @@ def main() -> None:
         rows.append(f"| {'on' if r['batching'] else 'off (one request at a time)'} | {r['concurrency']} | "
                     f"{r['requests_per_s']:.1f} | {gain:.2f}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")  # fmt: skip
     m = results["machine"]
-    table = "\n".join([
+    table = markdown_table(
         f"`qwen3-embed serve` on {m['cpu']} ({m['torch_threads']} threads, shared with the client), random weights of "
         f"the 0.6B layer shapes at {args.layers} layers, float32; each request embeds one text of 8-64 tokens:",
-        "",
-        "| dynamic batching | concurrency | requests/s | vs off | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
+        ["dynamic batching", "concurrency", "requests/s", "vs off", "p50 ms", "p99 ms"],
+        rows,
+    )  # fmt: skip
     print("\n" + table)
     write_results("server-cpu", results, table)
 

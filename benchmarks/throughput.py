@@ -30,6 +30,7 @@ from common import (
     SHARED_TOKENIZER,
     log_uniform_lengths,
     machine,
+    markdown_table,
     matmul_gflops,
     model_flops,
     sync,
@@ -200,16 +201,15 @@ def main() -> None:
             results["runs"] += runs
 
     m = results["machine"]
-    table = "\n".join([
+    table = markdown_table(
         f"Random weights of the {shape}; texts of {args.min_tokens}-{args.max_tokens} tokens (real Qwen3 tokenizer); "
         f"reranking: one query against the first {args.documents} texts. On {m['cpu']}, {m['torch_threads']} "
         f"threads, torch {m['torch']}, transformers {m.get('transformers')}, sentence-transformers "
         f"{m.get('sentence_transformers')}.",
-        "",
-        "| task | dtype | system | texts/s | tokens/s | qwen3-embed is | model GFLOP/s / torch.mm peak | vs ours |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
+        ["task", "dtype", "system", "texts/s", "tokens/s", "qwen3-embed is", "model GFLOP/s / torch.mm peak",
+         "vs ours"],
+        rows,
+    )  # fmt: skip
     print("\n" + table)
     write_results(args.name, results, table)
 
