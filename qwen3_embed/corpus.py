@@ -28,7 +28,6 @@ FORMATS = ("npy", "safetensors")
 
 @dataclass
 class Record:
-    line: int  # 1-based line (or row) of the input, for error messages
     id: object  # the id field's value, else the record's 0-based position in the input
     text: str
 
@@ -47,7 +46,7 @@ def read_records(path: Path, text_field: str = "text", id_field: str | None = No
         for number, line in enumerate(f, start=1):
             line = line.removesuffix("\n").removesuffix("\r")
             if not jsonl:
-                yield Record(number, number - 1, line)
+                yield Record(number - 1, line)
                 continue
             try:
                 record = json.loads(line)
@@ -64,10 +63,10 @@ def _record(path: Path, number: int, record, text_field: str, id_field: str | No
     if not isinstance(text, str):
         return BadRecord(f'{path}:{number}: "{text_field}" is a {type(text).__name__}, not a string')
     if id_field is None:
-        return Record(number, number - 1, text)
+        return Record(number - 1, text)
     if id_field not in record:
         return BadRecord(f'{path}:{number}: no "{id_field}" field')
-    return Record(number, record[id_field], text)
+    return Record(record[id_field], text)
 
 
 def _read_parquet(path: Path, text_field: str, id_field: str | None) -> Iterator[Record | BadRecord]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -125,7 +126,7 @@ def pack(sequences: Sequence[list[int]], index: list[int]) -> Batch:
     torch.cumsum(lengths, 0, out=cu_seqlens[1:])
     starts = torch.repeat_interleave(cu_seqlens[:-1], lengths)
     return Batch(
-        input_ids=torch.tensor([t for s in sequences for t in s], dtype=torch.int64),
+        input_ids=torch.tensor(list(chain.from_iterable(sequences)), dtype=torch.int64),
         cu_seqlens=cu_seqlens.to(torch.int32),
         position_ids=torch.arange(int(cu_seqlens[-1])) - starts,
         index=index,
