@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import __version__
 from .corpus import FORMATS, chunks, encode_corpus, read_records
 from .embedder import Embedder
 from .reranker import DEFAULT_INSTRUCTION, Reranker
@@ -134,24 +136,45 @@ def serve(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in action.help:
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qwen3-embed", description=__doc__)
-    commands = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="qwen3-embed", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     device = argparse.ArgumentParser(add_help=False)
-    device.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    device.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on cuda, else fp32")
+    device.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu)")
+    device.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="weights' dtype (default: bfloat16 on cuda, else "
+        "float32)"
+    )  # fmt: skip
+    device.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     common = argparse.ArgumentParser(add_help=False, parents=[device])
     common.add_argument("--model", default="Qwen/Qwen3-Embedding-0.6B", help="hub id or local folder")
     common.add_argument("--dim", type=int, help="output dimensions (Matryoshka), default: the hidden size")
 
-    s = commands.add_parser("similarity", parents=[common], help="print query x document cosine scores")
+    s = commands.add_parser(
+        "similarity", parents=[common], formatter_class=HelpFormatter, help="print query x document cosine scores"
+    )
     s.add_argument("--query", action="append", help="a query (repeat for several); default: the model card's")
     s.add_argument("--document", action="append", help="a document (repeat for several); default: the card's")
     s.add_argument("--instruction", default=CARD_TASK, help="task for the queries ('' for none); default: the card's")
     s.set_defaults(run=similarity)
 
-    e = commands.add_parser("encode", parents=[common], help="embed a file of texts into shards (or one .npy file)")
+    e = commands.add_parser(
+        "encode",
+        parents=[common],
+        formatter_class=HelpFormatter,
+        help="embed a file of texts into shards (or one .npy file)",
+    )
     e.add_argument("--input", type=Path, required=True, help="text lines, JSON lines (.jsonl) or Parquet (.parquet)")
     e.add_argument("--output", type=Path, required=True,
                    help="folder for shards and manifest.json (streamed, resumable, torchrun); or FILE.npy for one "
@@ -160,7 +183,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--id-field", help="field of the id (default: the record's position in the input)")
     e.add_argument("--chunk-size", type=int, default=10_000, help="texts per shard")
     e.add_argument("--format", choices=FORMATS, default="npy", help="shard files: .npy or .safetensors")
-    e.add_argument("--vector-dtype", choices=["float32", "float16"], default="float32")
+    e.add_argument(
+        "--vector-dtype", choices=["float32", "float16"], default="float32", help="dtype of the stored vectors"
+    )
     e.add_argument(
         "--skip-bad", action="store_true", help="skip malformed records (and report them) instead of failing"
     )
@@ -170,9 +195,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-tokens", type=int, help="tokens per forward pass")
     e.set_defaults(run=encode)
 
-    r = commands.add_parser("rerank", parents=[device], help="score documents for a query, best first")
+    r = commands.add_parser(
+        "rerank", parents=[device], formatter_class=HelpFormatter, help="score documents for a query, best first"
+    )
     r.add_argument("--model", default="Qwen/Qwen3-Reranker-0.6B", help="hub id or local folder")
-    r.add_argument("--query", required=True)
+    r.add_argument("--query", required=True, help="the query to rank the documents for")
     r.add_argument("--document", action="append", help="a document (repeat for several)")
     r.add_argument("--input", type=Path, help="documents from a file: one per line, or .jsonl with 'text'")
     r.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="the task; default: the card's")
@@ -180,11 +207,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-length", type=int, help="tokens per query-document pair, prompt included (default 8192)")
     r.set_defaults(run=rerank)
 
-    v = commands.add_parser("serve", parents=[device], help="serve TEI and OpenAI compatible HTTP endpoints")
+    v = commands.add_parser(
+        "serve", parents=[device], formatter_class=HelpFormatter, help="serve TEI and OpenAI compatible HTTP endpoints"
+    )
     v.add_argument("--model", default="Qwen/Qwen3-Embedding-0.6B", help="embedding model: hub id or local folder")
     v.add_argument("--reranker", help="reranker model to serve on /rerank: hub id or local folder")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--port", type=int, default=8080, help="port to listen on")
     v.add_argument("--max-input-length", type=int, help="tokens per input (default 8192)")
     v.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per request, and per queue drain")
     v.add_argument("--max-client-batch-size", type=int, default=32, help="inputs per request")
@@ -195,11 +224,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the command; an error or Ctrl-C ends it with one line on stderr (the traceback only with --debug)."""
     args = parser().parse_args(argv)
+    if not args.debug:
+        warnings.showwarning = lambda message, *_: print(f"qwen3-embed: warning: {message}", file=sys.stderr)
     try:
         args.run(args)
-    except (OSError, ValueError, TypeError, FloatingPointError) as e:
-        sys.exit(f"qwen3-embed: error: {e}")
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("qwen3-embed: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        if args.debug:
+            raise
+        sys.exit(f"qwen3-embed: error: {describe(e)}")
+
+
+def describe(error: Exception) -> str:
+    """The message of an error the user can act on; the type too, and where to look, for anything unexpected."""
+    if isinstance(error, (OSError, ValueError, TypeError, ImportError, FloatingPointError)):
+        return str(error)
+    return f"{type(error).__name__}: {error} (this looks like a bug: rerun with --debug and report the traceback)"
 
 
 if __name__ == "__main__":

@@ -20,6 +20,28 @@ DEFAULT_MAX_LENGTH = 8192  # what the official evaluation uses
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on: the one asked for, checked to exist here, else CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(
+                f"device {str(device)!r} was asked for, but torch sees no CUDA GPU here (torch {torch.__version__} is "
+                f"{build}); use device 'cpu', or install a CUDA build of torch on a machine with a GPU"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device {str(device)!r} is not supported; use 'cpu' or 'cuda'")
+    return resolved
+
+
 class Pipeline:
     """A Qwen3Model with its tokenizer."""
 
@@ -48,10 +70,8 @@ class Pipeline:
     ):
         """(folder, model, tokenizer) of a local folder or hub id; default: CUDA in bf16 when available, else CPU
         in float32."""
+        device = resolve_device(device)
         folder = checkpoint.resolve(name_or_path)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         config = Qwen3Config.from_json(folder / "config.json")
