@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import Qwen3Model
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Progress
 from .tokenize import Tokenizer
 
 
@@ -71,7 +71,8 @@ class Embedder(Pipeline):
         ids = self.tokenize([texts] if single else texts, instruction, prompt_name, max_length, truncate)
         if not ids:
             return torch.empty(0, dim)
-        vectors = self.run(ids, lambda last: last[:, :dim].float(), batch_tokens, show_progress)
+        with Progress(len(ids), enabled=show_progress) as progress:
+            vectors = self.run(ids, lambda last: last[:, :dim].float(), batch_tokens, progress)
         vectors = self.finish(vectors, normalize)
         return vectors[0] if single else vectors
 

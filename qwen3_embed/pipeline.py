@@ -99,8 +99,7 @@ class Pipeline:
         ids: Sequence[list[int]],
         head: Callable[[torch.Tensor], torch.Tensor],
         batch_tokens: int | None = None,
-        show_progress: bool = False,
-        unit: str = "text",
+        progress: Progress | None = None,
     ) -> torch.Tensor:
         """head(final-normed hidden state of the last token, [B, hidden]) of every sequence, as a CPU tensor in the
         order of `ids`; sequences are packed into batches of at most `batch_tokens` tokens, longest first."""
@@ -108,12 +107,37 @@ class Pipeline:
             raise ValueError("no sequences to run")
         budget = self.batch_tokens(batch_tokens)
         out = None
-        with torch.inference_mode(), tqdm(total=len(ids), unit=unit, disable=not show_progress) as progress:
+        with torch.inference_mode():
             for batch in batches(ids, budget):
                 b = batch.to(self.device)
                 rows = head(self.model(b.input_ids, b.cu_seqlens, b.position_ids)).cpu()
                 if out is None:
                     out = rows.new_empty(len(ids), *rows.shape[1:])
                 out[batch.index] = rows
-                progress.update(len(batch.index))
+                if progress is not None:
+                    progress.update(len(batch.index), b.input_ids.numel())
         return out
+
+
+class Progress:
+    """A progress bar counted in texts (or pairs), advanced per batch, that shows tokens per second."""
+
+    def __init__(self, total: int | None, unit: str = "text", enabled: bool = True, desc: str | None = None):
+        self.bar = tqdm(total=total, unit=unit, disable=not enabled, desc=desc, dynamic_ncols=True)
+        self.tokens = 0
+
+    def update(self, items: int, tokens: int) -> None:
+        self.tokens += tokens
+        self.bar.update(items)
+        elapsed = self.bar.format_dict["elapsed"]
+        if not self.bar.disable and elapsed > 0:
+            self.bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tokens/s", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

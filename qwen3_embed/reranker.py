@@ -14,7 +14,7 @@ import torch
 
 from . import checkpoint
 from .model import Qwen3Model
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Progress
 from .tokenize import Tokenizer
 
 PREFIX = (
@@ -81,7 +81,8 @@ class Reranker(Pipeline):
         ids = self.tokenize(pairs(query, documents), instruction, max_length, truncate)
         if not ids:
             return torch.empty(0)
-        logits = self.run(ids, self.head, batch_tokens, show_progress, unit="pair")
+        with Progress(len(ids), unit="pair", enabled=show_progress) as progress:
+            logits = self.run(ids, self.head, batch_tokens, progress)
         return logits if raw else torch.sigmoid(logits)
 
     def rank(
