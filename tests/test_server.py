@@ -80,15 +80,15 @@ def wait_until(condition, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def scrape(base: str, **headers) -> dict[tuple[str, tuple], float]:
+def scrape(base: str, client=httpx) -> dict[tuple[str, tuple], float]:
     """/metrics parsed by prometheus-client's parser: {(sample name, sorted labels): value}."""
-    text = httpx.get(f"{base}/metrics", headers=headers).text
+    text = client.get(f"{base}/metrics").text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in prometheus_parser.text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def reranker(tmp_path_factory):
+@pytest.fixture(scope="module", name="reranker")
+def reranker_fixture(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server-reranker")
     make_reranker_checkpoint(folder, TINY_SHAPES["gqa1"], tied=True)
     return Reranker.from_pretrained(folder)

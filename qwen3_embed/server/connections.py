@@ -125,8 +125,9 @@ class Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """The 400 for a request h11 cannot parse, in TEI's error shape."""
-        body = json.dumps({"error": f"not a valid HTTP/1.1 request: {msg}", "error_type": "Validation"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        body = json.dumps({"error": "the request is not valid HTTP/1.1", "error_type": "Validation"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]  # fmt: skip
         for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
                       h11.EndOfMessage()):  # fmt: skip
             self.transport.write(self.conn.send(event))
