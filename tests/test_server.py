@@ -437,7 +437,8 @@ def test_serve_command(tiny, tmp_path):
     command = [sys.executable, "-m", "qwen3_embed.cli", "serve", "--model", str(folder), "--port", str(port)]
 
     env = os.environ | {"QWEN3_EMBED_API_KEY": "s3cret"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen([*command, "--max-connections", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=env)  # fmt: skip
     base, key = f"http://127.0.0.1:{port}", {"Authorization": "Bearer s3cret"}
     try:
         deadline = time.monotonic() + 60
@@ -454,7 +455,16 @@ def test_serve_command(tiny, tmp_path):
         assert httpx.get(f"{base}/info", headers=key).json()["model_id"] == "my-embedder"
         response = httpx.post(f"{base}/embed", json={"inputs": "hello"}, headers=key)
         assert response.status_code == 200 and len(response.json()[0]) == tiny[1].config.hidden_size
+        flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]  # 26 over --max-connections
+        with httpx.Client(headers=key) as client:
+            assert client.get(f"{base}/health").status_code == 200
+            closed = scrape(base, client)[("qwen3_embed_rejected_total", (("cause", "connection_limit"),))]
+        assert closed >= 26
     finally:
         process.send_signal(signal.SIGTERM)
         returncode = process.wait(timeout=30)
-    assert returncode == -signal.SIGTERM, process.stdout.read().decode()
+    log = process.stdout.read().decode()
+    assert returncode == -signal.SIGTERM, log
+    assert log.count("over max_connections") == 1 and "Traceback" not in log, log  # one line for the burst
+    for sock in flood:
+        sock.close()
