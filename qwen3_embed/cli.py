@@ -250,7 +250,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--keep-alive-s", type=float, default=5.0, help="close a connection idle this long between "
                    "requests")  # fmt: skip
     v.add_argument("--read-timeout-s", type=float, default=30.0, help="close a connection whose request (head and "
-                   "body; a new connection's first) has not fully arrived this long after it began")  # fmt: skip
+                   "body; a new connection's first) has not fully arrived this long after it began, or whose client "
+                   "has stopped taking its answer for this long")  # fmt: skip
     v.add_argument("--max-connections", type=int, default=1024,
                    help="open connections; past it the longest-idle one is closed")  # fmt: skip
     v.add_argument("--graceful-shutdown-s", type=float, default=20.0, help="on SIGTERM or Ctrl-C: queued requests get "

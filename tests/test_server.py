@@ -39,12 +39,18 @@ def free_port() -> int:
 
 
 class Served:
-    """An app from create_app, served as `qwen3-embed serve` serves it, in a thread, for the duration of a `with`."""
+    """An app from create_app, served as `qwen3-embed serve` serves it, in a thread, for the duration of a `with`;
+    `send_buffer` shrinks the kernel's send buffer of its connections (bytes)."""
 
-    def __init__(self, app, limits: ConnectionLimits | None = None):
-        self.app, self.port = app, free_port()
-        self.server = Server(app, limits or ConnectionLimits(), host="127.0.0.1", port=self.port, log_level="warning")
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    def __init__(self, app, limits: ConnectionLimits | None = None, send_buffer: int | None = None):
+        self.app, self.listener = app, socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if send_buffer is not None:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # accepted sockets inherit it
+        self.listener.bind(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.server = Server(app, limits or ConnectionLimits(), log_level="warning")
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.listener]}, daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()
@@ -57,6 +63,7 @@ class Served:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        self.listener.close()
 
 
 class Gate:

@@ -312,6 +312,25 @@ def test_slow_and_idle_connections_are_closed_while_health_answers(embedder):
     assert metrics[("qwen3_embed_rejected_total", (("cause", "read_timeout"),))] == 3
 
 
+def test_a_client_that_stops_taking_its_answer_is_dropped(reranker):
+    """A client that sends a request and never reads its (1.3 MB) answer frees its place after read_timeout_s."""
+    app = create_app(None, reranker, limits=Limits(max_input_length=MAX_INPUT, payload_limit=3_000_000))
+    with Served(app, ConnectionLimits(read_timeout_s=0.5), send_buffer=4096) as base:
+        body = json.dumps({"query": "q", "documents": ["gravity " * 5000] * 32, "truncate": True,
+                           "return_documents": True}).encode()  # fmt: skip
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+        head = b"POST /v1/rerank HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        sock.sendall(head % len(body) + body)
+        registry = app.state.metrics.registry
+        wait_until(lambda: registry.get_sample_value("qwen3_embed_rejected_total", {"cause": "write_timeout"}) == 1,
+                   timeout=20)  # fmt: skip
+        wait_until(lambda: app.state.service.in_flight == 0)
+        assert httpx.get(f"{base}/health").status_code == 200
+        sock.close()
+
+
 def test_past_max_connections_the_longest_idle_is_closed(embedder):
     with Served(create_app(embedder), ConnectionLimits(max_connections=4)) as base:
         port = int(base.rsplit(":", 1)[1])

@@ -5,8 +5,8 @@ Needs the `server` extra (FastAPI, uvicorn, prometheus-client): `pip install qwe
 `qwen3-embed serve --model M [--reranker R]`.
 
 The pieces, in the order a request meets them:
-- connections.py: uvicorn with a deadline for receiving each request, a cap on open connections, a graceful
-  shutdown and logs that do not flood;
+- connections.py: uvicorn with deadlines for receiving each request and for a client that stops reading its
+  answer, a cap on open connections, a graceful shutdown, and logs that do not flood;
 - limits.py: the Guard in front of every route (API key, 429 admission, body size, 500s with an id), the limits,
   and the error bodies (TEI's, or OpenAI's under /v1/ and /v2/);
 - tei.py, openai.py, cohere.py, metrics.py: the routes of each API family;

@@ -2,8 +2,8 @@
 connections, a graceful shutdown that fails the queue at once, and logs that do not flood.
 
 uvicorn times out only idle keep-alive connections (and re-arms that timer on every byte received), so a client that
-never sends a request, or trickles one byte at a time, holds its connection forever; its h11 protocol gets the rest
-here (`Protocol`).
+never sends a request, trickles one byte at a time, or never reads its answer, holds its connection (and its
+request's place) forever; its h11 protocol gets the rest here (`Protocol`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class ConnectionLimits:
     """How connections are kept. Each field is a `qwen3-embed serve` flag of the same name."""
 
     keep_alive_s: float = 5.0  # an idle connection between requests is closed after this
-    read_timeout_s: float = 30.0  # a request's head and body must arrive within this, from its first byte
+    read_timeout_s: float = 30.0  # a request must arrive within this from its first byte; an answer's reader may
+    # stall this long
     max_connections: int = 1024  # open connections; past it the longest-idle one is closed
     graceful_shutdown_s: float = 20.0  # on SIGTERM: how long running requests may take before the process exits
 
@@ -87,14 +88,16 @@ class Config(uvicorn.Config):
 
 class Protocol(H11Protocol):
     """uvicorn's h11 protocol, with a deadline for receiving each request in full (armed when a connection opens
-    and at the first byte of each later request, disarmed once the request is in) and a cap on open connections
-    that closes the longest-idle one (never one with a request in progress), or refuses the new one."""
+    and at the first byte of each later request, disarmed once the request is in), one for a client that stops
+    taking its answer, and a cap on open connections that closes the longest-idle one (never one with a request in
+    progress), or refuses the new one."""
 
     config: Config
 
     def __init__(self, config: Config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        self.deadline: asyncio.TimerHandle | None = None
+        self.deadline: asyncio.TimerHandle | None = None  # for receiving the request
+        self.write_deadline: asyncio.TimerHandle | None = None  # for a client that stopped taking its answer
         self.idle_since = time.monotonic()
 
     def connection_made(self, transport) -> None:
@@ -117,7 +120,22 @@ class Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client stopped taking its answer (the buffers are full): it has read_timeout_s to take more, or the
+        connection is dropped and its handler freed."""
+        super().pause_writing()
+        if self.write_deadline is None:
+            self.write_deadline = self.loop.call_later(self.config.limits.read_timeout_s, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
+            self.write_deadline = None
 
     def idle(self) -> bool:
         """No request in progress: nothing or part of a request head received, and no response owed."""
@@ -150,6 +168,11 @@ class Protocol(H11Protocol):
                 self._arm()
         else:
             self._disarm()
+
+    def _stalled(self) -> None:
+        self.write_deadline = None
+        self.config.reject("write_timeout", "dropped connections whose client stopped taking its answer")
+        self.transport.abort()  # close() would wait for the buffered answer to be taken
 
     def _expired(self) -> None:
         self.deadline = None

@@ -7,11 +7,15 @@ import hmac
 import logging
 import uuid
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .service import Service
 
 log = logging.getLogger("qwen3_embed.server")
 
@@ -98,7 +102,7 @@ class Guard:
     It counts every answer by route and status."""
 
     app: ASGIApp
-    service: object  # the Service: admit() and release()
+    service: Service
     metrics: Metrics
     payload_limit: int
     api_key: str | None
@@ -191,23 +195,23 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return receive_
 
 
-def check_text(text: str, index: int, max_chars: int | None, truncate: bool, what: str = "inputs") -> str:
+def check_text(text: str, name: str, max_chars: int | None, truncate: bool) -> str:
     """A text checked before it is tokenized: valid Unicode (no lone surrogate), and at most `max_chars`
     characters, the most that can fit in the token limit; a longer one is cut to that when `truncate`, else
-    refused with 413."""
+    refused with 413. `name` says which text it is in the errors."""
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
             raise ApiError(
-                422, f"{what}[{index}] is not valid Unicode: it holds the lone surrogate U+{ord(text[e.start]):04X} "
-                f"at character {e.start}; send UTF-8 text", "Tokenizer",
+                422, f"{name} is not valid Unicode: it holds the lone surrogate U+{ord(text[e.start]):04X} at "
+                f"character {e.start}; send UTF-8 text", "Tokenizer",
             ) from None  # fmt: skip
     if max_chars is not None and len(text) > max_chars:
         if truncate:
             return text[:max_chars]
         raise ApiError(
-            413, f"{what}[{index}] has {len(text)} characters; at most {max_chars} can fit in this server's "
-            "max_input_length (its tokens x the longest token); shorten it or ask for truncation",
+            413, f"{name} has {len(text)} characters; at most {max_chars} can fit in this server's max_input_length "
+            "(its tokens x the longest token); shorten it or ask for truncation",
         )  # fmt: skip
     return text

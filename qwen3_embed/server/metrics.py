@@ -40,7 +40,8 @@ class Metrics:
 
     def reject(self, cause: str) -> None:
         """Count a refusal: unauthorized, payload_too_large, overloaded, queue_full, shutting_down, client_gone
-        (a request dropped because its client left), read_timeout, connection_limit (connections closed)."""
+        (a request dropped because its client left), read_timeout, write_timeout, connection_limit (connections
+        closed)."""
         self.rejected.labels(cause).inc()
 
 

@@ -126,7 +126,8 @@ class Service:
             raise ApiError(422, str(e)) from None
         async with watch(request) as gone:
             if isinstance(inputs[0], str):
-                texts = [check_text(t, i, self.max_chars["embed"], truncate) for i, t in enumerate(inputs)]
+                cap = self.max_chars["embed"]
+                texts = [check_text(t, f"inputs[{i}]", cap, truncate) for i, t in enumerate(inputs)]
                 ids = await self._tokenize(
                     lambda: embedder.tokenize(texts, None, prompt_name, self.max_input_length, truncate, warn=False)
                 )
@@ -141,10 +142,10 @@ class Service:
         """(raw scores l_yes - l_no [n], tokens) of the documents for the query, in order."""
         reranker = self._model("rerank")
         self._check_count(documents)
-        query = check_text(query, 0, self.max_chars["rerank"], False, "query")
+        cap = self.max_chars["rerank"]
+        query = check_text(query, "the query", cap, False)
         async with watch(request) as gone:
-            documents = [check_text(d, i, self.max_chars["rerank"], truncate, "documents")
-                         for i, d in enumerate(documents)]  # fmt: skip
+            documents = [check_text(d, f"documents[{i}]", cap, truncate) for i, d in enumerate(documents)]
             ids = await self._tokenize(
                 lambda: reranker.tokenize_query(query, documents, None, self.max_input_length, truncate, warn=False)
             )
@@ -170,13 +171,13 @@ class Service:
         for i, seq in enumerate(inputs):
             if not seq:
                 raise ApiError(400, f"input[{i}] is an empty list of token ids", "Empty")
+            if len(seq) + 1 > self.max_input_length:
+                raise ApiError(413, f"input[{i}] holds {len(seq)} token ids; with the EOS that is more than "
+                               f"max_input_length={self.max_input_length}")  # fmt: skip
             bad = next((t for t in seq if not 0 <= t < rows), None)
             if bad is not None:
                 raise ApiError(422, f"input[{i}] holds the token id {bad}, outside the model's 0..{rows - 1}",
                                "Tokenizer")  # fmt: skip
-            if len(seq) + 1 > self.max_input_length:
-                raise ApiError(413, f"input[{i}] holds {len(seq)} token ids; with the EOS that is more than "
-                               f"max_input_length={self.max_input_length}")  # fmt: skip
         return [[*seq, embedder.tokenizer.eos_id] for seq in inputs]
 
     async def _tokenize(self, tokenize: Callable[[], list[list[int]]]) -> list[list[int]]:
