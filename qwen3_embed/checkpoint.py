@@ -95,6 +95,37 @@ def checkpoint_key(key: str) -> str:
     return key.removeprefix("model.")
 
 
+def kind(folder: Path) -> str | None:
+    """What a checkpoint's files say it is: "embedding" (sentence-transformers files and keys without the `model.`
+    prefix, as the Qwen3-Embedding repos ship), "reranker" (neither, as the Qwen3-Reranker repos ship), or None
+    where the two signs disagree."""
+    sentence_transformers = any((folder / f).exists() for f in ("modules.json", "config_sentence_transformers.json"))
+    prefixed = any(key.startswith("model.") for key in SafetensorsFile(weight_files(folder)[0]).entries)
+    if sentence_transformers == prefixed:
+        return None
+    return "embedding" if sentence_transformers else "reranker"
+
+
+KINDS = {  # kind -> (what the repos are called, the class that loads them, the command that uses them)
+    "embedding": ("Qwen3-Embedding", "Embedder", "similarity, encode or serve --model"),
+    "reranker": ("Qwen3-Reranker", "Reranker", "rerank --model or serve --reranker"),
+}
+
+
+def check_kind(folder: Path, expected: str) -> None:
+    """A checkpoint whose files say it is of the other kind is an error that says how to load it."""
+    found = kind(folder)
+    if found is None or found == expected:
+        return
+    name, loader, command = KINDS[found]
+    signs = "has sentence-transformers files" if found == "embedding" else "has no sentence-transformers files"
+    signs += " and keys " + ("without" if found == "embedding" else "with") + " the 'model.' prefix"
+    raise ValueError(
+        f"{folder} looks like a {name} checkpoint (it {signs}), not a {KINDS[expected][0]} one: load it with "
+        f"{loader}.from_pretrained (qwen3-embed {command}), or pass check_kind=False (--ignore-kind) to load it anyway"
+    )
+
+
 # safetensors' dtype names for the tensors a Qwen3 checkpoint holds
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 

@@ -15,9 +15,9 @@ import torch
 from . import __version__
 from .corpus import FORMATS, chunks, encode_corpus, read_records
 from .embedder import Embedder
-from .reranker import DEFAULT_INSTRUCTION, Reranker
+from .pipeline import DEFAULT_INSTRUCTION
+from .reranker import Reranker
 
-CARD_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 CARD_QUERIES = ["What is the capital of China?", "Explain gravity"]
 CARD_DOCUMENTS = [
     "The capital of China is Beijing.",
@@ -166,7 +166,9 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--query", action="append", help="a query (repeat for several); default: the model card's")
     s.add_argument("--document", action="append", help="a document (repeat for several); default: the card's")
-    s.add_argument("--instruction", default=CARD_TASK, help="task for the queries ('' for none); default: the card's")
+    s.add_argument(
+        "--instruction", default=DEFAULT_INSTRUCTION, help="task for the queries ('' for none); default: the card's"
+    )
     s.set_defaults(run=similarity)
 
     e = commands.add_parser(

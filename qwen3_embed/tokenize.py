@@ -18,7 +18,16 @@ class Tokenizer:
     """A checkpoint's `tokenizer.json`, for a model whose embedding table has `vocab_size` rows."""
 
     def __init__(self, path: str | Path, vocab_size: int):
-        self._tokenizer = _HFTokenizer.from_file(str(path))
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path.parent} has no tokenizer.json; copy the model's tokenizer.json there (it is in the model's hub "
+                "repository beside config.json)"
+            )
+        try:
+            self._tokenizer = _HFTokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a broken file
+            raise ValueError(f"{path} could not be read as a tokenizer ({e}); download it again") from None
         # Settings stored in tokenizer.json must not cut or pad behind our back.
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()

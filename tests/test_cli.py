@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from qwen3_embed.cli import CARD_DOCUMENTS, CARD_QUERIES, CARD_TASK, main
+from qwen3_embed.cli import CARD_DOCUMENTS, CARD_QUERIES, main
+from qwen3_embed.pipeline import DEFAULT_INSTRUCTION
 
 
 def test_similarity_prints_the_card_example_scores(tiny, embedder, capsys):
@@ -19,7 +20,7 @@ def test_similarity_prints_the_card_example_scores(tiny, embedder, capsys):
     rows = [line.split()[1:] for line in out.splitlines() if re.match(r"q\d +-?\d", line)]
     printed = torch.tensor([[float(x) for x in row] for row in rows])
     expected = embedder.similarity(
-        embedder.encode(CARD_QUERIES, instruction=CARD_TASK), embedder.encode(CARD_DOCUMENTS)
+        embedder.encode(CARD_QUERIES, instruction=DEFAULT_INSTRUCTION), embedder.encode(CARD_DOCUMENTS)
     )
     assert printed.shape == (2, 2)
     torch.testing.assert_close(printed, expected, rtol=0, atol=6e-5)
