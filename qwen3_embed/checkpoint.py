@@ -42,8 +42,8 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     raise ValueError(f"dtype {dtype!r} is not supported; use one of float32, bfloat16, float16")
 
 
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A local folder as it is, or a hub id downloaded (or found in the local cache) with only the needed files."""
+def resolve(name_or_path: str | os.PathLike, files: list[str] = NEEDED_FILES) -> Path:
+    """A local folder as it is, or a hub id downloaded (or found in the local cache) with only the needed `files`."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -54,7 +54,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(name, allow_patterns=NEEDED_FILES))
+        return Path(snapshot_download(name, allow_patterns=files))
     except HFValidationError as e:
         raise ValueError(f"{name!r} is not a valid hub id: {e}") from None
     except RepositoryNotFoundError:
@@ -69,6 +69,12 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
             f"reachable on the hub{' (HF_HUB_OFFLINE is set)' if offline else ''}: {fix}, or pass the path of a "
             "local checkpoint folder"
         ) from None
+
+
+def read_config(name_or_path: str | os.PathLike) -> Qwen3Config:
+    """The config of a local folder or hub id, fetching nothing but config.json (to check options before the
+    weights are downloaded or loaded)."""
+    return Qwen3Config.from_json(resolve(name_or_path, ["config.json"]) / "config.json")
 
 
 def weight_files(folder: Path) -> list[Path]:

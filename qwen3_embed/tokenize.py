@@ -75,8 +75,8 @@ class Tokenizer:
             if warn:  # stacklevel: the user's call of Embedder.encode or Reranker.score
                 warnings.warn(
                     f"{len(too_long)} of {len(ids)} text(s) were longer than max_length={max_length} tokens and were "
-                    f"cut to fit (indices {_some(too_long)}; the longest had {longest}); pass truncate=False to get "
-                    "an error instead",
+                    f"cut to fit (indices {_some(too_long)}; the longest had {longest}); pass truncate=False "
+                    "(--no-truncate) to get an error instead",
                     stacklevel=4,
                 )
             for i in too_long:
