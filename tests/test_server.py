@@ -433,10 +433,13 @@ def test_serve_command(tiny, tmp_path):
         taken.bind(("127.0.0.1", port))
         taken.listen()
         main(arguments)
+    big = ["--max-input-length", "1000000", "--max-batch-tokens", "1000000", "--max-queue-tokens", "1000000"]
     for option, message in [
         (["--max-queue-tokens", "10"], "max_queue_tokens=10 must be at least max_batch_tokens=16384"),
         (["--read-timeout-s", "0"], "read_timeout_s=0.0 must be positive"),
         (["--api-key", "two words"], "the API key must be non-empty printable ASCII without spaces"),
+        (["--device", "cuda:7"], "cuda:7"),
+        (["--model", str(tiny[0]), *big], r"--max-input-length=1000000 is outside 2\.\.\d+, the model's maximum"),
     ]:
         with pytest.raises(SystemExit, match=message):
             main([*arguments, *option])
