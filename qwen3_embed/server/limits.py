@@ -155,7 +155,8 @@ class Guard:
         if self.api_key is None or scope["path"] == "/health":
             return
         given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-        if not hmac.compare_digest(given, b"Bearer " + self.api_key.encode()):
+        scheme, _, token = given.partition(b" ")  # the scheme's case does not matter (RFC 9110)
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token, self.api_key.encode()):
             raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                            "Unauthorized", cause="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
