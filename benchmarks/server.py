@@ -1,11 +1,20 @@
-"""Requests per second and latency of `qwen3-embed serve` under concurrent clients, with dynamic batching on and
-off (each request run alone), on CPU.
+"""`qwen3-embed serve` under concurrent clients, on CPU: requests per second and latency with dynamic batching on
+and off (each request run alone), and an overload run with and without the server's limits.
 
 The server runs in its own process on a random-weight checkpoint (the 0.6B layer shapes, at reduced depth by
-default, with the real tokenizer); one client process keeps `concurrency` requests in flight, each embedding one
-query-sized text (8-64 tokens), and times every request.
+default, with the real tokenizer); one client process (asyncio, httpx) sends requests that each embed one
+query-sized text (8-64 tokens) and times every request.
 
-    python benchmarks/server.py
+Overload: the server admits `--admitted` concurrent requests (`--max-concurrent-requests`). First as many clients
+as it admits send requests in a loop for `--seconds` (unloaded, no deadline); then 4x as many, each request with a
+deadline (`--deadline`, default twice the unloaded p99) after which the client gives up and closes its connection.
+A client answered 429 retries after 50 ms (not after Retry-After, to keep the pressure on). Reported: goodput
+(answers within the deadline per second), p50/p99 of the admitted requests answered 200, the share answered 429,
+the requests abandoned at the deadline, and the server's peak resident memory; for the server with its limits and
+for one without them (admission and queue bounds lifted), under the same overload.
+
+    python benchmarks/server.py                      # both parts
+    python benchmarks/server.py --part overload      # the overload run only
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from common import (
 )
 from qwen3_embed import Qwen3Config
 
+UNLIMITED = ["--max-concurrent-requests", "1000000", "--max-queue-tokens", "1000000000"]
+
 
 async def load(url: str, texts: list[str], concurrency: int) -> tuple[float, list[float]]:
     """Seconds for all requests, and each request's latency."""
@@ -52,10 +63,47 @@ async def load(url: str, texts: list[str], concurrency: int) -> tuple[float, lis
         return time.perf_counter() - start, latencies
 
 
-def serve(folder: Path, port: int, batching: bool) -> subprocess.Popen:
+async def overload(url: str, texts: list[str], clients: int, seconds: float, deadline: float) -> dict:
+    """`clients` clients sending in a loop for `seconds`, each request abandoned after `deadline` seconds."""
+    import httpx
+
+    answered: list[float] = []  # latencies of the requests answered 200 within the deadline
+    counts = {"late": 0, "refused": 0, "failed": 0}
+    stop = time.perf_counter() + seconds
+
+    async def client(http: httpx.AsyncClient, k: int) -> None:
+        i = k
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            try:
+                response = await asyncio.wait_for(http.post(f"{url}/embed", json={"inputs": texts[i % len(texts)]}),
+                                                  deadline)  # fmt: skip
+            except asyncio.TimeoutError:
+                counts["late"] += 1
+                continue
+            finally:
+                i += clients
+            if response.status_code == 200:
+                answered.append(time.perf_counter() - start)
+            elif response.status_code == 429:
+                counts["refused"] += 1
+                await asyncio.sleep(0.05)
+            else:
+                counts["failed"] += 1
+
+    async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=clients)) as http:
+        await asyncio.gather(*(client(http, k) for k in range(clients)))
+    total = len(answered) + sum(counts.values())
+    q = statistics.quantiles(answered, n=100) if len(answered) > 1 else [float("nan")] * 99
+    return {"clients": clients, "seconds": seconds, "deadline_s": deadline, "requests": total,
+            "answered": len(answered), **counts, "goodput_per_s": len(answered) / seconds,
+            "refused_share": counts["refused"] / max(total, 1), "p50_ms": 1000 * q[49],
+            "p99_ms": 1000 * q[98]}  # fmt: skip
+
+
+def serve(folder: Path, port: int, options: list[str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "qwen3_embed.cli", "serve", "--model", str(folder), "--port", str(port)]
-    command += [] if batching else ["--no-batching"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command + options, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
 
     for _ in range(600):
@@ -68,20 +116,15 @@ def serve(folder: Path, port: int, batching: bool) -> subprocess.Popen:
     raise RuntimeError("the server did not start")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=4, help="depth of the 0.6B-shaped checkpoint")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--requests", type=int, default=8, help="requests per concurrent client")
-    p.add_argument("--port", type=int, default=8093)
-    p.add_argument("--tokenizer", type=Path, default=SHARED_TOKENIZER)
-    args = p.parse_args()
-    config = replace(Qwen3Config.preset("0.6B"), num_hidden_layers=args.layers)
-    folder = write_checkpoint(ROOT / "local" / f"bench-embed-0.6B-{args.layers}", config, args.tokenizer)
+def peak_rss_gib(process: subprocess.Popen) -> float:
+    with open(f"/proc/{process.pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
 
-    rows, results = [], {"machine": machine(), "layers": args.layers, "runs": []}
+
+def batching_part(args, folder: Path, m: dict) -> None:
+    results = {"machine": m, "layers": args.layers, "runs": []}
     for batching in (False, True):
-        process = serve(folder, args.port, batching)
+        process = serve(folder, args.port, [] if batching else ["--no-batching"])
         try:
             for concurrency in args.concurrency:
                 n = max(16, concurrency * args.requests)
@@ -97,11 +140,11 @@ def main() -> None:
             process.terminate()
             process.wait()
     base = {r["concurrency"]: r for r in results["runs"] if not r["batching"]}
+    rows = []
     for r in results["runs"]:
         gain = r["requests_per_s"] / base[r["concurrency"]]["requests_per_s"]
         rows.append(f"| {'on' if r['batching'] else 'off (one request at a time)'} | {r['concurrency']} | "
                     f"{r['requests_per_s']:.1f} | {gain:.2f}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")  # fmt: skip
-    m = results["machine"]
     table = markdown_table(
         f"`qwen3-embed serve` on {m['cpu']} ({m['torch_threads']} threads, shared with the client), random weights of "
         f"the 0.6B layer shapes at {args.layers} layers, float32; each request embeds one text of 8-64 tokens:",
@@ -110,6 +153,69 @@ def main() -> None:
     )  # fmt: skip
     print("\n" + table)
     write_results("server-cpu", results, table)
+
+
+def overload_part(args, folder: Path, m: dict) -> None:
+    texts = texts_of_token_lengths(args.tokenizer, log_uniform_lengths(512, 8, 64, seed=7))
+    url = f"http://127.0.0.1:{args.port}"
+    admitted = ["--max-concurrent-requests", str(args.admitted)]
+    runs = []
+    deadline = args.deadline
+    for name, options, clients in [("limits, unloaded", admitted, args.admitted),
+                                   ("limits, 4x overload", admitted, 4 * args.admitted),
+                                   ("no limits, 4x overload", UNLIMITED, 4 * args.admitted)]:  # fmt: skip
+        process = serve(folder, args.port, options)
+        try:
+            asyncio.run(load(url, texts[:8], 2))  # warm-up
+            before = peak_rss_gib(process)
+            # The unloaded run has no deadline; the overload runs' default is twice its p99 (the target).
+            wait = 600.0 if not runs else deadline or 2 * runs[0]["p99_ms"] / 1000
+            run = {"server": name, **asyncio.run(overload(url, texts, clients, args.seconds, wait))}
+            run |= {"peak_rss_gib": peak_rss_gib(process), "rss_gib_before": before}
+        finally:
+            process.terminate()
+            process.wait()
+        runs.append(run)
+        print(run, flush=True)
+    unloaded_p99, deadline = runs[0]["p99_ms"], runs[1]["deadline_s"]
+    rows = [f"| {r['server']} | {r['clients']} | {r['goodput_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
+            f"({r['p99_ms'] / unloaded_p99:.2f}x) | {100 * r['refused_share']:.0f}% | {r['late']} | "
+            f"{r['peak_rss_gib']:.2f} GiB (+{1024 * (r['peak_rss_gib'] - r['rss_gib_before']):.0f} MiB) |"
+            for r in runs]  # fmt: skip
+    table = markdown_table(
+        f"`qwen3-embed serve` under overload on {m['cpu']} ({m['torch_threads']} threads, shared with the client), "
+        f"random weights of the 0.6B layer shapes at {args.layers} layers, float32; requests of one 8-64-token text; "
+        f"{args.admitted} admitted concurrent requests; under overload clients give up after {deadline:.2f} s "
+        f"(twice the unloaded p99, unless --deadline says otherwise), {args.seconds:g} s per run:",
+        ["server", "clients", "goodput (200 within deadline)/s", "p50 ms (200s)", "p99 ms (200s, vs unloaded)",
+         "answered 429", "abandoned at deadline", "peak RSS (during run)"],
+        rows,
+    )  # fmt: skip
+    print("\n" + table)
+    results = {"machine": m, "layers": args.layers, "admitted": args.admitted, "deadline_s": deadline, "runs": runs}
+    write_results("server-overload-cpu", results, table)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["batching", "overload", "both"], default="both")
+    p.add_argument("--layers", type=int, default=4, help="depth of the 0.6B-shaped checkpoint")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="batching part: clients")
+    p.add_argument("--requests", type=int, default=8, help="batching part: requests per concurrent client")
+    p.add_argument("--admitted", type=int, default=8, help="overload part: --max-concurrent-requests")
+    p.add_argument("--seconds", type=float, default=30, help="overload part: length of each run")
+    p.add_argument("--deadline", type=float, help="overload part: seconds a client waits (default: twice the "
+                   "unloaded p99)")  # fmt: skip
+    p.add_argument("--port", type=int, default=8093)
+    p.add_argument("--tokenizer", type=Path, default=SHARED_TOKENIZER)
+    args = p.parse_args()
+    config = replace(Qwen3Config.preset("0.6B"), num_hidden_layers=args.layers)
+    folder = write_checkpoint(ROOT / "local" / f"bench-embed-0.6B-{args.layers}", config, args.tokenizer)
+    m = machine()
+    if args.part in ("batching", "both"):
+        batching_part(args, folder, m)
+    if args.part in ("overload", "both"):
+        overload_part(args, folder, m)
 
 
 if __name__ == "__main__":

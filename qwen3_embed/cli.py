@@ -165,20 +165,39 @@ def read_documents(path: Path, text_field: str | None, id_field: str | None) -> 
 
 def serve(args: argparse.Namespace) -> None:
     try:
-        import uvicorn
-
-        from .server import create_app
+        from . import server
     except ImportError as e:
         raise SystemExit(f"the server needs its extra ({e}): pip install 'qwen3-embed-triton[server]'") from None
+    # Everything that can be checked is checked before a model loads.
+    limits = server.Limits(
+        max_input_length=args.max_input_length, max_batch_tokens=args.max_batch_tokens,
+        max_client_batch_size=args.max_client_batch_size, payload_limit=args.payload_limit,
+        max_concurrent_requests=args.max_concurrent_requests, max_queue_tokens=args.max_queue_tokens,
+        health_stall_s=args.health_stall_s,
+    )  # fmt: skip
+    connections = server.ConnectionLimits(
+        keep_alive_s=args.keep_alive_s, read_timeout_s=args.read_timeout_s, max_connections=args.max_connections,
+        graceful_shutdown_s=args.graceful_shutdown_s,
+    )  # fmt: skip
+    if args.max_wait_ms < 0:
+        raise ValueError(f"--max-wait-ms {args.max_wait_ms:g} must not be negative")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("QWEN3_EMBED_API_KEY") or None
+    server.check_api_key(api_key)
+    server.check_port(args.host, args.port)
+    server.reserve_files(args.max_connections)
+    resolve_device(args.device)
+    for model in filter(None, (args.model, args.reranker)):
+        limit = checkpoint.read_config(model).max_position_embeddings
+        if args.max_input_length is not None:
+            check_int("--max-input-length", args.max_input_length, 2, limit, "the model's maximum")
     embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     reranker = Reranker.from_pretrained(args.reranker, device=args.device, dtype=args.dtype) if args.reranker else None
-    app = create_app(
-        embedder, reranker, model_id=args.model, reranker_id=args.reranker,
-        max_input_length=args.max_input_length, max_batch_tokens=args.max_batch_tokens,
-        max_client_batch_size=args.max_client_batch_size,
-        max_wait_ms=args.max_wait_ms, batching=not args.no_batching,
-    )  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port)
+    names = {"served_model_name": args.served_model_name or server.served_name(args.model)}
+    if reranker is not None:
+        names["served_reranker_name"] = args.served_reranker_name or server.served_name(args.reranker)
+    app = server.create_app(embedder, reranker, limits=limits, api_key=api_key, max_wait_ms=args.max_wait_ms,
+                            batching=not args.no_batching, **names)  # fmt: skip
+    server.run(app, args.host, args.port, connections)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -271,17 +290,40 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(run=rerank)
 
     v = commands.add_parser(
-        "serve", parents=[device], formatter_class=HelpFormatter, help="serve TEI and OpenAI compatible HTTP endpoints"
-    )
+        "serve", parents=[device], formatter_class=HelpFormatter,
+        help="serve TEI, OpenAI and Cohere/Jina compatible HTTP endpoints",
+    )  # fmt: skip
     v.add_argument("--model", default="Qwen/Qwen3-Embedding-0.6B", help="embedding model: hub id or local folder")
-    v.add_argument("--reranker", help="reranker model to serve on /rerank: hub id or local folder")
-    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    v.add_argument("--reranker", help="reranker model to serve on /rerank and /v1/rerank: hub id or local folder")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     v.add_argument("--port", type=int, default=8080, help="port to listen on")
-    v.add_argument("--max-input-length", type=int, help="tokens per input (default 8192)")
+    v.add_argument("--served-model-name", help="the embedding model's name in /info, /v1/models and responses "
+                   "(default: its hub id, or its folder's name; never a local path)")  # fmt: skip
+    v.add_argument("--served-reranker-name", help="the reranker's name there (default: as for the model)")
+    v.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health (default: "
+                   "$QWEN3_EMBED_API_KEY, else no key)")  # fmt: skip
+    v.add_argument("--max-input-length", type=int, help="tokens per input (default 8192, at most the model's)")
     v.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per request, and per queue drain")
     v.add_argument("--max-client-batch-size", type=int, default=32, help="inputs per request")
+    v.add_argument("--payload-limit", type=int, default=2_000_000,
+                   help="bytes per request body; a larger body is refused (413) before it is parsed")  # fmt: skip
+    v.add_argument("--max-concurrent-requests", type=int, default=512,
+                   help="requests in flight; past it a request is refused with 429 and Retry-After")  # fmt: skip
+    v.add_argument("--max-queue-tokens", type=int, default=131072,
+                   help="tokens waiting for each model; past it a request is refused with 429")  # fmt: skip
     v.add_argument("--max-wait-ms", type=float, default=2.0, help="how long an idle worker waits to fill a batch")
     v.add_argument("--no-batching", action="store_true", help="run each request alone (for comparison)")
+    v.add_argument("--health-stall-s", type=float, default=60.0,
+                   help="/health answers 503 when a model has had work but no progress for this long")  # fmt: skip
+    v.add_argument("--keep-alive-s", type=float, default=5.0, help="close a connection idle this long between "
+                   "requests")  # fmt: skip
+    v.add_argument("--read-timeout-s", type=float, default=30.0, help="close a connection whose request (head and "
+                   "body; a new connection's first) has not fully arrived this long after it began, or whose client "
+                   "has stopped taking its answer for this long")  # fmt: skip
+    v.add_argument("--max-connections", type=int, default=1024,
+                   help="open connections; past it the longest-idle one is closed")  # fmt: skip
+    v.add_argument("--graceful-shutdown-s", type=float, default=20.0, help="on SIGTERM or Ctrl-C: queued requests get "
+                   "503 at once; running ones may finish for this long")  # fmt: skip
     v.set_defaults(run=serve)
     return p
 

@@ -15,7 +15,7 @@ import torch
 from . import checkpoint
 from .model import Qwen3Model
 from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress, check_int
-from .tokenize import Tokenizer
+from .tokenize import TextTooLong, Tokenizer
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
@@ -113,6 +113,33 @@ class Reranker(Pipeline):
         return self.tokenizer.encode(
             texts, self.max_length(max_length), truncate, prefix=self.prefix, suffix=self.suffix, warn=warn
         )
+
+    def tokenize_query(
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruction: str | None = None,
+        max_length: int | None = None,
+        truncate: bool = True,
+        warn: bool = True,
+    ) -> list[list[int]]:
+        """The ids `tokenize` gives for the pairs of `query` with each document, with the query tokenized once.
+
+        Each pair's text is cut after '<Document>:', before the space that leads the document; Qwen's tokenizer
+        (NFC, then a split before every space-led run) never joins tokens across that cut, so the ids are exactly
+        those of the whole pair (tests/test_server_limits.py checks it against the real tokenizer). A query that
+        leaves no room for a document is an error (TextTooLong) where `tokenize` would cut into the query.
+        """
+        instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+        max_length = self.max_length(max_length)
+        head = self.prefix + self.tokenizer.ids(format_pair(instruction, query, "").removesuffix(" "))
+        if len(head) + len(self.suffix) >= max_length:
+            raise TextTooLong(
+                f"the query takes {len(head) + len(self.suffix)} tokens with the prompt, leaving no room for a "
+                f"document within max_length={max_length}; shorten the query"
+            )
+        documents = [" " + d for d in documents]
+        return self.tokenizer.encode(documents, max_length, truncate, prefix=head, suffix=self.suffix, warn=warn)
 
     def head(self, last: torch.Tensor) -> torch.Tensor:
         """l_yes - l_no from the final-normed last-token states [B, hidden]: [B] float32."""

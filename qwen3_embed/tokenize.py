@@ -5,13 +5,21 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import normalizers
 
 EOS = "<|endoftext|>"  # Qwen3-Embedding pools the hidden state of this token, appended to every text
+# NFC composes at most this many characters into one: the longest canonical decomposition (U+1F82 is four).
+NFC_FOLD = 4
+
+
+class TextTooLong(ValueError):
+    """A text longer than max_length tokens, with truncation off."""
 
 
 class Tokenizer:
@@ -67,7 +75,7 @@ class Tokenizer:
         if too_long:
             longest = max(len(ids[i]) for i in too_long) + len(prefix) + len(suffix)
             if not truncate:
-                raise ValueError(
+                raise TextTooLong(
                     f"{len(too_long)} text(s) are longer than max_length={max_length} tokens "
                     f"(indices {_some(too_long)}; the longest has {longest}); shorten them, raise max_length, "
                     "or pass truncate=True"
@@ -84,6 +92,22 @@ class Tokenizer:
         for i, seq in enumerate(ids):
             self._check_rows(seq, f"text {i}")
         return [prefix + seq + suffix for seq in ids]
+
+    @cached_property
+    def longest_token(self) -> int:
+        """The longest vocabulary token in characters (a byte-level token of k characters stands for k bytes)."""
+        return max(map(len, self._tokenizer.get_vocab(with_added_tokens=True)))
+
+    def max_chars(self, max_length: int) -> int | None:
+        """The most characters a text of `max_length` tokens can hold, so that a longer text cannot fit; None when
+        the normalizer is one whose folding of characters is not known (only none and NFC are).
+
+        Each token stands for at most `longest_token` characters of normalized text, and NFC folds at most
+        NFC_FOLD input characters into one."""
+        normalizer = self._tokenizer.normalizer
+        if normalizer is not None and not isinstance(normalizer, normalizers.NFC):
+            return None
+        return max_length * self.longest_token * (1 if normalizer is None else NFC_FOLD)
 
     def token_id(self, token: str) -> int:
         """The id of a token of the vocabulary, or a clear error."""

@@ -1,9 +1,11 @@
-"""The HTTP server, started on a free loopback port and spoken to over HTTP with a real client."""
+"""The HTTP server's APIs (TEI, OpenAI, Cohere/Jina, metrics), started on a free loopback port and spoken to over
+HTTP with real clients. Its limits under abuse and overload are in test_server_limits.py."""
 
 from __future__ import annotations
 
 import base64
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +20,13 @@ import torch
 from checkpoints import TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
 
 httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
+prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
+from qwen3_embed.cli import main  # noqa: E402
 from qwen3_embed.reranker import Reranker  # noqa: E402
-from qwen3_embed.server import BatchingWorker, create_app  # noqa: E402
+from qwen3_embed.server import BatchingWorker, ConnectionLimits, Limits, create_app, served_name  # noqa: E402
+from qwen3_embed.server.connections import Server  # noqa: E402
 
 QUERY = "What is the capital of China?"
 MAX_INPUT = 512
@@ -33,13 +38,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """uvicorn serving an app in a thread, for the duration of a `with`."""
+class Served:
+    """An app from create_app, served as `qwen3-embed serve` serves it, in a thread, for the duration of a `with`;
+    `send_buffer` shrinks the kernel's send buffer of its connections (bytes)."""
 
-    def __init__(self, app):
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    def __init__(self, app, limits: ConnectionLimits | None = None, send_buffer: int | None = None):
+        self.app, self.listener = app, socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if send_buffer is not None:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # accepted sockets inherit it
+        self.listener.bind(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.server = Server(app, limits or ConnectionLimits(), log_level="warning")
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.listener]}, daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()
@@ -52,10 +63,39 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        self.listener.close()
 
 
-@pytest.fixture(scope="module")
-def reranker(tmp_path_factory):
+class Gate:
+    """Stands in for a worker's pipeline: records the sequences it is given, and holds each run until opened."""
+
+    def __init__(self, pipeline):
+        self.pipeline, self.ran = pipeline, []
+        self.entered, self.opened = threading.Event(), threading.Event()
+
+    def run(self, ids, head, progress=None):
+        self.ran.extend(ids)
+        self.entered.set()
+        assert self.opened.wait(30)
+        return self.pipeline.run(ids, head, progress=progress)
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def scrape(base: str, client=httpx) -> dict[tuple[str, tuple], float]:
+    """/metrics parsed by prometheus-client's parser: {(sample name, sorted labels): value}."""
+    text = client.get(f"{base}/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in prometheus_parser.text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+
+
+@pytest.fixture(scope="module", name="reranker")
+def reranker_fixture(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server-reranker")
     make_reranker_checkpoint(folder, TINY_SHAPES["gqa1"], tied=True)
     return Reranker.from_pretrained(folder)
@@ -73,9 +113,10 @@ def runs(embedder):
 
 @pytest.fixture(scope="module")
 def url(embedder, reranker, runs):
-    app = create_app(embedder, reranker, model_id="tiny-embedder", reranker_id="tiny-reranker",
-                     max_input_length=MAX_INPUT, max_batch_tokens=4096, max_wait_ms=5)  # fmt: skip
-    with Server(app) as base:
+    limits = Limits(max_input_length=MAX_INPUT, max_batch_tokens=4096, max_queue_tokens=65536)
+    app = create_app(embedder, reranker, served_model_name="tiny-embedder", served_reranker_name="tiny-reranker",
+                     limits=limits, max_wait_ms=5)  # fmt: skip
+    with Served(app) as base:
         yield base
 
 
@@ -105,7 +146,7 @@ def test_embed_options(client, embedder):
 def test_embed_truncation(client, embedder):
     long_text = "gravity " * 1000
     refused = client.post("/embed", json={"inputs": [long_text]})
-    assert refused.status_code == 422 and refused.json()["error_type"] == "Validation"
+    assert refused.status_code == 413 and refused.json()["error_type"] == "Validation"
     assert f"max_length={MAX_INPUT}" in refused.json()["error"]
     cut = client.post("/embed", json={"inputs": [long_text], "truncate": True})
     assert cut.status_code == 200
@@ -122,7 +163,7 @@ def test_embed_truncation(client, embedder):
         ({"inputs": []}, 400, "Empty"),
         ({"inputs": ["x"] * 33}, 413, "Validation"),
         ({"inputs": ["x"], "dimensions": 0}, 422, "Validation"),
-        ({"inputs": ["x"], "prompt_name": "nope"}, 422, "Validation"),
+        ({"inputs": ["x"], "prompt_name": "nope"}, 422, "Tokenizer"),
     ],
 )
 def test_embed_bad_input(client, body, status, kind):
@@ -131,14 +172,53 @@ def test_embed_bad_input(client, body, status, kind):
     assert response.json()["error_type"] == kind and response.json()["error"]
 
 
-def test_malformed_json(client):
-    response = client.post("/embed", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422
+@pytest.mark.parametrize(
+    "path, request_, status, shape",
+    [
+        ("/nope", dict(method="GET"), 404, "tei"),
+        ("/v1/nope", dict(method="POST", json={}), 404, "openai"),
+        ("/embed", dict(method="GET"), 405, "tei"),
+        ("/embed", dict(method="POST", content=b"{not json"), 422, "tei"),
+        ("/v1/embeddings", dict(method="POST", content=b"{not json"), 400, "openai"),
+        ("/embed", dict(method="POST", content=b'{"inputs": "\xff\xfe"}'), 400, "tei"),  # not UTF-8
+        ("/embed", dict(method="POST", content=b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), 400, "tei"),
+        ("/embed", dict(method="POST", content=b'{"inputs": ["ok", "\\ud800"]}'), 422, "tei"),  # a lone surrogate
+        ("/v2/rerank", dict(method="POST", json={"query": "q", "documents": ["d"], "max_tokens_per_doc": 9}), 400,
+         "openai"),
+    ],
+)  # fmt: skip
+def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status, shape):
+    response = client.request(url=path, headers={"content-type": "application/json"}, **request_)
+    assert response.status_code == status, response.text
+    body = response.json()
+    if shape == "tei":
+        assert set(body) == {"error", "error_type"} and body["error"]
+    else:
+        assert set(body) == {"error"} and body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
+    if "ud800" in str(request_):
+        assert "inputs[1]" in body["error"] and "lone surrogate U+D800" in body["error"]
 
 
-def test_too_many_tokens_in_one_request(embedder, reranker):
-    app = create_app(embedder, None, max_input_length=64, max_batch_tokens=100)
-    with Server(app) as base:
+def test_a_server_error_tells_only_an_id_that_the_log_has(embedder, caplog):
+    class Broken:
+        def run(self, *args, **kwargs):
+            raise RuntimeError("secret detail of the failure")
+
+    app = create_app(embedder)
+    with Served(app) as base, caplog.at_level("ERROR", logger="qwen3_embed.server"):
+        app.state.service.workers["embed"].pipeline = Broken()
+        for path, body in [("/embed", {"inputs": "x"}), ("/v1/embeddings", {"input": "x"})]:
+            response = httpx.post(f"{base}{path}", json=body)
+            assert response.status_code == 500
+            message = response.json()["error"] if path == "/embed" else response.json()["error"]["message"]
+            assert "secret" not in response.text
+            error_id = message.split()[2].rstrip(";")
+            assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records), error_id
+
+
+def test_too_many_tokens_in_one_request(embedder):
+    app = create_app(embedder, None, limits=Limits(max_input_length=64, max_batch_tokens=100, max_queue_tokens=100))
+    with Served(app) as base:
         response = httpx.post(f"{base}/embed", json={"inputs": ["gravity " * 20] * 8, "truncate": True})
         no_reranker = httpx.post(f"{base}/rerank", json={"query": "q", "texts": ["t"]})
     assert response.status_code == 413 and "more than max_batch_tokens=100" in response.json()["error"]
@@ -164,6 +244,27 @@ def test_rerank_bad_input(client):
     assert client.post("/rerank", json={"query": QUERY, "texts": []}).status_code == 400
     assert client.post("/rerank", json={"query": QUERY}).status_code == 422
     assert client.post("/rerank", json={"query": QUERY, "texts": ["x"] * 40}).status_code == 413
+    too_long = client.post("/rerank", json={"query": "gravity " * 1000, "texts": ["x"], "truncate": True})
+    assert too_long.status_code == 413 and "leaving no room for a document" in too_long.json()["error"]
+
+
+def test_cohere_client_reranks(url, reranker):
+    cohere = pytest.importorskip("cohere")
+    documents = ["The capital of China is Beijing.", "Gravity is a force.", "yes", "Beijing"]
+    scores = reranker.score(QUERY, documents).tolist()
+    best = sorted(range(4), key=lambda i: -scores[i])
+    v2 = cohere.ClientV2(api_key="unused", base_url=url).rerank(model="any", query=QUERY, documents=documents, top_n=3)
+    assert [r.index for r in v2.results] == best[:3]
+    assert [r.relevance_score for r in v2.results] == pytest.approx([scores[i] for i in best[:3]], abs=1e-5)
+    v1 = cohere.Client(api_key="unused", base_url=url).rerank(
+        model="any", query=QUERY, documents=[{"text": d} for d in documents], return_documents=True
+    )
+    assert [r.index for r in v1.results] == best
+    assert [r.document.text for r in v1.results] == [documents[i] for i in best]
+    raw = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": documents}).json()  # Jina's shape
+    tokens = sum(map(len, reranker.tokenize([(QUERY, d) for d in documents])))
+    assert raw["model"] == "tiny-reranker" and raw["usage"] == {"total_tokens": tokens} and raw["id"]
+    assert "document" not in raw["results"][0]
 
 
 def test_openai_embeddings(client, embedder):
@@ -183,22 +284,81 @@ def test_openai_embeddings(client, embedder):
     np.testing.assert_allclose(vector, embedder.encode("first", dim=8).numpy(), rtol=0, atol=1e-5)
 
 
+def test_openai_token_ids(client, embedder):
+    """OpenAI's token-id inputs ([int] and [[int]], as LangChain sends): the model's own token ids give the same
+    vectors as their text; ids outside the embedding table, empty lists and over-long ones are refused."""
+    texts = ["first", "second text"]
+    ids = [embedder.tokenizer.ids(t) for t in texts]
+    batch = client.post("/v1/embeddings", json={"input": ids}).json()
+    np.testing.assert_allclose([d["embedding"] for d in batch["data"]], embedder.encode(texts).numpy(), atol=1e-5)
+    assert batch["usage"]["total_tokens"] == sum(len(i) + 1 for i in ids)
+    one = client.post("/v1/embeddings", json={"input": ids[0]}).json()
+    assert len(one["data"]) == 1
+    np.testing.assert_allclose(one["data"][0]["embedding"], batch["data"][0]["embedding"], atol=1e-5)
+    rows = embedder.config.vocab_size
+    for bad, status in [([[1, rows]], 400), ([[-1]], 400), ([[]], 400), ([[1] * MAX_INPUT], 413)]:
+        response = client.post("/v1/embeddings", json={"input": bad})
+        assert response.status_code == status and response.json()["error"]["message"], bad
+
+
 def test_openai_errors(client):
     response = client.post("/v1/embeddings", json={"input": "gravity " * 1000})
-    assert response.status_code == 400
+    assert response.status_code == 413
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and f"max_length={MAX_INPUT}" in error["message"]
     assert client.post("/v1/embeddings", json={"inputs": "x"}).status_code == 400
     assert client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"}).status_code == 400
 
 
-def test_health_and_info(client):
+def test_health_info_and_models(client):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
-    assert info["embedding"]["model_id"] == "tiny-embedder" and info["reranker"]["model_id"] == "tiny-reranker"
-    assert info["embedding"]["model_dtype"] == "float32" and info["embedding"]["model_device"] == "cpu"
+    assert info["model_id"] == "tiny-embedder" and info["reranker"]["model_id"] == "tiny-reranker"
+    assert info["model_dtype"] == "float32" and info["model_device"] == "cpu"
+    assert info["model_type"] == {"embedding": {"pooling": "last_token"}}
     assert info["max_input_length"] == MAX_INPUT and info["max_batch_tokens"] == 4096
-    assert client.get("/openapi.json").json()["paths"].keys() >= {"/embed", "/rerank", "/v1/embeddings"}
+    assert info["max_concurrent_requests"] == 512 and info["payload_limit"] == 2_000_000
+    models = client.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["tiny-embedder", "tiny-reranker"]
+    paths = client.get("/openapi.json").json()["paths"].keys()
+    assert paths >= {"/embed", "/rerank", "/v1/embeddings", "/v1/rerank", "/v2/rerank", "/v1/models", "/metrics"}
+
+
+def test_served_name_is_never_a_local_path(tmp_path):
+    assert served_name("Qwen/Qwen3-Embedding-0.6B") == "Qwen/Qwen3-Embedding-0.6B"
+    assert served_name(str(tmp_path / "my-model")) == str(tmp_path / "my-model")  # not a folder: a hub id
+    (tmp_path / "my-model").mkdir()
+    assert served_name(str(tmp_path / "my-model")) == "my-model"
+    snapshot = tmp_path / "models--Qwen--Qwen3-Embedding-0.6B" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    assert served_name(str(snapshot)) == "Qwen/Qwen3-Embedding-0.6B"
+
+
+def test_metrics_count_the_requests_sent(url, embedder):
+    before = scrape(url)
+    texts = ["one", "two words"]
+    for _ in range(3):
+        assert httpx.post(f"{url}/embed", json={"inputs": texts}).status_code == 200
+    assert httpx.post(f"{url}/embed", json={"inputs": []}).status_code == 400
+    assert httpx.post(f"{url}/embed", content=b"x" * 2_000_001).status_code == 413
+    after = scrape(url)
+
+    def grew(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("qwen3_embed_requests_total", route="/embed", status="200") == 3
+    assert grew("qwen3_embed_requests_total", route="/embed", status="400") == 1
+    assert grew("qwen3_embed_requests_total", route="/embed", status="413") == 1
+    assert grew("qwen3_embed_requests_total", route="/metrics", status="200") == 1
+    assert grew("qwen3_embed_rejected_total", cause="payload_too_large") == 1
+    tokens = sum(map(len, embedder.tokenize(texts)))
+    assert grew("qwen3_embed_tokens_total", model="embed") == 3 * tokens
+    assert grew("qwen3_embed_batch_tokens_sum", model="embed") == 3 * tokens
+    assert grew("qwen3_embed_queue_seconds_count", model="embed") == 3
+    assert 1 <= grew("qwen3_embed_inference_seconds_count", model="embed") <= 3
+    assert after[("qwen3_embed_queue_requests", (("model", "embed"),))] == 0
+    assert after[("qwen3_embed_queue_tokens", (("model", "rerank"),))] == 0
 
 
 def test_concurrent_clients_get_exactly_their_own_results(url, embedder, runs):
@@ -221,16 +381,17 @@ def test_concurrent_clients_get_exactly_their_own_results(url, embedder, runs):
 
 
 def test_a_failing_request_does_not_take_down_its_batch(embedder):
-    worker = BatchingWorker(embedder, lambda last: last.float(), max_batch_tokens=4096, max_wait_ms=200)
+    worker = BatchingWorker(embedder, lambda last: last.float(), max_batch_tokens=4096, max_queue_tokens=4096,
+                            max_wait_ms=200)  # fmt: skip
     ids = embedder.tokenize(["a", "b c", "d"])
     try:
         good = worker.submit(ids[:1], lambda rows: rows)
         bad = worker.submit(ids[1:2], lambda rows: 1 / 0)
         other = worker.submit(ids[2:], lambda rows: rows)
-        torch.testing.assert_close(good.result(60), embedder.run(ids[:1], lambda last: last.float()))
+        torch.testing.assert_close(good.future.result(60), embedder.run(ids[:1], lambda last: last.float()))
         with pytest.raises(ZeroDivisionError):
-            bad.result(60)
-        assert other.result(60).shape == (1, embedder.config.hidden_size)
+            bad.future.result(60)
+        assert other.future.result(60).shape == (1, embedder.config.hidden_size)
     finally:
         worker.close()
 
@@ -245,7 +406,7 @@ def test_schema_fuzzing_gives_no_server_errors(url):
 
     def fuzz(strategy) -> None:
         @given(case=strategy)
-        @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def check(case) -> None:
             response = case.call(base_url=url, timeout=60)
             calls.append(response.status_code)
@@ -255,29 +416,65 @@ def test_schema_fuzzing_gives_no_server_errors(url):
         check()
 
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/embed", "/rerank", "/v1/embeddings", "/health", "/info"}
+    assert {op.path for op in operations} >= {"/embed", "/rerank", "/v1/embeddings", "/v1/rerank", "/health"}
     for operation in operations:
         fuzz(operation.as_strategy())
     assert len(calls) >= 5 * len(operations) and not failures, failures[:5]
 
 
-def test_serve_command(tiny):
+def test_serve_command(tiny, tmp_path):
+    """The CLI: settings checked before the model loads, the API key from the environment, the folder's name
+    served, and SIGTERM ending the process."""
+    folder = tmp_path / "my-embedder"
+    folder.symlink_to(tiny[0], target_is_directory=True)
     port = free_port()
-    command = [sys.executable, "-m", "qwen3_embed.cli", "serve", "--model", str(tiny[0]), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    arguments = ["serve", "--model", str(tmp_path / "not-loaded"), "--port", str(port)]
+    with socket.socket() as taken, pytest.raises(SystemExit, match=f"cannot listen on 127.0.0.1:{port}"):
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        main(arguments)
+    big = ["--max-input-length", "1000000", "--max-batch-tokens", "1000000", "--max-queue-tokens", "1000000"]
+    for option, message in [
+        (["--max-queue-tokens", "10"], "max_queue_tokens=10 must be at least max_batch_tokens=16384"),
+        (["--read-timeout-s", "0"], "read_timeout_s=0.0 must be positive"),
+        (["--api-key", "two words"], "the API key must be non-empty printable ASCII without spaces"),
+        (["--device", "cuda:7"], "cuda:7"),
+        (["--model", str(tiny[0]), *big], r"--max-input-length=1000000 is outside 2\.\.\d+, the model's maximum"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main([*arguments, *option])
+
+    command = [sys.executable, "-m", "qwen3_embed.cli", "serve", "--model", str(folder), "--port", str(port)]
+
+    env = os.environ | {"QWEN3_EMBED_API_KEY": "s3cret"}
+    process = subprocess.Popen([*command, "--max-connections", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=env)  # fmt: skip
+    base, key = f"http://127.0.0.1:{port}", {"Authorization": "Bearer s3cret"}
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             assert process.poll() is None, process.stdout.read().decode()
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.2)
-        response = httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "hello"})
+        assert httpx.get(f"{base}/info").status_code == 401
+        assert httpx.get(f"{base}/info", headers=key).json()["model_id"] == "my-embedder"
+        response = httpx.post(f"{base}/embed", json={"inputs": "hello"}, headers=key)
         assert response.status_code == 200 and len(response.json()[0]) == tiny[1].config.hidden_size
+        flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]  # 26 over --max-connections
+        with httpx.Client(headers=key) as client:
+            assert client.get(f"{base}/health").status_code == 200
+            closed = scrape(base, client)[("qwen3_embed_rejected_total", (("cause", "connection_limit"),))]
+        assert closed >= 26
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=30)
+    log = process.stdout.read().decode()
+    assert returncode == -signal.SIGTERM, log
+    assert log.count("over max_connections") == 1 and "Traceback" not in log, log  # one line for the burst
+    for sock in flood:
+        sock.close()

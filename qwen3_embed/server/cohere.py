@@ -1,0 +1,47 @@
+"""Cohere's and Jina's rerank API (also vLLM's and LiteLLM's): POST /v1/rerank and /v2/rerank."""
+
+from __future__ import annotations
+
+import uuid
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+router = APIRouter()
+
+
+class Document(BaseModel):
+    text: str
+
+
+class RerankRequest(BaseModel):
+    model: str | None = None  # any name: the served reranker answers
+    query: str
+    documents: list[str | Document]
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = False
+    truncate: bool = False  # this server's addition: cut documents that are over max_input_length
+    # Cohere options this server does not implement: refused when given, rather than silently ignored.
+    max_tokens_per_doc: None = None
+    max_chunks_per_doc: None = None
+    rank_fields: None = None
+
+
+@router.post("/v1/rerank", summary="Rerank documents for a query (Cohere, Jina)")
+@router.post("/v2/rerank", summary="Rerank documents for a query (Cohere v2)")
+async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
+    texts = [d if isinstance(d, str) else d.text for d in body.documents]
+    raw, tokens = await request.app.state.service.rerank(request, body.query, texts, truncate=body.truncate)
+    scores = torch.sigmoid(raw).tolist()
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.top_n]
+    document = (lambda i: {"document": {"text": texts[i]}}) if body.return_documents else (lambda i: {})
+    return JSONResponse(
+        {
+            "id": str(uuid.uuid4()),
+            "model": request.app.state.served_names["rerank"],
+            "usage": {"total_tokens": tokens},
+            "results": [{"index": i, "relevance_score": scores[i], **document(i)} for i in order],
+        }
+    )

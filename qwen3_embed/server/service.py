@@ -1,0 +1,233 @@
+"""What every API family calls: admission, inputs checked and tokenized within the limits, queued to the model's
+worker, and awaited only while the client is still there."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import torch
+from starlette.requests import Request
+
+from ..embedder import Embedder
+from ..reranker import Reranker
+from ..tokenize import TextTooLong
+from .limits import ApiError, ClientGone, Limits, check_text
+from .metrics import Metrics
+from .worker import BatchingWorker, QueueFull, ShuttingDown
+
+# Threads that tokenize requests: a 2 MB body takes ~150 MB while it is tokenized, so memory stays bounded by this.
+TOKENIZATION_WORKERS = min(4, os.cpu_count() or 1)
+
+
+class Service:
+    """The models, their workers and the limits of one server."""
+
+    def __init__(
+        self,
+        embedder: Embedder | None,
+        reranker: Reranker | None,
+        limits: Limits,
+        metrics: Metrics,
+        *,
+        max_wait_ms: float,
+        batching: bool,
+    ):
+        self.models: dict[str, Embedder | Reranker] = {
+            name: p for name, p in (("embed", embedder), ("rerank", reranker)) if p is not None
+        }
+        if not self.models:
+            raise ValueError("give an embedder, a reranker, or both")
+        self.limits, self.metrics = limits, metrics
+        self.max_input_length = min(p.max_length(limits.max_input_length) for p in self.models.values())
+        if limits.max_batch_tokens < self.max_input_length:
+            raise ValueError(
+                f"max_batch_tokens={limits.max_batch_tokens} must be at least max_input_length={self.max_input_length}"
+            )
+        self.max_chars = {name: p.tokenizer.max_chars(self.max_input_length) for name, p in self.models.items()}
+        self.worker_options = dict(max_batch_tokens=limits.max_batch_tokens, max_queue_tokens=limits.max_queue_tokens,
+                                   max_wait_ms=max_wait_ms, batching=batching, metrics=metrics)  # fmt: skip
+        self.workers: dict[str, BatchingWorker] = {}
+        self.in_flight = 0
+        self.shutdown_deadline: float | None = None  # set when draining starts
+        self.started_at = int(time.time())
+
+    def start(self) -> None:
+        self.tokenizing = ThreadPoolExecutor(TOKENIZATION_WORKERS, thread_name_prefix="qwen3-embed-tokenize")
+        for name, pipeline in self.models.items():
+            head = pipeline.head if name == "rerank" else lambda last: last.float()
+            self.workers[name] = BatchingWorker(pipeline, head, name=name, **self.worker_options)
+
+    def drain(self, seconds: float) -> None:
+        """Shutting down: refuse new requests (503) and fail the queued ones (503); the running batches finish."""
+        self.shutdown_deadline = time.monotonic() + seconds
+        for worker in self.workers.values():
+            worker.drain()
+
+    def stop(self) -> None:
+        """Wait for the running batches, until the shutdown deadline when one was set."""
+        remaining = None if self.shutdown_deadline is None else max(0.0, self.shutdown_deadline - time.monotonic())
+        for worker in self.workers.values():
+            worker.close(remaining)
+        self.tokenizing.shutdown(wait=False, cancel_futures=True)
+
+    def admit(self) -> None:
+        """Count a request in, or refuse it: 503 while shutting down, 429 at `max_concurrent_requests`."""
+        if self.shutdown_deadline is not None:
+            raise ApiError(503, "the server is shutting down", "Unhealthy", cause="shutting_down")
+        if self.in_flight >= self.limits.max_concurrent_requests:
+            raise self.overloaded(f"the server is at its limit of {self.limits.max_concurrent_requests} concurrent "
+                                  "requests", "overloaded")  # fmt: skip
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    def overloaded(self, message: str, cause: str) -> ApiError:
+        """429, with a Retry-After of about the time the queues take to drain at the measured rate."""
+        wait = math.ceil(max([1.0] + [w.drain_seconds() for w in self.workers.values()]))
+        return ApiError(429, f"{message}; retry in about {wait} s", "Overloaded", cause=cause,
+                        headers={"Retry-After": str(wait)})  # fmt: skip
+
+    def health(self) -> str | None:
+        """What keeps the server from answering, or None."""
+        if self.shutdown_deadline is not None:
+            return "the server is shutting down"
+        for name, worker in self.workers.items():
+            if not worker.thread.is_alive():
+                return f"the {name} worker stopped"
+            stalled = worker.stalled_for()
+            if stalled > self.limits.health_stall_s:
+                return (f"the {name} worker has made no progress for {stalled:.0f} s with work pending "
+                        f"(health_stall_s={self.limits.health_stall_s:g})")  # fmt: skip
+        return None
+
+    async def embed(
+        self,
+        request: Request,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        truncate: bool = False,
+        prompt_name: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+    ) -> tuple[torch.Tensor, int]:
+        """(vectors [n, dim], tokens) of texts, or of token id lists (OpenAI's), in order."""
+        embedder = self._model("embed")
+        self._check_count(inputs)
+        try:
+            dim = embedder.check_dim(dimensions)
+        except ValueError as e:
+            raise ApiError(422, str(e)) from None
+        async with watch(request) as gone:
+            if isinstance(inputs[0], str):
+                cap = self.max_chars["embed"]
+                texts = [check_text(t, f"inputs[{i}]", cap, truncate) for i, t in enumerate(inputs)]
+                ids = await self._tokenize(
+                    lambda: embedder.tokenize(texts, None, prompt_name, self.max_input_length, truncate, warn=False)
+                )
+            else:
+                ids = self._check_ids(inputs, embedder)
+            finish = lambda rows: embedder.finish(rows[:, :dim], normalize)  # noqa: E731
+            return await self._queue("embed", ids, finish, gone), sum(map(len, ids))
+
+    async def rerank(
+        self, request: Request, query: str, documents: Sequence[str], *, truncate: bool = False
+    ) -> tuple[torch.Tensor, int]:
+        """(raw scores l_yes - l_no [n], tokens) of the documents for the query, in order."""
+        reranker = self._model("rerank")
+        self._check_count(documents)
+        cap = self.max_chars["rerank"]
+        query = check_text(query, "the query", cap, False)
+        async with watch(request) as gone:
+            documents = [check_text(d, f"documents[{i}]", cap, truncate) for i, d in enumerate(documents)]
+            ids = await self._tokenize(
+                lambda: reranker.tokenize_query(query, documents, None, self.max_input_length, truncate, warn=False)
+            )
+            return await self._queue("rerank", ids, lambda rows: rows, gone), sum(map(len, ids))
+
+    def _model(self, name: str):
+        if name not in self.models:
+            option = "--model" if name == "embed" else "--reranker"
+            raise ApiError(424, f"this server has no {name} model: start it with {option}", "Backend")
+        return self.models[name]
+
+    def _check_count(self, inputs: Sequence) -> None:
+        if not inputs:
+            raise ApiError(400, "the inputs are empty", "Empty")
+        if len(inputs) > self.limits.max_client_batch_size:
+            raise ApiError(413, f"{len(inputs)} inputs is more than max_client_batch_size="
+                           f"{self.limits.max_client_batch_size}")  # fmt: skip
+
+    def _check_ids(self, inputs: Sequence[Sequence[int]], embedder: Embedder) -> list[list[int]]:
+        """Token id lists checked against the embedding table and the length limit, each with the EOS appended
+        as a text gets it."""
+        rows = embedder.config.vocab_size
+        for i, seq in enumerate(inputs):
+            if not seq:
+                raise ApiError(400, f"input[{i}] is an empty list of token ids", "Empty")
+            if len(seq) + 1 > self.max_input_length:
+                raise ApiError(413, f"input[{i}] holds {len(seq)} token ids; with the EOS that is more than "
+                               f"max_input_length={self.max_input_length}")  # fmt: skip
+            bad = next((t for t in seq if not 0 <= t < rows), None)
+            if bad is not None:
+                raise ApiError(422, f"input[{i}] holds the token id {bad}, outside the model's 0..{rows - 1}",
+                               "Tokenizer")  # fmt: skip
+        return [[*seq, embedder.tokenizer.eos_id] for seq in inputs]
+
+    async def _tokenize(self, tokenize: Callable[[], list[list[int]]]) -> list[list[int]]:
+        """Token ids from the tokenization threads, within max_batch_tokens; 413 for an input over
+        max_input_length, 422 for any other input the tokenizer refuses."""
+        try:
+            ids = await asyncio.get_running_loop().run_in_executor(self.tokenizing, tokenize)
+        except TextTooLong as e:
+            raise ApiError(413, str(e)) from None
+        except (ValueError, TypeError) as e:
+            raise ApiError(422, str(e), "Tokenizer") from None
+        tokens = sum(map(len, ids))
+        if tokens > self.limits.max_batch_tokens:
+            raise ApiError(413, f"the inputs hold {tokens} tokens, more than max_batch_tokens="
+                           f"{self.limits.max_batch_tokens}")  # fmt: skip
+        return ids
+
+    async def _queue(self, name: str, ids: list[list[int]], finish, gone: asyncio.Task) -> object:
+        """The request's result from the worker; dropped from the queue (ClientGone) if its client leaves first."""
+        if gone.done():
+            raise ClientGone
+        worker = self.workers[name]
+        try:
+            job = worker.submit(ids, finish)
+        except QueueFull as e:
+            raise self.overloaded(str(e), "queue_full") from None
+        except ShuttingDown:
+            raise ApiError(503, "the server is shutting down", "Unhealthy", cause="shutting_down") from None
+        result = asyncio.wrap_future(job.future)
+        await asyncio.wait([result, gone], return_when=asyncio.FIRST_COMPLETED)
+        if not result.done():
+            if not worker.cancel(job):  # the model already has it: its result will be dropped
+                result.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise ClientGone
+        try:
+            return result.result()
+        except ShuttingDown:
+            raise ApiError(503, "the server is shutting down", "Unhealthy", cause="shutting_down") from None
+
+
+@asynccontextmanager
+async def watch(request: Request) -> AsyncIterator[asyncio.Task]:
+    """A task that finishes when the client disconnects (the body has been read: what comes next is that)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(disconnected())
+    try:
+        yield task
+    finally:
+        task.cancel()

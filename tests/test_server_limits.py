@@ -1,0 +1,404 @@
+"""The server under abuse and overload, over real HTTP against servers the tests start: body and input limits,
+backpressure (429), abandoned requests, slow and idle connections, the connection cap, graceful shutdown, the API
+key; and the exactness of tokenizing a rerank query once."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+import unicodedata
+
+import pytest
+
+from checkpoints import SHARED_TOKENIZER
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from test_server import Gate, Served, reranker_fixture, scrape, wait_until  # noqa: E402, F401 (a fixture)
+
+from qwen3_embed.reranker import Reranker, pairs  # noqa: E402
+from qwen3_embed.server import ConnectionLimits, Limits, create_app  # noqa: E402
+from qwen3_embed.tokenize import NFC_FOLD, TextTooLong, Tokenizer  # noqa: E402
+
+MAX_INPUT = 512
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class PeakRss:
+    """The highest resident memory of this process (client and server threads) while the `with` runs."""
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = rss_bytes()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        self.running = False
+        self.thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def raw_exchange(port: int, head: bytes, chunks=()) -> tuple[int, bytes, float]:
+    """Send a request head and then body chunks from a thread, while reading the answer as it comes, as a client
+    that reads while it sends does: (status, body, seconds until the answer was complete)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(10)
+
+    def send() -> None:
+        try:
+            sock.sendall(head)
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the server answered and closed, or this side closed: sending is over
+
+    start = time.perf_counter()
+    threading.Thread(target=send, daemon=True).start()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    header, body = data.split(b"\r\n\r\n", 1)
+    fields = dict(line.lower().split(b": ", 1) for line in header.split(b"\r\n")[1:])
+    length = int(fields[b"content-length"])
+    while len(body) < length:
+        body += sock.recv(65536)
+    seconds = time.perf_counter() - start
+    sock.close()
+    return int(header.split()[1]), body, seconds
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server closes this connection within `timeout` seconds (whatever it sends first is read)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_50_mb_body_is_refused_at_once_in_bounded_memory(embedder):
+    with Served(create_app(embedder)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        assert httpx.post(f"{base}/embed", json={"inputs": "warm up"}).status_code == 200
+        chunk = b"a" * 1_000_000
+        head = b"POST /embed HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        declared = head + b"Content-Length: 50000000\r\n\r\n"
+        chunked = head + b"Transfer-Encoding: chunked\r\n\r\n"
+        framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+        for request_head, body in [(declared, [chunk] * 50), (chunked, [framed] * 50 + [b"0\r\n\r\n"])]:
+            with PeakRss() as rss:
+                status, answer, seconds = raw_exchange(port, request_head, body)
+            assert status == 413 and b"over this server's payload limit of 2000000 bytes" in answer
+            assert seconds < 0.5, seconds
+            assert rss.growth < 50 * 2**20, rss.growth / 2**20
+        assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_an_input_over_the_character_cap_is_refused_or_cut_before_tokenizing(embedder, monkeypatch):
+    limits = Limits(max_input_length=MAX_INPUT, max_batch_tokens=4096)
+    cap = embedder.tokenizer.max_chars(MAX_INPUT)
+    assert cap == MAX_INPUT * embedder.tokenizer.longest_token * NFC_FOLD
+    seen = []
+    tokenize = embedder.tokenize
+    monkeypatch.setattr(embedder, "tokenize", lambda texts, *a, **k: seen.extend(texts) or tokenize(texts, *a, **k))
+    with Served(create_app(embedder, limits=limits)) as base:
+        refused = httpx.post(f"{base}/embed", json={"inputs": ["short", "a" * (cap + 1)]})
+        assert refused.status_code == 413 and f"inputs[1] has {cap + 1} characters; at most {cap}" in refused.text
+        assert seen == []  # refused before the tokenizer saw it
+        text = "gravity pulls " * (cap // 10)
+        cut = httpx.post(f"{base}/embed", json={"inputs": [text], "truncate": True})
+        assert cut.status_code == 200 and seen == [text[:cap]]
+    with pytest.warns(UserWarning):  # the whole text tokenized, then cut to the token limit: the same vector
+        expected = tokenize([text], max_length=MAX_INPUT)
+    assert tokenize([text[:cap]], max_length=MAX_INPUT, truncate=True, warn=False) == expected
+
+
+def test_nfc_folds_at_most_nfc_fold_characters_into_one():
+    longest = max(
+        len(unicodedata.normalize("NFD", chr(c)))
+        for c in range(0x30000)
+        if unicodedata.normalize("NFC", unicodedata.normalize("NFD", chr(c))) == chr(c)
+    )
+    assert longest == NFC_FOLD
+
+
+def tokenizers_to_check(reranker):
+    yield reranker
+    if (SHARED_TOKENIZER / "tokenizer.json").exists():
+        real = Reranker.__new__(Reranker)
+        Reranker.__init__(real, reranker.model, Tokenizer(SHARED_TOKENIZER / "tokenizer.json", 151669), None)
+        yield real
+
+
+PIECES = ["", " ", "  ", "\n", "\n\n", " \n", "\t", "\r\n", "中文", "日本語のテキスト", "word", "Word", "'s", "123",
+          "...", ":", ">", "<|endoftext|>", "<think>", "\u0301", "e\u0301", "🙂", " x ", "—", "ﬁ", "\u1100\u1161",
+          "a\u0313\u0300\u0345", "<Document>:", "  leading", "trailing  ", "\u00a0", "\u3000", "Ġ"]  # fmt: skip
+
+
+def test_a_rerank_query_tokenized_once_gives_the_ids_of_each_whole_pair(reranker):
+    """Reranker.tokenize_query (what /rerank uses) against Reranker.tokenize of each whole pair, with the tests'
+    tokenizer and the real Qwen3 one (when present): queries and documents that start or end with spaces or
+    newlines, empty ones, CJK, combining marks that NFC composes, special tokens typed in; and truncation."""
+    rng = random.Random(0)
+    checked = 0
+    for r in tokenizers_to_check(reranker):
+        for _ in range(400):
+            query = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 4)))
+            documents = ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 6))) for _ in range(3)]
+            assert r.tokenize_query(query, documents, max_length=4096) == r.tokenize(
+                pairs(query, documents), None, 4096
+            ), (query, documents)
+            checked += 1
+        long_docs = ["gravity " * 60, "中文 " * 80, ""]
+        room = len(r.tokenize([("q", "")], None, 4096)[0]) + 20
+        with pytest.warns(UserWarning):
+            expected = r.tokenize(pairs("q \n", long_docs), None, room)
+        with pytest.warns(UserWarning):
+            assert r.tokenize_query("q \n", long_docs, max_length=room) == expected
+        with pytest.raises(TextTooLong, match="leaving no room for a document"):
+            r.tokenize_query("gravity " * 40, ["d"], max_length=room)
+    assert checked >= 400
+
+
+def test_max_chars_bounds_what_fits(reranker):
+    """No text holding more than max_chars(n) characters tokenizes to n tokens or fewer: the densest texts (the
+    longest tokens repeated, NFC-composable sequences) come close to the bound and stay under it."""
+    for r in tokenizers_to_check(reranker):
+        tokenizer = r.tokenizer
+        vocab = tokenizer._tokenizer.get_vocab(with_added_tokens=True)
+        longest = max(vocab, key=len)
+        dense = [tokenizer._tokenizer.decode([vocab[longest]]) * 5, "a\u0313\u0300\u0345" * 50, "\u1100\u1161" * 50,
+                 " " * 1000, "<|endoftext|>" * 20]  # fmt: skip
+        for text in dense:
+            tokens = len(tokenizer.ids(text))
+            assert len(text) <= tokenizer.max_chars(tokens), (text[:20], tokens)
+
+
+def overloaded_app(embedder, **limits):
+    app = create_app(embedder, limits=Limits(**limits), max_wait_ms=1)
+    return app, Gate(embedder)
+
+
+def post_in_thread(url: str, body: dict, results: list, timeout: float = 30) -> threading.Thread:
+    def post() -> None:
+        try:
+            results.append(httpx.post(url, json=body, timeout=timeout))
+        except httpx.TimeoutException as e:
+            results.append(e)
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_overload_answers_429_with_retry_after_and_recovers(embedder):
+    limits = dict(max_input_length=40, max_batch_tokens=64, max_queue_tokens=64, max_concurrent_requests=3)
+    app, gate = overloaded_app(embedder, **limits)
+    ids = lambda n: {"input": [[7] * (n - 1)]}  # noqa: E731 (n tokens with the EOS)
+    with Served(app) as base:
+        worker = app.state.service.workers["embed"]
+        worker.pipeline = gate
+        answers: list = []
+        threads = [post_in_thread(f"{base}/v1/embeddings", ids(20), answers)]
+        assert gate.entered.wait(10)  # the first request holds the model
+        threads.append(post_in_thread(f"{base}/v1/embeddings", ids(30), answers))
+        wait_until(lambda: worker.queued_tokens == 30)
+        queue_full = httpx.post(f"{base}/v1/embeddings", json=ids(40))  # 30 + 40 > max_queue_tokens=64
+        assert queue_full.status_code == 429 and "limit of 64" in queue_full.json()["error"]["message"]
+        threads.append(post_in_thread(f"{base}/embed", {"inputs": "x"}, answers))
+        wait_until(lambda: worker.queued_requests == 2)
+        for path, body in [("/embed", {"inputs": "y"}), ("/v1/embeddings", ids(2))]:
+            refused = httpx.post(f"{base}{path}", json=body)
+            assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+            error = refused.json()["error"]
+            message = error if path == "/embed" else error["message"]
+            assert "limit of 3 concurrent requests" in message
+            assert path != "/embed" or refused.json()["error_type"] == "Overloaded"
+        gate.opened.set()
+        for thread in threads:
+            thread.join(30)
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert httpx.post(f"{base}/embed", json={"inputs": "again"}).status_code == 200  # service resumed
+        metrics = scrape(base)
+    assert metrics[("qwen3_embed_rejected_total", (("cause", "overloaded"),))] == 2
+    assert metrics[("qwen3_embed_rejected_total", (("cause", "queue_full"),))] == 1
+    assert metrics[("qwen3_embed_requests_total", (("route", "/v1/embeddings"), ("status", "429")))] == 2
+
+
+def test_an_abandoned_request_never_reaches_the_model_and_health_sees_a_stall(embedder):
+    app, gate = overloaded_app(embedder, health_stall_s=0.3)
+    with Served(app) as base:
+        worker = app.state.service.workers["embed"]
+        worker.pipeline = gate
+        answers: list = []
+        running = post_in_thread(f"{base}/embed", {"inputs": "the request that runs"}, answers)
+        assert gate.entered.wait(10)
+        abandoned = post_in_thread(f"{base}/embed", {"inputs": "the request whose client gives up"}, answers, 0.3)
+        abandoned.join(10)
+        assert isinstance(answers.pop(), httpx.TimeoutException)
+        wait_until(lambda: worker.queued_requests == 0)  # dropped from the queue when its client left
+        time.sleep(0.3)
+        stalled = httpx.get(f"{base}/health")
+        assert stalled.status_code == 503 and "no progress" in stalled.json()["error"]
+        gate.opened.set()
+        running.join(30)
+        assert answers[0].status_code == 200
+        assert httpx.get(f"{base}/health").status_code == 200
+        metrics = scrape(base)
+    assert embedder.tokenize(["the request whose client gives up"])[0] not in gate.ran
+    assert embedder.tokenize(["the request that runs"])[0] in gate.ran
+    assert metrics[("qwen3_embed_rejected_total", (("cause", "client_gone"),))] == 1
+    assert metrics[("qwen3_embed_requests_total", (("route", "/embed"), ("status", "499")))] == 1
+
+
+def test_slow_and_idle_connections_are_closed_while_health_answers(embedder):
+    limits = ConnectionLimits(read_timeout_s=0.5, keep_alive_s=0.5)
+    with Served(create_app(embedder), limits) as base:
+        port = int(base.rsplit(":", 1)[1])
+        connect = lambda: socket.create_connection(("127.0.0.1", port))  # noqa: E731
+        idle, slow_head, slow_body, kept = connect(), connect(), connect(), connect()
+        slow_head.sendall(b"POST /embed HTTP/1.1\r\nHost: t\r\n")
+        slow_body.sendall(b"POST /embed HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+
+        def trickle() -> None:  # a byte at a time, each sooner than the keep-alive timeout
+            try:
+                for _ in range(30):
+                    slow_head.sendall(b"X")
+                    slow_body.sendall(b"a")
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+        threading.Thread(target=trickle, daemon=True).start()
+        with httpx.Client(base_url=base) as client:
+            for _ in range(3):
+                start = time.perf_counter()
+                assert client.get("/health").status_code == 200 and time.perf_counter() - start < 1.0
+                time.sleep(0.1)
+        for sock in (idle, slow_head, slow_body, kept):
+            assert closed_by_server(sock, 1.5)
+            sock.close()
+        garbage = connect()
+        garbage.sendall(b"NOT HTTP\r\n\r\n")
+        answer = b"".join(iter(lambda: garbage.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 400")
+        assert json.loads(answer.split(b"\r\n\r\n")[1]) == {"error": "the request is not valid HTTP/1.1",
+                                                              "error_type": "Validation"}  # fmt: skip
+        metrics = scrape(base)
+    assert metrics[("qwen3_embed_rejected_total", (("cause", "read_timeout"),))] == 3
+
+
+def test_a_client_that_stops_taking_its_answer_is_dropped(reranker):
+    """A client that sends a request and never reads its (1.3 MB) answer frees its place after read_timeout_s."""
+    app = create_app(None, reranker, limits=Limits(max_input_length=MAX_INPUT, payload_limit=3_000_000))
+    with Served(app, ConnectionLimits(read_timeout_s=0.5), send_buffer=4096) as base:
+        body = json.dumps({"query": "q", "documents": ["gravity " * 5000] * 32, "truncate": True,
+                           "return_documents": True}).encode()  # fmt: skip
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+        head = b"POST /v1/rerank HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        sock.sendall(head % len(body) + body)
+        registry = app.state.metrics.registry
+        wait_until(lambda: registry.get_sample_value("qwen3_embed_rejected_total", {"cause": "write_timeout"}) == 1,
+                   timeout=20)  # fmt: skip
+        wait_until(lambda: app.state.service.in_flight == 0)
+        assert httpx.get(f"{base}/health").status_code == 200
+        sock.close()
+
+
+def test_past_max_connections_the_longest_idle_is_closed(embedder):
+    with Served(create_app(embedder), ConnectionLimits(max_connections=4)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        idle = []
+        for _ in range(4):
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+            time.sleep(0.02)
+        with httpx.Client(base_url=base) as client:  # the fifth connection
+            assert client.get("/health").status_code == 200
+            assert closed_by_server(idle[0], 1.0)
+            assert not any(closed_by_server(s, 0.05) for s in idle[1:])
+            metrics = scrape(base, client)
+    assert metrics[("qwen3_embed_rejected_total", (("cause", "connection_limit"),))] == 1
+    for s in idle:
+        s.close()
+
+
+@pytest.mark.parametrize("wedged", [False, True])
+def test_graceful_shutdown_finishes_the_running_fails_the_queued_and_keeps_its_deadline(embedder, wedged):
+    """SIGTERM's path: the queued request is answered 503 while the running one still holds the model; the
+    running one then finishes and the server exits, or, when it never finishes, the server exits at the deadline."""
+    app, gate = overloaded_app(embedder)
+    deadline = 1.0 if wedged else 5.0
+    served = Served(app, ConnectionLimits(graceful_shutdown_s=deadline))
+    base = served.__enter__()
+    worker = app.state.service.workers["embed"]
+    worker.pipeline = gate
+    answers: list = []
+    running = post_in_thread(f"{base}/embed", {"inputs": "running"}, answers)
+    assert gate.entered.wait(10)
+    queued = post_in_thread(f"{base}/embed", {"inputs": "queued"}, answers)
+    wait_until(lambda: worker.queued_requests == 1)
+    start = time.monotonic()
+    served.server.should_exit = True  # what SIGTERM does
+    queued.join(10)  # answered while the gate still holds the running request
+    refused = answers.pop()
+    assert refused.status_code == 503 and refused.json() == {"error": "the server is shutting down",
+                                                             "error_type": "Unhealthy"}  # fmt: skip
+    if not wedged:
+        gate.opened.set()
+    served.thread.join(10)
+    stopped = time.monotonic() - start
+    gate.opened.set()  # lets a wedged worker go
+    running.join(10)
+    if wedged:
+        assert deadline <= stopped < deadline + 1.5, stopped  # the deadline, not the batch, ended it
+    else:
+        assert stopped < deadline and answers[0].status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base}/health")
+    served.listener.close()
+
+
+def test_the_api_key_guards_every_route_but_health(embedder, reranker):
+    app = create_app(embedder, reranker, api_key="k3y")
+    with Served(app) as base, httpx.Client(base_url=base) as client:
+        schema = client.get("/openapi.json", headers={"Authorization": "Bearer k3y"}).json()
+        routes = [(method.upper(), path) for path, item in schema["paths"].items() for method in item]
+        routes += [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc"), ("GET", "/nope")]
+        assert len(routes) >= 12
+        for method, path in routes:
+            for header in [None, "Bearer wrong", "k3y", "Bearer k3y2", "Basic k3y"]:
+                response = client.request(method, path, headers={"Authorization": header} if header else {})
+                if path == "/health":
+                    assert response.status_code == 200
+                    continue
+                assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer", (path, header)
+                error = response.json()["error"]
+                assert "API key" in (error["message"] if path.startswith(("/v1/", "/v2/")) else error)
+            for header in ["Bearer k3y", "bearer k3y"]:
+                assert client.request(method, path, headers={"Authorization": header}).status_code != 401, path
