@@ -190,8 +190,9 @@ def serve(args: argparse.Namespace) -> None:
         limit = checkpoint.read_config(model).max_position_embeddings
         if args.max_input_length is not None:
             check_int("--max-input-length", args.max_input_length, 2, limit, "the model's maximum")
-    embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    reranker = Reranker.from_pretrained(args.reranker, device=args.device, dtype=args.dtype) if args.reranker else None
+    loading = dict(device=args.device, dtype=args.dtype, check_kind=not args.ignore_kind)
+    embedder = Embedder.from_pretrained(args.model, **loading)
+    reranker = Reranker.from_pretrained(args.reranker, **loading) if args.reranker else None
     names = {"served_model_name": args.served_model_name or server.served_name(args.model)}
     if reranker is not None:
         names["served_reranker_name"] = args.served_reranker_name or server.served_name(args.reranker)
