@@ -73,8 +73,9 @@ def encode(args: argparse.Namespace) -> None:
             given.append("--engine")
         if given:
             raise ValueError(
-                f"{', '.join(given)} apply to a folder of shards, but --output {args.output} is one file built in "
-                "memory; drop them, or give a folder as --output"
+                f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a folder of shards, but --output "
+                f"{args.output} is one file built in memory; drop {'it' if len(given) == 1 else 'them'}, or give a "
+                "folder as --output"
             )
         if torchrun.launched():
             raise ValueError("under torchrun, --output must be a folder of shards, not one file")

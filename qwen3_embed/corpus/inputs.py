@@ -172,11 +172,12 @@ def decompress(raw: BinaryIO, compression: str | None, name: str) -> BinaryIO:
 def check_fields(source: Source, text_field: str | None, id_field: str | None, skip_bad: bool) -> None:
     """Refuse a field option that does nothing (text lines have no fields), and a field the input does not have:
     Parquet by its schema, JSON lines by their first record (unless bad records are to be skipped)."""
-    given = [flag for flag, value in (("text_field", text_field), ("id_field", id_field)) if value is not None]
+    given = [name for name, value in (("text_field", text_field), ("id_field", id_field)) if value is not None]
     if given and not source.needs_fields():
+        flags = " and ".join(f"{name} (--{name.replace('_', '-')})" for name in given)
         raise ValueError(
-            f"{' and '.join(given)} apply to JSON lines and Parquet, but {source.spec} holds text lines (one text per "
-            "line, ids are positions); drop them, or force the format with --format jsonl"
+            f"{flags} {'applies' if len(given) == 1 else 'apply'} to JSON lines and Parquet, but {source.spec} holds "
+            "text lines (one text per line, ids are positions); drop it, or force the format with --format jsonl"
         )
     fields = [text_field or "text"] + ([id_field] if id_field else [])
     for file in source.files:
