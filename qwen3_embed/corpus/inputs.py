@@ -123,6 +123,8 @@ def _input_file(name: str, path: Path | None, forced: str | None, data: bytes | 
     except OSError as e:
         raise OSError(e.errno, f"cannot read input {path}: {e.strerror}") from None
     compression = next((kind for prefix, kind in MAGIC.items() if magic.startswith(prefix)), None)
+    if compression == "zstd":
+        _need_zstandard(name)
     parquet = magic == b"PAR1"
     base = name.lower()
     for suffix in COMPRESSION_SUFFIXES:
@@ -159,14 +161,18 @@ def decompress(raw: BinaryIO, compression: str | None, name: str) -> BinaryIO:
         return raw
     if compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")
+    reader = _need_zstandard(name).ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+    return io.BufferedReader(reader)
+
+
+def _need_zstandard(name: str):
     try:
         import zstandard
     except ImportError:
-        raw.close()
         raise ImportError(
             f"{name} is zstd-compressed, and reading it needs zstandard: pip install 'qwen3-embed-triton[zstd]'"
         ) from None
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True))
+    return zstandard
 
 
 def check_fields(source: Source, text_field: str | None, id_field: str | None, skip_bad: bool) -> None:
