@@ -163,10 +163,14 @@ def test_the_model_and_the_input_are_identified_by_content(tiny, embedder, corpu
     again = encode_corpus(tiny[0].name, corpus, tmp_path / "out", chunk_size=20, show_progress=False)  # relative
     assert (again.embedded, again.verified) == (0, 3) and files_of(tmp_path / "out") == before
 
+    with pytest.raises(
+        ValueError, match=r"input corpus.jsonl: (\d+) bytes of jsonl, sha256 \w{12} then; \1 bytes of text"
+    ):
+        encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=20, input_format="text")  # another reading
     stat = corpus.stat()
     corpus.write_text(corpus.read_text().replace('"d1"', '"D1"'))  # the same size, and the old mtime
     os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    with pytest.raises(ValueError, match=r"input corpus.jsonl: changed: (\d+) bytes, sha256 \w{12} then; \1 bytes"):
+    with pytest.raises(ValueError, match=r"input corpus.jsonl: (\d+) bytes of jsonl, sha256 (\w{12}) then; \1 bytes"):
         encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=20)
 
 

@@ -88,9 +88,10 @@ def encode_corpus(
     finally:
         progress.close()
     warn_cut(cut, job.max_length)
-    group.wait_for_all()
+    totals = group.wait_for_all({"embedded": done.embedded, "verified": done.verified})
     if group.rank != 0:
         return None
+    done.embedded, done.verified = totals["embedded"], totals["verified"]
     done.manifest = job.finish()
     return done
 
