@@ -285,3 +285,24 @@ def test_a_full_disk_is_said_plainly_and_leaves_no_temporary_file(tiny, corpus, 
     assert "shard-00000.npy: the disk is full, or a quota or file-size limit was reached" in done.stderr
     assert "make room and rerun the same command to resume" in done.stderr
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_ray_stages_without_a_cluster(tiny, tmp_path):
+    """The Ray engine's two stages, called in this process: a bad record travels to the driver as data (raised in a
+    worker, only its traceback's text would arrive), and a shard goes through both stages into the folder."""
+    import torch
+
+    from qwen3_embed.corpus.job import Options
+    from qwen3_embed.corpus.ray_data import Embed, Tokenize
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a"}\n{broken\n{"text": "b"}\n')
+    job = Job(tiny[0], path, tmp_path / "out", Options(chunk_size=2), torch.float32)
+    assert Tokenize(job)({"index": 0})["error"].startswith("ValueError\nin.jsonl:2: not valid JSON")
+    job = Job(tiny[0], path, tmp_path / "out", Options(chunk_size=2, skip_bad=True), torch.float32)
+    embed = Embed(job, "cpu", torch.float32, 1)
+    rows = [embed(Tokenize(job)({"index": k})) for k in range(2)]
+    assert [(r["problem"], r["error"], r["records"]) for r in rows] == [("missing", "", 2), ("missing", "", 1)]
+    assert [Tokenize(job)({"index": k})["problem"] for k in range(2)] == ["", ""]  # sound now: no work
+    assert json.loads((tmp_path / "out" / "shard-00000.json").read_text())["skipped"][0].startswith("in.jsonl:2")
+    assert json.loads((tmp_path / "out" / "shard-00001.ids.json").read_text()) == [2]
