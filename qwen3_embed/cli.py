@@ -118,7 +118,11 @@ def run_engine(args: argparse.Namespace, options: dict) -> corpus.Summary | None
             )
         from .corpus.ray_data import encode_corpus_ray
 
-        return encode_corpus_ray(args.model, args.input, args.output, workers=args.workers, dtype=args.dtype, **options)
+        if args.device not in (None, "cpu", "cuda"):
+            raise ValueError(f"--device {args.device}: Ray places its actors on GPUs itself; give cpu or cuda")
+        gpus = None if args.device is None else int(args.device == "cuda")  # None: GPUs when the cluster has them
+        return encode_corpus_ray(args.model, args.input, args.output, workers=args.workers, gpus_per_worker=gpus,
+                                 dtype=args.dtype, **options)  # fmt: skip
     if not torchrun.launched():
         return corpus.encode_corpus(args.model, args.input, args.output, device=args.device, dtype=args.dtype,
                                     **options)  # fmt: skip
