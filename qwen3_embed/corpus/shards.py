@@ -168,18 +168,18 @@ def check_shard(folder: Path, record: dict, checksums: bool = True) -> str | Non
     vectors' dtype and shape always; the sha256 of every file when `checksums` (of the ids, which are read anyway,
     always)."""
     try:
-        files = record["files"]
-        for entry in files.values():
+        files, data = record["files"], {}
+        for role, entry in files.items():
             path = folder / entry["name"]
             if not path.is_file():
                 return f"{entry['name']} is missing"
             if path.stat().st_size != entry["bytes"]:
                 return f"{entry['name']} has {path.stat().st_size} bytes, its record says {entry['bytes']}"
-            if checksums or entry is files["ids"]:
-                data = path.read_bytes()
-                if sha256(data) != entry["sha256"]:
+            if checksums or role == "ids":
+                data[role] = path.read_bytes()
+                if sha256(data[role]) != entry["sha256"]:
                     return f"{entry['name']} does not match its sha256 checksum"
-        ids = json.loads((folder / files["ids"]["name"]).read_bytes())
+        ids = json.loads(data["ids"])
         dtype, shape = vectors_header(folder / files["vectors"]["name"], _vector_format(files["vectors"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"cannot be read ({type(e).__name__}: {e})"
