@@ -93,6 +93,7 @@ def test_encode_reads_standard_input_and_a_prompt_name(tiny, embedder, tmp_path,
         (["--input", "{txt}", "--output", "{out}", "--format", "parquet"], r"in.txt is not a Parquet file"),
         (["--input", "{txt}", "--output", "{dir}.npy"], r"output .*.npy is a folder; give a file name ending in .npy"),
         (["--input", "{tmp}", "--output", "{out}"], r"output .*out is inside the input folder .*; put the output"),
+        (["--input", "{txt}", "--output", "{out}.npy", "--device", "gpu"], r"device 'gpu' is not a device name"),
     ],
 )  # fmt: skip
 def test_encode_checks_everything_before_the_model_loads(tmp_path, capsys, args, message):

@@ -231,6 +231,23 @@ def test_a_missing_record_means_the_shard_is_redone_and_orphans_are_removed(tiny
     assert files_of(out) == intact
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(dim=500), r"dim=500 is outside 1..96"),
+        (dict(batch_tokens=0), r"batch_tokens=0 must be at least 1"),
+        (dict(max_length=1), r"max_length=1 is outside 2..32768"),
+        (dict(prompt_name="nope"), r"prompt_name='nope' is not among the checkpoint's prompts"),
+        (dict(chunk_size=0), r"chunk_size=0 must be at least 1"),
+    ],
+)
+def test_options_are_checked_before_the_model_loads(tiny, corpus, tmp_path, monkeypatch, options, message):
+    monkeypatch.setattr("qwen3_embed.Embedder.from_pretrained", None)  # reaching it would be a TypeError
+    with pytest.raises(ValueError, match=message):
+        encode_corpus(tiny[0], corpus, tmp_path / "out", show_progress=False, **options)
+    assert not (tmp_path / "out").exists()
+
+
 def test_finished_folders_only(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no manifest.json: .* rerun the same encode command to finish"):
         load_corpus(tmp_path)

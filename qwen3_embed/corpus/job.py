@@ -118,10 +118,10 @@ class Solo:
 
 
 def default_dtype(device: str | None, dtype: str | torch.dtype | None) -> torch.dtype:
-    """The dtype a model will run in: the one asked for, else bfloat16 on CUDA and float32 elsewhere."""
-    if dtype is not None:
-        return checkpoint.resolve_dtype(dtype)
-    return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
+    """The dtype a model will run in on `device` (checked to exist here): the one asked for, else bfloat16 on CUDA
+    and float32 elsewhere."""
+    cuda = resolve_device(device).type == "cuda"
+    return checkpoint.resolve_dtype(dtype) if dtype is not None else torch.bfloat16 if cuda else torch.float32
 
 
 def tokenizer_only(folder: Path) -> Embedder:
@@ -188,6 +188,7 @@ class Job:
         tokenizer = self.tokenizer
         self.dim = tokenizer.check_dim(options.dim)
         self.max_length = tokenizer.max_length(options.max_length)
+        tokenizer.batch_tokens(options.batch_tokens)
         tokenizer.tokenize([""], options.instruction, options.prompt_name, self.max_length)  # a bad prompt fails now
         self.settings = {
             "model": model_fingerprint(self.checkpoint),

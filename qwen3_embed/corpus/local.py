@@ -128,6 +128,7 @@ def encode_file(
         raise IsADirectoryError(f"output {output} is a folder; give a file name ending in .{fmt}, or drop the suffix")
     if vector_dtype not in VECTOR_DTYPES:
         raise ValueError(f"vector_dtype={vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
+    dtype = embedder.dtype if embedder else default_dtype(device, dtype)  # the device checked too
     source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, input_format)
     check_fields(source, text_field, id_field, skip_bad)
     folder = checkpoint.resolve(model)
@@ -136,6 +137,7 @@ def encode_file(
                       batch_tokens=batch_tokens, skip_bad=skip_bad)  # fmt: skip
     checks = embedder or tokenizer_only(folder)
     dim, max_length = checks.check_dim(dim), checks.max_length(max_length)
+    checks.batch_tokens(batch_tokens)
     checks.tokenize([""], instruction, prompt_name, max_length)
     records, skipped = read_all(source, text_field, id_field, skip_bad)
     output.parent.mkdir(parents=True, exist_ok=True)
