@@ -146,6 +146,7 @@ def main() -> None:
             cli + encode + ["--engine", "ray", "--workers", str(args.workers)], "ray"),
         "rerun of the finished 1-process output (every shard verified)": (cli + encode, "one"),
         "qwen3-embed verify of that output": (cli + ["verify", str(work / "one")], None),
+        "1 process, again (the machine's drift during this run)": (cli + encode, "again"),
     }  # fmt: skip
     results = {"machine": machine(), "texts": args.texts, "chunk_size": args.chunk_size, "layers": args.layers,
                "device": args.device, "runs": []}  # fmt: skip
@@ -171,7 +172,7 @@ def main() -> None:
     first = results["runs"][0]
     rows = []
     for r in results["runs"]:
-        engine = "tokens" in r and not r["way"].startswith("rerun")
+        engine = "tokens" in r and not r["way"].startswith("rerun")  # a rerun embeds nothing
         rate = f"{args.texts / r['seconds']:.1f} | {r['tokens'] / r['seconds']:,.0f}" if engine else "- | -"
         diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"
         rows.append(f"| {r['way']} | {r['seconds']:.1f} | {r['seconds'] / first['seconds']:.2f}x | {rate} | "
