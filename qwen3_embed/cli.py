@@ -1,5 +1,5 @@
-"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` embeds a file (streamed into shards, or
-one .npy), `rerank` orders documents for a query, `serve` runs the HTTP server."""
+"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` embeds a corpus (into a folder of shards,
+or one file), `verify` checks such a folder, `rerank` orders documents for a query, `serve` runs the HTTP server."""
 
 from __future__ import annotations
 

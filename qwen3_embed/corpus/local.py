@@ -158,8 +158,8 @@ def encode_file(
             "ids_file": ids_file}  # fmt: skip
 
 
-def report(skipped: list[str], what: str = "malformed record(s)") -> None:
-    """Print skipped records' messages on stderr, ten at most."""
+def report(skipped: list[str]) -> None:
+    """Print the messages of skipped records on stderr, ten at most."""
     if skipped:
         shown = "\n  ".join(skipped[:10]) + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        print(f"skipped {len(skipped)} {what}:\n  {shown}", file=sys.stderr)
+        print(f"skipped {len(skipped)} bad record(s):\n  {shown}", file=sys.stderr)
