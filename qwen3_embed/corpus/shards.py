@@ -27,6 +27,8 @@ FORMAT = "qwen3-embed-shards/1"
 VECTOR_FORMATS = ("npy", "safetensors")
 VECTOR_DTYPES = ("float32", "float16")
 MANIFEST = "manifest.json"
+# safetensors' dtype codes by numpy's names, for the headers of vectors files (quantized ones included)
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8"}
 REDO = "rerun the encode command that wrote it: a rerun embeds the damaged shards again"
 
 
@@ -70,7 +72,7 @@ def vectors_header(path: Path, fmt: str) -> tuple[str, list[int]]:
             return np.dtype(dtype).name, list(shape)
         length = int.from_bytes(f.read(8), "little")
         entry = json.loads(f.read(length))["vectors"]
-    return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(entry["dtype"], entry["dtype"]), entry["shape"]
+    return SAFETENSORS_DTYPES.get(entry["dtype"], entry["dtype"]), entry["shape"]
 
 
 def file_entry(name: str, data: bytes, **array) -> dict:
