@@ -1,5 +1,5 @@
-"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` embeds a file (streamed into shards, or
-one .npy), `rerank` orders documents for a query, `serve` runs the HTTP server."""
+"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` embeds a corpus (into a folder of shards,
+or one file), `verify` checks such a folder, `rerank` orders documents for a query, `serve` runs the HTTP server."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
+from tqdm.auto import tqdm
 
-from . import __version__, checkpoint
-from .corpus import FORMATS, chunks, encode_corpus, read_records
+from . import __version__, checkpoint, corpus
+from .corpus import torchrun
+from .corpus.inputs import INPUT_FORMATS
+from .corpus.local import report
+from .corpus.shards import VECTOR_DTYPES, VECTOR_FORMATS
 from .embedder import Embedder
 from .pipeline import DEFAULT_INSTRUCTION, check_int, resolve_device
 from .reranker import Reranker
@@ -25,20 +27,6 @@ CARD_DOCUMENTS = [
     "Gravity is a force that attracts two bodies towards each other. It gives weight to physical objects and is "
     "responsible for the movement of planets around the sun.",
 ]
-
-
-def read_texts(path: Path, text_field: str = "text", skip_bad: bool = False) -> list[str]:
-    """The texts of a file: one per line, or a field of JSON lines (.jsonl) or Parquet (.parquet)."""
-    skipped: list[str] = []
-    texts = [r.text for chunk in chunks(read_records(path, text_field), 1 << 30, skip_bad, skipped) for r in chunk]
-    report_skipped(skipped)
-    return texts
-
-
-def report_skipped(skipped: list[str]) -> None:
-    if skipped:
-        shown = "\n  ".join(skipped[:10]) + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        print(f"skipped {len(skipped)} malformed record(s):\n  {shown}", file=sys.stderr)
 
 
 def load(args: argparse.Namespace) -> Embedder:
@@ -83,47 +71,96 @@ def similarity(args: argparse.Namespace) -> None:
         print(f"{f'q{i}':<5}" + "".join(f"{s:9.4f}" for s in row))
 
 
+FOLDER_ONLY = {"chunk_size": "--chunk-size", "vector_format": "--vector-format", "no_verify": "--no-verify",
+               "workers": "--workers"}  # fmt: skip
+
+
 def encode(args: argparse.Namespace) -> None:
-    options = dict(instruction=args.instruction, dim=args.dim, max_length=args.max_length,
+    """Check every argument (the input and output paths included) before the model loads, then one library call."""
+    to_file = args.output.suffix.lower() in (".npy", ".safetensors")
+    options = dict(text_field=args.text_field, id_field=args.id_field, input_format=args.format,
+                   skip_bad=args.skip_bad, vector_dtype=args.vector_dtype, instruction=args.instruction,
+                   prompt_name=args.prompt_name, dim=args.dim, max_length=args.max_length,
                    truncate=not args.no_truncate, batch_tokens=args.batch_tokens)  # fmt: skip
-    if args.output.suffix == ".npy":  # one array, built in memory
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("under torchrun, --output must be a folder of shards, not a .npy file")
-        texts = read_texts(args.input, args.text_field, args.skip_bad)
-        vectors = load(args).encode(texts, show_progress=True, **options)
-        np.save(args.output, vectors.to(getattr(torch, args.vector_dtype)).numpy())
-        print(f"wrote {len(texts)} vectors of {vectors.shape[-1]} dimensions to {args.output}", file=sys.stderr)
+    if to_file:
+        given = [flag for key, flag in FOLDER_ONLY.items() if getattr(args, key) not in (None, False)]
+        if args.engine != "local":
+            given.append("--engine")
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a folder of shards, but --output "
+                f"{args.output} is one file built in memory; drop {'it' if len(given) == 1 else 'them'}, or give a "
+                "folder as --output"
+            )
+        if torchrun.launched():
+            raise ValueError("under torchrun, --output must be a folder of shards, not one file")
+        result = corpus.encode_file(args.model, args.input, args.output, device=args.device, dtype=args.dtype,
+                                    **options)  # fmt: skip
+        report(result["skipped"])
+        ids = f" and their ids to {result['ids_file']}" if result["ids_file"] else ""
+        print(f"wrote {result['rows']} vectors of {result['dim']} dimensions to {args.output}{ids}", file=sys.stderr)
         return
-    rank, world_size, barrier, device = start_distributed(args.device)
+    options.update(chunk_size=args.chunk_size or 10_000, vector_format=args.vector_format or "npy",
+                   verify=not args.no_verify)  # fmt: skip
+    if str(args.input) == "-":
+        raise ValueError(
+            "--input - (standard input) can be encoded only into one file (--output FILE.npy or FILE.safetensors); "
+            "a folder of shards is resumable, which needs an input file that can be read again"
+        )
+    if args.workers is not None and args.engine != "ray":
+        raise ValueError("--workers sets the number of Ray actors; it applies only with --engine ray")
     try:
-        embedder = Embedder.from_pretrained(args.model, device=device, dtype=args.dtype)
-        manifest = encode_corpus(
-            embedder, args.input, args.output, model=args.model, chunk_size=args.chunk_size,
-            text_field=args.text_field, id_field=args.id_field, skip_bad=args.skip_bad, fmt=args.format,
-            vector_dtype=args.vector_dtype, rank=rank, world_size=world_size, barrier=barrier, **options,
-        )  # fmt: skip
+        summary = run_engine(args, options)
+    except corpus.Interrupted as e:
+        if args.debug:
+            raise
+        print(f"qwen3-embed: {e}", file=sys.stderr)
+        sys.exit(130)
+    if summary is None:
+        return  # a torchrun rank other than 0
+    manifest = summary.manifest
+    report(manifest["skipped"])
+    earlier = f"; {summary.verified} verified from an earlier run" if summary.verified else ""
+    print(f"wrote {manifest['rows']} vectors of {manifest['dim']} dimensions in {len(manifest['shards'])} shard(s) "
+          f"to {args.output} ({summary.embedded} embedded now{earlier})", file=sys.stderr)  # fmt: skip
+
+
+def run_engine(args: argparse.Namespace, options: dict) -> corpus.Summary | None:
+    if args.engine == "ray":
+        if torchrun.launched():
+            raise ValueError(
+                "--engine ray runs on a Ray cluster: start it plainly or by `ray job submit`, not torchrun"
+            )
+        from .corpus.ray_data import encode_corpus_ray
+
+        if args.device not in (None, "cpu", "cuda"):
+            raise ValueError(f"--device {args.device}: Ray places its actors on GPUs itself; give cpu or cuda")
+        gpus = None if args.device is None else int(args.device == "cuda")  # None: GPUs when the cluster has them
+        return encode_corpus_ray(args.model, args.input, args.output, workers=args.workers, gpus_per_worker=gpus,
+                                 dtype=args.dtype, **options)  # fmt: skip
+    if not torchrun.launched():
+        return corpus.encode_corpus(args.model, args.input, args.output, device=args.device, dtype=args.dtype,
+                                    **options)  # fmt: skip
+    group = torchrun.Group(args.device)
+    try:
+        return corpus.encode_corpus(args.model, args.input, args.output, device=group.device, dtype=args.dtype,
+                                    group=group, **options)  # fmt: skip
     finally:
-        if world_size > 1:
-            torch.distributed.destroy_process_group()
-    if manifest is not None:
-        report_skipped(manifest["skipped"])
-        print(f"wrote {manifest['texts']} vectors of {manifest['dim']} dimensions in {len(manifest['shards'])} "
-              f"shard(s) to {args.output}", file=sys.stderr)  # fmt: skip
+        group.close()
 
 
-def start_distributed(device: str | None) -> tuple[int, int, object, str | None]:
-    """(rank, world size, barrier, device) under torchrun (gloo on CPU, NCCL on GPUs), or a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 0, 1, None, device
-    import torch.distributed as dist
-
-    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-    if cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), world_size, dist.barrier, device or "cpu"
+def verify(args: argparse.Namespace) -> None:
+    """Check a finished output folder against its manifest, without a model."""
+    manifest = corpus.read_manifest(args.folder)
+    with tqdm(total=manifest["rows"], unit="row", desc="verifying", dynamic_ncols=True) as bar:
+        problems = corpus.verify_corpus(args.folder, not args.quick, bar.update)
+    what = "sizes, counts, dtypes and shapes" + ("" if args.quick else ", sha256 checksums")
+    if problems:
+        listed = "\n  ".join(problems)
+        sys.exit(f"qwen3-embed: {args.folder}: {len(problems)} problem(s):\n  {listed}\nrerun the encode command that "
+                 "wrote it to embed the damaged shards again")  # fmt: skip
+    print(f"{args.folder}: {len(manifest['shards'])} shard(s), {manifest['rows']} vectors of {manifest['dim']} "
+          f"dimensions: sound ({what} checked)", file=sys.stderr)  # fmt: skip
 
 
 def rerank(args: argparse.Namespace) -> None:
@@ -137,7 +174,7 @@ def rerank(args: argparse.Namespace) -> None:
     if args.input is None:
         ids, documents = list(range(len(args.document))), args.document
     else:
-        ids, documents = read_documents(args.input, args.text_field, args.id_field)
+        ids, documents = corpus.read_documents(args.input, args.text_field, args.id_field)
     reranker = Reranker.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, check_kind=not args.ignore_kind
     )
@@ -151,16 +188,6 @@ def rerank(args: argparse.Namespace) -> None:
             print(json.dumps(line, ensure_ascii=False))
         else:
             print(f"{score:.4f}  {ids[index] if args.id_field else f'd{index}'}  {documents[index]}")
-
-
-def read_documents(path: Path, text_field: str | None, id_field: str | None) -> tuple[list, list[str]]:
-    """(ids, texts) of the records of a file; a malformed record is an error naming its line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--input {path}: there is no such file")
-    records = [
-        r for chunk in chunks(read_records(path, text_field or "text", id_field), 1 << 30, False, []) for r in chunk
-    ]
-    return [r.id for r in records], [r.text for r in records]
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -251,27 +278,49 @@ def parser() -> argparse.ArgumentParser:
         "encode",
         parents=[common],
         formatter_class=HelpFormatter,
-        help="embed a file of texts into shards (or one .npy file)",
+        help="embed a corpus into a folder of shards (resumable; torchrun or Ray) or into one file",
     )
-    e.add_argument("--input", type=Path, required=True, help="text lines, JSON lines (.jsonl) or Parquet (.parquet)")
+    e.add_argument("--input", required=True,
+                   help="a file, a folder (every file under it), a glob pattern, or - for standard input; text lines, "
+                   "JSON lines or Parquet, text and JSON lines optionally .gz or .zst")  # fmt: skip
+    e.add_argument("--format", choices=INPUT_FORMATS,
+                   help="the input's format (default: detected per file, by its suffix or its content)")  # fmt: skip
     e.add_argument("--output", type=Path, required=True,
-                   help="folder for shards and manifest.json (streamed, resumable, torchrun); or FILE.npy for one "
-                   "array built in memory")  # fmt: skip
-    e.add_argument("--text-field", default="text", help="field of the text in JSON lines or Parquet")
-    e.add_argument("--id-field", help="field of the id (default: the record's position in the input)")
-    e.add_argument("--chunk-size", type=int, default=10_000, help="texts per shard")
-    e.add_argument("--format", choices=FORMATS, default="npy", help="shard files: .npy or .safetensors")
+                   help="a folder for shards and manifest.json (streamed, resumable, torchrun or Ray); or FILE.npy or "
+                   "FILE.safetensors for one array built in memory (ids beside it in FILE.ids.json unless they are "
+                   "the positions 0..n-1)")  # fmt: skip
+    e.add_argument("--text-field", help="field of the text in JSON lines or Parquet (default: text)")
+    e.add_argument("--id-field", help="field of the id (default: the position in the input; name:line for a folder)")
+    e.add_argument("--chunk-size", type=int, help="records per shard (default: 10000); shards never span files")
+    e.add_argument("--vector-format", choices=VECTOR_FORMATS, help="the shards' vector files (default: npy)")
+    e.add_argument("--vector-dtype", choices=VECTOR_DTYPES, default="float32", help="dtype of the stored vectors")
+    e.add_argument("--skip-bad", action="store_true",
+                   help="skip bad records (bad JSON or UTF-8, no text field, text the tokenizer refuses) and report "
+                   "them, instead of stopping at the first")  # fmt: skip
     e.add_argument(
-        "--vector-dtype", choices=["float32", "float16"], default="float32", help="dtype of the stored vectors"
+        "--no-verify",
+        action="store_true",
+        help="on a rerun, check the shards already written by size and count only, not by checksum",
     )
-    e.add_argument(
-        "--skip-bad", action="store_true", help="skip malformed records (and report them) instead of failing"
-    )
-    e.add_argument("--instruction", help="task instruction applied to every text (for queries)")
+    e.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process, or each rank under torchrun; ray: a Ray Data pipeline on the Ray "
+                   "cluster (RAY_ADDRESS, else one started here), with the ray extra")  # fmt: skip
+    e.add_argument("--workers", type=int, help="Ray actors that embed (default: one per GPU of the cluster, else 1)")
+    prompt = e.add_mutually_exclusive_group()
+    prompt.add_argument("--instruction", help="task instruction applied to every text (for queries)")
+    prompt.add_argument("--prompt-name", help="a prompt of the checkpoint's config_sentence_transformers.json")
     e.add_argument("--max-length", type=int, help="tokens per text (default 8192)")
     e.add_argument("--no-truncate", action="store_true", help="fail on a text over --max-length instead of cutting it")
     e.add_argument("--batch-tokens", type=int, help="tokens per forward pass")
     e.set_defaults(run=encode)
+
+    c = commands.add_parser(
+        "verify", formatter_class=HelpFormatter, help="check a folder written by encode against its manifest"
+    )
+    c.add_argument("folder", type=Path, help="the output folder of `qwen3-embed encode`")
+    c.add_argument("--quick", action="store_true", help="check sizes, counts, dtypes and shapes, not checksums")
+    c.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    c.set_defaults(run=verify)
 
     r = commands.add_parser(
         "rerank", parents=[device, tokens], formatter_class=HelpFormatter, help="score documents for a query, best "

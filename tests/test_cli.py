@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -34,6 +36,10 @@ def test_similarity_with_given_texts_and_dim(tiny, embedder, capsys):
     torch.testing.assert_close(torch.tensor([[float(x) for x in r] for r in rows]), expected, rtol=0, atol=6e-5)
 
 
+def encode(tiny, *args: str) -> None:
+    main(["encode", "--model", str(tiny[0]), *args])
+
+
 @pytest.mark.parametrize("kind", ["txt", "jsonl"])
 def test_encode_writes_one_row_per_text(tiny, embedder, tmp_path, kind):
     texts = ["first line", "", "third, with 中文"]
@@ -42,29 +48,98 @@ def test_encode_writes_one_row_per_text(tiny, embedder, tmp_path, kind):
         source.write_text("\n".join(texts) + "\n", encoding="utf-8")
     else:
         source.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)), encoding="utf-8")
-    main(
-        [
-            "encode",
-            "--model",
-            str(tiny[0]),
-            "--input",
-            str(source),
-            "--output",
-            str(tmp_path / "out.npy"),
-            "--dim",
-            "16",
-        ]
-    )
-    vectors = np.load(tmp_path / "out.npy")
+    encode(tiny, "--input", str(source), "--output", str(tmp_path / "new" / "out.npy"), "--dim", "16")  # folder made
+    vectors = np.load(tmp_path / "new" / "out.npy")
     assert vectors.shape == (3, 16) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, embedder.encode(texts, dim=16).numpy(), rtol=0, atol=1e-6)
+    assert not (tmp_path / "new" / "out.ids.json").exists()  # the ids are the positions 0..2
+
+
+def test_encode_into_one_file_keeps_the_ids(tiny, embedder, tmp_path, capsys):
+    """--id-field, and the positions of the records kept when bad ones are skipped, go beside the vectors."""
+    source = tmp_path / "in.NDJSON"  # JSON lines by its suffix, in any case
+    source.write_text('{"text": "a", "id": "x"}\n{broken\n{"text": "b", "id": "y"}\n')
+    encode(tiny, "--input", str(source), "--output", str(tmp_path / "v.safetensors"), "--id-field", "id", "--skip-bad")
+    from safetensors.numpy import load_file
+
+    assert (tmp_path / "v.safetensors").is_file()  # one file, not a folder of that name
+    vectors = load_file(str(tmp_path / "v.safetensors"))["vectors"]
+    np.testing.assert_allclose(vectors, embedder.encode(["a", "b"]).numpy(), rtol=0, atol=1e-6)
+    assert json.loads((tmp_path / "v.ids.json").read_text()) == ["x", "y"]
+    err = capsys.readouterr().err
+    assert "in.NDJSON:2: not valid JSON" in err and "their ids to" in err
+    encode(tiny, "--input", str(source), "--output", str(tmp_path / "w.npy"), "--skip-bad")
+    assert json.loads((tmp_path / "w.ids.json").read_text()) == [0, 2]  # which records the rows are
+
+
+def test_encode_reads_standard_input_and_a_prompt_name(tiny, embedder, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"one\ntwo\n")))
+    encode(tiny, "--input", "-", "--output", str(tmp_path / "v.npy"), "--prompt-name", "query")
+    expected = embedder.encode(["one", "two"], prompt_name="query").numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input", "{missing}", "--output", "{out}"], r"input .*missing does not exist \(give a file, a folder"),
+        (["--input", "{txt}", "--output", "{out}", "--text-field", "body"],
+         r"text_field \(--text-field\) applies to JSON lines and Parquet, but .*in.txt holds text lines .*; drop it"),
+        (["--input", "{txt}", "--output", "{out}.npy", "--chunk-size", "5"],
+         r"--chunk-size applies to a folder of shards, but --output .*out.npy is one file .*; drop it, or give"),
+        (["--input", "{txt}", "--output", "{out}.npy", "--vector-format", "npy"], r"--vector-format applies to"),
+        (["--input", "-", "--output", "{out}"], r"--input - \(standard input\) can be encoded only into one file"),
+        (["--input", "{txt}", "--output", "{txt}"], r"output .*in.txt is a file; give a folder for the shards"),
+        (["--input", "{txt}", "--output", "{out}", "--workers", "2"], r"--workers .* applies only with --engine ray"),
+        (["--input", "{txt}", "--output", "{out}", "--format", "parquet"], r"in.txt is not a Parquet file"),
+        (["--input", "{txt}", "--output", "{dir}.npy"], r"output .*.npy is a folder; give a file name ending in .npy"),
+        (["--input", "{tmp}", "--output", "{out}"], r"output .*out is inside the input folder .*; put the output"),
+        (["--input", "{txt}", "--output", "{out}.npy", "--device", "gpu"], r"device 'gpu' is not a device name"),
+    ],
+)  # fmt: skip
+def test_encode_checks_everything_before_the_model_loads(tmp_path, capsys, args, message):
+    """Each mistake is one line naming it and the fix; the model (here a folder that does not exist) is never
+    reached, and no output folder is left behind."""
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    (tmp_path / "d.npy").mkdir()
+    paths = dict(missing=tmp_path / "missing", out=tmp_path / "out", txt=tmp_path / "in.txt", dir=tmp_path / "d")
+    paths["tmp"] = tmp_path
+    args = [a.format(**paths) for a in args]
+    with pytest.raises(SystemExit) as exit:
+        main(["encode", "--model", str(tmp_path / "no-model"), *args])
+    assert re.search(message, str(exit.value)) and "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_parquet_without_pyarrow_names_the_extra_before_the_model_loads(tmp_path, monkeypatch):
+    (tmp_path / "in.parquet").write_bytes(b"PAR1 not really")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(SystemExit, match=r"reading Parquet needs pyarrow.*pip install 'qwen3-embed-triton\[parquet\]'"):
+        main(
+            ["encode", "--model", str(tmp_path / "no-model"), "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+        )
+
+
+def test_verify_checks_a_folder_without_a_model(tiny, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(f"text {i}" for i in range(12)))
+    encode(tiny, "--input", str(source), "--output", str(tmp_path / "out"), "--chunk-size", "5")
+    main(["verify", str(tmp_path / "out")])
+    assert "3 shard(s), 12 vectors of 96 dimensions: sound (sizes, counts, dtypes and shapes, sha256" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "out" / "shard-00001.ids.json").write_text("[1,2,3]")
+    with pytest.raises(SystemExit, match=r"1 problem\(s\):\n  shard-00001: shard-00001.ids.json has 7 bytes") as exit:
+        main(["verify", str(tmp_path / "out")])
+    assert "rerun the encode command that wrote it" in str(exit.value)
 
 
 @pytest.mark.parametrize(
     "line, message",
     [
         ("{not json", r"in.jsonl:2: not valid JSON"),
-        ('{"txt": "x"}', r'in.jsonl:2: expected an object with a "text" field'),
+        ('{"txt": "x"}', r'in.jsonl:2: no "text" field \(its fields: txt\)'),
         ('{"text": 5}', r'in.jsonl:2: "text" is a int, not a string'),
         ("", r"in.jsonl:2: not valid JSON"),
     ],
@@ -74,7 +149,7 @@ def test_encode_names_the_bad_line(tiny, tmp_path, line, message, capsys):
     source.write_text('{"text": "ok"}\n' + line + '\n{"text": "ok"}\n')
     with pytest.raises(SystemExit) as exit:
         main(["encode", "--model", str(tiny[0]), "--input", str(source), "--output", str(tmp_path / "o.npy")])
-    assert re.search(message, str(exit.value))
+    assert re.search(message + ".*; fix it, or skip such records .* with --skip-bad", str(exit.value))
 
 
 def test_bad_model_is_a_clean_error(tmp_path):
@@ -116,7 +191,7 @@ def reranker_folder(tmp_path_factory):
         (["rerank", "--query", "q"], "no documents: give them with --document TEXT .* or --input FILE"),
         (["rerank", "--query", "q", "--document", "d", "--input", "x"], "--document or with --input FILE, not both"),
         (["rerank", "--query", "q", "--document", "d", "--id-field", "id"], "--id-field read fields of an --input"),
-        (["rerank", "--query", "q", "--input", "missing.txt"], "--input missing.txt: there is no such file"),
+        (["rerank", "--query", "q", "--input", "missing.txt"], "input missing.txt does not exist"),
     ],
 )
 def test_bad_options_are_named_before_the_model_loads(tiny, no_loading, argv, message):

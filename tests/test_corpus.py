@@ -1,19 +1,23 @@
-"""Streaming a corpus into shards: equal to Embedder.encode, resumable after a kill, and split over torchrun ranks."""
+"""Encoding a corpus into shards: equal to Embedder.encode, every kind of damage found on resume and by
+load_corpus/verify, settings identified by content, bad records named, Ctrl-C and a full disk said plainly."""
 
 from __future__ import annotations
 
 import json
-import signal
+import os
+import re
+import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from checkpoints import REPO, texts_of_lengths
+from checkpoints import REPO, TINY_SHAPES, texts_of_lengths
 from qwen3_embed.cli import main
-from qwen3_embed.corpus import count_records, encode_corpus, load_corpus
+from qwen3_embed.corpus import encode_corpus, load_corpus, read_manifest, verify_corpus
+from qwen3_embed.corpus.job import Job
+from qwen3_embed.corpus.shards import FORMAT, DamagedShard
 
 TEXTS = texts_of_lengths(57, seed=11, max_words=40) + ["", "中文 🙂"]
 
@@ -30,105 +34,292 @@ def expected(embedder):
     return embedder.encode(TEXTS).numpy()
 
 
-def run_cli(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    command = (launcher or [sys.executable, "-m"]) + ["qwen3_embed.cli", "encode", *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+def encode(tiny, embedder, inputs, out, **options):
+    return encode_corpus(tiny[0], inputs, out, embedder=embedder, show_progress=False, **options)
 
 
-def test_shards_equal_encode(embedder, corpus, tmp_path, expected):
-    manifest = encode_corpus(embedder, corpus, tmp_path / "out", model="tiny", chunk_size=10, id_field="doc")
-    assert manifest["texts"] == len(TEXTS) and len(manifest["shards"]) == 6 and manifest["skipped"] == []
-    vectors, ids = load_corpus(tmp_path / "out")
+def files_of(folder) -> dict[str, bytes]:
+    """The shards' files (the manifest names the model as the last run was told it)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
+
+
+def test_shards_equal_encode_and_records_describe_them(tiny, embedder, corpus, tmp_path, expected):
+    summary = encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=10, id_field="doc")
+    manifest = summary.manifest
+    assert summary.embedded == 6 and manifest["rows"] == len(TEXTS) and manifest["skipped"] == []
+    assert manifest["format"] == FORMAT and [s["rows"] for s in manifest["shards"]] == [10] * 5 + [9]
+    record = json.loads((tmp_path / "out" / "shard-00005.json").read_text())
+    assert record["files"]["vectors"]["dtype"] == "float32" and record["files"]["vectors"]["shape"] == [9, 96]
+    assert (record["input"]["file"], record["first"], record["records"]) == ("corpus.jsonl", 50, 9)
+    vectors, ids = load_corpus(str(tmp_path / "out"))  # a str path works as well as a Path
     assert ids == [f"d{i}" for i in range(len(TEXTS))]
     np.testing.assert_allclose(vectors, expected, rtol=0, atol=1e-5)
+    assert verify_corpus(tmp_path / "out") == []
 
 
-def test_text_lines_safetensors_float16(embedder, tmp_path, expected):
+def test_text_lines_safetensors_float16(tiny, embedder, tmp_path, expected):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(TEXTS) + "\n", "utf-8")
-    assert count_records(path) == len(TEXTS)
-    encode_corpus(embedder, path, tmp_path / "out", model="tiny", chunk_size=25, fmt="safetensors",
-                  vector_dtype="float16")  # fmt: skip
+    encode(tiny, embedder, path, tmp_path / "out", chunk_size=25, vector_format="safetensors", vector_dtype="float16")
     vectors, ids = load_corpus(tmp_path / "out")
     assert vectors.dtype == np.float16 and ids == list(range(len(TEXTS)))
     np.testing.assert_allclose(vectors.astype(np.float32), expected, rtol=0, atol=2e-3)
 
 
-def test_parquet(embedder, tmp_path, expected):
+def test_parquet_shards_cross_row_groups(tiny, embedder, tmp_path, expected):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
     path = tmp_path / "corpus.parquet"
-    pq.write_table(pa.table({"body": TEXTS, "key": list(range(100, 100 + len(TEXTS)))}), path)
-    assert count_records(path) == len(TEXTS)
-    encode_corpus(embedder, path, tmp_path / "out", model="tiny", chunk_size=16, text_field="body", id_field="key")
+    pq.write_table(pa.table({"body": TEXTS, "key": list(range(100, 100 + len(TEXTS)))}), path, row_group_size=7)
+    encode(tiny, embedder, path, tmp_path / "out", chunk_size=16, text_field="body", id_field="key")
     vectors, ids = load_corpus(tmp_path / "out")
     assert ids == list(range(100, 100 + len(TEXTS)))
     np.testing.assert_allclose(vectors, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "line, message",
-    [
-        ("{broken", r"corpus.jsonl:3: not valid JSON"),
-        ('{"txt": "x"}', r'corpus.jsonl:3: expected an object with a "text" field'),
-        ('{"text": 7}', r'corpus.jsonl:3: "text" is a int, not a string'),
-    ],
-)
-def test_malformed_record_is_an_error_naming_its_line(embedder, tmp_path, line, message):
-    path = tmp_path / "corpus.jsonl"
-    path.write_text('{"text": "a"}\n{"text": "b"}\n' + line + '\n{"text": "c"}\n')
-    with pytest.raises(ValueError, match=message):
-        encode_corpus(embedder, path, tmp_path / "out", model="tiny")
+def test_a_folder_of_mixed_files_and_a_glob(tiny, embedder, tmp_path, expected):
+    """Shards never span files; ids default to name:line; gzip, zstd, .ndjson, .JSONL and text lines all read."""
+    import gzip
 
+    import zstandard
 
-def test_malformed_records_can_be_skipped_and_are_reported(tiny, embedder, tmp_path, capsys):
-    path = tmp_path / "corpus.jsonl"
-    path.write_text('{"text": "a"}\n{broken\n{"text": "b"}\n{"text": null}\n')
-    manifest = encode_corpus(embedder, path, tmp_path / "out", model="tiny", skip_bad=True)
-    assert manifest["texts"] == 2 and len(manifest["skipped"]) == 2
-    assert "corpus.jsonl:2" in manifest["skipped"][0] and "corpus.jsonl:4" in manifest["skipped"][1]
-    assert load_corpus(tmp_path / "out")[1] == [0, 2]  # ids are input positions
-    main(["encode", "--model", str(tiny[0]), "--input", str(path), "--output", str(tmp_path / "o2"), "--skip-bad"])
-    assert "skipped 2 malformed record(s)" in capsys.readouterr().err
-
-
-def test_other_settings_in_the_same_folder_are_refused(embedder, corpus, tmp_path):
-    encode_corpus(embedder, corpus, tmp_path / "out", model="tiny", chunk_size=30)
-    with pytest.raises(ValueError, match=r"other settings \(chunk_size\)"):
-        encode_corpus(embedder, corpus, tmp_path / "out", model="tiny", chunk_size=20)
-
-
-def test_resume_after_a_kill(tiny, corpus, tmp_path, expected):
-    """Kill the run once some shards exist; the rerun finishes it, and the output equals an uninterrupted run."""
-    args = ["--model", str(tiny[0]), "--input", str(corpus), "--output", str(tmp_path / "out"), "--chunk-size", "3"]
-    process = subprocess.Popen([sys.executable, "-m", "qwen3_embed.cli", "encode", *args], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while len(list((tmp_path / "out").glob("shard-*.ids.json"))) < 3:
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written = len(list((tmp_path / "out").glob("shard-*.ids.json")))
-    assert 3 <= written < 20 and not (tmp_path / "out" / "manifest.json").exists()
-
-    done = run_cli(*args)
-    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    parts = [TEXTS[:20], TEXTS[20:35], TEXTS[35:50], TEXTS[50:]]
+    lines = ["".join(json.dumps({"text": t}) + "\n" for t in part).encode() for part in parts]
+    (folder / "a.jsonl").write_bytes(lines[0])
+    (folder / "b.ndjson.gz").write_bytes(gzip.compress(lines[1]))
+    (folder / "sub" / "c.JSONL.zst").write_bytes(zstandard.ZstdCompressor().compress(lines[2]))
+    (folder / "sub" / "d.txt").write_text("\n".join(parts[3]), "utf-8")  # no final newline
+    (folder / ".hidden.jsonl").write_text("not a record\n")
+    summary = encode(tiny, embedder, folder, tmp_path / "out", chunk_size=8)
+    assert [(s["input"]["file"], s["first"], s["records"]) for s in summary.manifest["shards"]] == [
+        ("a.jsonl", 0, 8), ("a.jsonl", 8, 8), ("a.jsonl", 16, 4), ("b.ndjson.gz", 0, 8), ("b.ndjson.gz", 8, 7),
+        ("sub/c.JSONL.zst", 0, 8), ("sub/c.JSONL.zst", 8, 7), ("sub/d.txt", 0, 8), ("sub/d.txt", 8, 1),
+    ]  # fmt: skip
     vectors, ids = load_corpus(tmp_path / "out")
-    assert ids == list(range(len(TEXTS)))
+    names = ["a.jsonl"] * 20 + ["b.ndjson.gz"] * 15 + ["sub/c.JSONL.zst"] * 15 + ["sub/d.txt"] * 9
+    lines = list(range(1, 21)) + list(range(1, 16)) * 2 + list(range(1, 10))
+    assert ids == [f"{n}:{i}" for n, i in zip(names, lines)]
     np.testing.assert_allclose(vectors, expected, rtol=0, atol=1e-5)
 
+    encode(tiny, embedder, str(folder / "**" / "*.*z*"), tmp_path / "glob", chunk_size=8)  # the compressed ones
+    _, ids = load_corpus(tmp_path / "glob")
+    assert ids[0] == "b.ndjson.gz:1" and ids[-1] == "sub/c.JSONL.zst:15" and len(ids) == 30
 
-def test_torchrun_two_ranks_equal_one_process(tiny, corpus, tmp_path):
-    args = ["--model", str(tiny[0]), "--input", str(corpus), "--chunk-size", "7", "--id-field", "doc"]
-    single = run_cli(*args, "--output", str(tmp_path / "single"))
-    assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
-    two = run_cli(*args, "--output", str(tmp_path / "two"), launcher=torchrun)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert len(json.loads((tmp_path / "two" / "manifest.json").read_text())["shards"]) == 9
-    one_vectors, one_ids = load_corpus(tmp_path / "single")
-    two_vectors, two_ids = load_corpus(tmp_path / "two")
-    assert two_ids == one_ids == [f"d{i}" for i in range(len(TEXTS))]  # each text once, in input order
-    np.testing.assert_allclose(two_vectors, one_vectors, rtol=0, atol=1e-6)
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"corpus.jsonl:2: not valid UTF-8 \(byte 0xe9"),
+        (b'{"text": "ok"}\n{"text": "\\ud800 alone"}\n', r'corpus.jsonl:2: "text" holds a lone surrogate'),
+        (b'{"text": "ok"}\n{"text": 7}\n', r'corpus.jsonl:2: "text" is a int, not a string'),
+        (b'{"text": "ok"}\n{broken\n', r"corpus.jsonl:2: not valid JSON"),
+        (b'{"text": "ok"}\n{"txt": "x"}\n', r'corpus.jsonl:2: no "text" field \(its fields: txt\)'),
+        (b'{"text": "ok"}\n{"text": "' + b"word " * 40 + b'"}\n', r"corpus.jsonl:2: 1 text\(s\) are longer than"),
+    ],
+)
+def test_bad_records_are_named_and_can_be_skipped(tiny, embedder, tmp_path, content, message):
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + content + b'{"text": "last"}\n')  # a BOM before line 1 is no bad record
+    options = dict(max_length=16, truncate=False)
+    with pytest.raises(ValueError, match=message + r".*; fix it, or skip such records .* with --skip-bad"):
+        encode(tiny, embedder, path, tmp_path / "out", **options)
+    assert not list((tmp_path / "out").glob("shard-*"))
+    summary = encode(tiny, embedder, path, tmp_path / "out", skip_bad=True, **options)  # the same folder: resumes
+    assert summary.manifest["rows"] == 2 and len(summary.manifest["skipped"]) == 1
+    assert load_corpus(tmp_path / "out")[1] == [0, 2]  # ids are positions: which records the rows are
+
+
+def test_a_failed_first_run_leaves_nothing_that_refuses_the_corrected_one(tiny, embedder, corpus, tmp_path):
+    with pytest.raises(ValueError, match=r'corpus.jsonl:1: no "body" field \(its fields: text, doc\)'):
+        encode(tiny, embedder, corpus, tmp_path / "out", text_field="body")
+    assert not (tmp_path / "out").exists()  # found before anything was written
+    lines = corpus.read_text().splitlines()
+    corpus.write_text("\n".join(lines[:3] + ["{broken"] + lines[3:]) + "\n")
+    with pytest.raises(ValueError, match="corpus.jsonl:4: not valid JSON"):
+        encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=30)
+    summary = encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=20, skip_bad=True)
+    assert summary.embedded == 3 and summary.manifest["rows"] == len(TEXTS)
+
+
+def test_other_settings_are_refused_naming_each_old_and_new_value(build_checkpoint, tiny, embedder, corpus, tmp_path):
+    encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=30)
+    other = build_checkpoint("gqa2-seed1", TINY_SHAPES["gqa2"], seed=1)  # the same shapes, other weights
+    with pytest.raises(ValueError) as error:
+        encode_corpus(other[0], corpus, tmp_path / "out", chunk_size=20, dim=8, show_progress=False)
+    message = str(error.value)
+    assert "use another output folder, or delete this one to start over" in message
+    assert "chunk_size: 30 then, 20 now" in message and "dim: 96 then, 8 now" in message
+    assert f"model: {tiny[0]} (content " in message and f"then, {other[0]} (content " in message
+
+
+def test_the_model_and_the_input_are_identified_by_content(tiny, embedder, corpus, tmp_path, monkeypatch):
+    encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=20)
+    before = files_of(tmp_path / "out")
+    monkeypatch.chdir(tiny[0].parent)
+    os.utime(corpus)  # touched, not changed
+    again = encode_corpus(tiny[0].name, corpus, tmp_path / "out", chunk_size=20, show_progress=False)  # relative
+    assert (again.embedded, again.verified) == (0, 3) and files_of(tmp_path / "out") == before
+
+    with pytest.raises(
+        ValueError, match=r"input corpus.jsonl: (\d+) bytes of jsonl, sha256 \w{12} then; \1 bytes of text"
+    ):
+        encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=20, input_format="text")  # another reading
+    stat = corpus.stat()
+    corpus.write_text(corpus.read_text().replace('"d1"', '"D1"'))  # the same size, and the old mtime
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ValueError, match=r"input corpus.jsonl: (\d+) bytes of jsonl, sha256 (\w{12}) then; \1 bytes"):
+        encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=20)
+
+
+def damage_ids(path):
+    path.write_text("[1,2,3]")
+
+
+def transpose_header(path):
+    """The same bytes but a header that says [96, 10]: a wrong shape that only the count check finds."""
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"(10, 96)", b"(96, 10)", 1))
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def flip_a_bit(path):
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "file, damage, verify, reason",
+    [
+        ("shard-00001.ids.json", damage_ids, True, r"shard-00001.ids.json has 7 bytes, its record says \d+"),
+        ("shard-00001.npy", truncate, True, r"shard-00001.npy has \d+ bytes, its record says \d+"),
+        ("shard-00001.npy", flip_a_bit, True, r"shard-00001.npy does not match its sha256 checksum"),
+        ("shard-00001.npy", transpose_header, False, r"shard-00001.npy holds float32 \[96, 10\], its record says .*"),
+        ("shard-00001.json", lambda p: p.write_text("{"), True, r"its record cannot be read \(JSONDecodeError: .*\)"),
+    ],
+)
+def test_damaged_shards_are_found_and_embedded_again(tiny, embedder, corpus, tmp_path, file, damage, verify, reason):
+    out = tmp_path / "out"
+    encode(tiny, embedder, corpus, out, chunk_size=10)
+    intact = files_of(out)
+    damage(out / file)
+    if file != "shard-00001.json":  # the manifest keeps its own copy of the record
+        with pytest.raises(DamagedShard, match=r"shard-00001 of .*; rerun the encode command that wrote it"):
+            load_corpus(out, verify=verify)
+        assert verify_corpus(out, checksums=verify)[0].startswith("shard-00001: ")
+    with pytest.warns(UserWarning, match=f"shard-00001 of {re.escape(str(out))}: {reason}; embedding it again"):
+        summary = encode(tiny, embedder, corpus, out, chunk_size=10, verify=verify)
+    assert (summary.embedded, summary.verified) == (1, 5)
+    assert files_of(out) == intact  # bit for bit what the uninterrupted run wrote
+
+
+def test_a_missing_record_means_the_shard_is_redone_and_orphans_are_removed(tiny, embedder, corpus, tmp_path):
+    out = tmp_path / "out"
+    encode(tiny, embedder, corpus, out, chunk_size=10)
+    intact = files_of(out)
+    (out / "shard-00002.json").unlink()  # killed between the vectors and the record
+    (out / "shard-00002.npy").write_bytes(b"partial")
+    (out / ".shard-00003.npy.4242.deadbeef.tmp").write_bytes(b"left by a killed run")
+    summary = encode(tiny, embedder, corpus, out, chunk_size=10)
+    assert (summary.embedded, summary.verified, summary.redone) == (1, 5, [])
+    assert files_of(out) == intact
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(dim=500), r"dim=500 is outside 1..96"),
+        (dict(batch_tokens=0), r"batch_tokens=0 must be at least 1"),
+        (dict(max_length=1), r"max_length=1 is outside 2..32768"),
+        (dict(prompt_name="nope"), r"prompt_name='nope' is not among the checkpoint's prompts"),
+        (dict(chunk_size=0), r"chunk_size=0 must be at least 1"),
+    ],
+)
+def test_options_are_checked_before_the_model_loads(tiny, corpus, tmp_path, monkeypatch, options, message):
+    monkeypatch.setattr("qwen3_embed.Embedder.from_pretrained", None)  # reaching it would be a TypeError
+    with pytest.raises(ValueError, match=message):
+        encode_corpus(tiny[0], corpus, tmp_path / "out", show_progress=False, **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_finished_folders_only(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no manifest.json: .* rerun the same encode command to finish"):
+        load_corpus(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": "other/9"}')
+    with pytest.raises(ValueError, match="in format 'other/9', not 'qwen3-embed-shards/1'"):
+        read_manifest(tmp_path)
+
+
+def test_ctrl_c_says_how_many_shards_are_done_and_how_to_resume(tiny, corpus, tmp_path, monkeypatch, capsys):
+    embed, calls = Job.embed, []
+
+    def interrupted_on_the_third(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return embed(self, *args)
+
+    monkeypatch.setattr(Job, "embed", interrupted_on_the_third)
+    args = ["encode", "--model", str(tiny[0]), "--input", str(corpus), "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit:
+        main([*args, "--chunk-size", "10"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 130 and "Traceback" not in err
+    assert "qwen3-embed: interrupted after 2 of 6 shards; rerun the same command to resume" in err
+    main([*args, "--chunk-size", "10"])
+    assert "(4 embedded now; 2 verified from an earlier run)" in capsys.readouterr().err
+
+
+def test_progress_advances_per_batch_with_tokens_per_second(tiny, embedder, corpus, tmp_path, monkeypatch):
+    from qwen3_embed.pipeline import Progress
+
+    update, calls = Progress.update, []
+    monkeypatch.setattr(
+        Progress, "update", lambda self, n, tokens: calls.append((n, tokens)) or update(self, n, tokens)
+    )  # noqa: E501
+    encode_corpus(tiny[0], corpus, tmp_path / "out", embedder=embedder, chunk_size=30, batch_tokens=64)
+    batches = [c for c in calls if c[1]]
+    assert len(batches) > 2 * 2 and sum(n for n, _ in batches) == len(TEXTS)  # several batches per shard
+    assert all(tokens <= 64 or n == 1 for n, tokens in batches)
+
+
+def test_a_full_disk_is_said_plainly_and_leaves_no_temporary_file(tiny, corpus, tmp_path):
+    out = tmp_path / "out"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # noqa: E731
+    done = subprocess.run(
+        [sys.executable, "-m", "qwen3_embed.cli", "encode", "--model", str(tiny[0]), "--input", str(corpus),
+         "--output", str(out), "--chunk-size", "60"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=limit,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "could not write" in done.stderr
+    assert "shard-00000.npy: the disk is full, or a quota or file-size limit was reached" in done.stderr
+    assert "make room and rerun the same command to resume" in done.stderr
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_ray_stages_without_a_cluster(tiny, tmp_path):
+    """The Ray engine's two stages, called in this process: a bad record travels to the driver as data (raised in a
+    worker, only its traceback's text would arrive), and a shard goes through both stages into the folder."""
+    import torch
+
+    from qwen3_embed.corpus.job import Options
+    from qwen3_embed.corpus.ray_data import Embed, Tokenize
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a"}\n{broken\n{"text": "b"}\n')
+    job = Job(tiny[0], path, tmp_path / "out", Options(chunk_size=2), torch.float32)
+    assert Tokenize(job)({"index": 0})["error"].startswith("ValueError\nin.jsonl:2: not valid JSON")
+    job = Job(tiny[0], path, tmp_path / "out", Options(chunk_size=2, skip_bad=True), torch.float32)
+    embed = Embed(job, "cpu", torch.float32, 1)
+    rows = [embed(Tokenize(job)({"index": k})) for k in range(2)]
+    assert [(r["problem"], r["error"], r["records"]) for r in rows] == [("missing", "", 2), ("missing", "", 1)]
+    assert [Tokenize(job)({"index": k})["problem"] for k in range(2)] == ["", ""]  # sound now: no work
+    assert json.loads((tmp_path / "out" / "shard-00000.json").read_text())["skipped"][0].startswith("in.jsonl:2")
+    assert json.loads((tmp_path / "out" / "shard-00001.ids.json").read_text()) == [2]

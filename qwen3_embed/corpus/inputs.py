@@ -1,0 +1,388 @@
+"""Reading a corpus: the files an input names, the format of each, each file's index (its record count, where each
+shard of it starts, and a hash of its content), and the records of a range of a file.
+
+An input is a file, a folder (every file under it, hidden ones aside, in path order), a glob pattern, or `-` for
+standard input. A file holds text lines (one text per line), JSON lines (objects with a text field and an optional
+id field) or Parquet (columns of those names, with the `parquet` extra); text and JSON lines may be gzip- or
+zstd-compressed (zstd needs the `zstd` extra). Compression and Parquet are recognised by their first bytes; text
+versus JSON lines by the name's suffix (`.txt`; `.jsonl`, `.ndjson`, in any case), else by the content (JSON lines
+when the first non-blank line starts with `{`). A record that cannot be read (bytes that are not UTF-8, bad JSON, no
+text field, a text that is not a string or holds a lone surrogate) is a BadRecord naming its file and line; a
+byte-order mark at the start of a file is skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+INPUT_FORMATS = ("text", "jsonl", "parquet")
+SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
+MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+BOM = b"\xef\xbb\xbf"
+BLOCK = 1 << 22
+
+
+@dataclass(frozen=True)
+class InputFile:
+    name: str  # as ids and messages name it: its path under the folder or the glob's base, or '<stdin>'
+    path: Path | None
+    format: str  # 'text', 'jsonl' or 'parquet'
+    compression: str | None = None  # 'gzip' or 'zstd'
+    data: bytes | None = None  # standard input, read whole
+
+    @contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        """The file's (decompressed) bytes; closed, with the file under them, on leaving the block."""
+        with io.BytesIO(self.data) if self.data is not None else open(self.path, "rb") as raw:
+            with decompress(raw, self.compression, self.name) as stream:
+                yield stream
+
+
+@dataclass(frozen=True)
+class Source:
+    """What an input names: its files in order, and whether ids default to 'name:line' (a folder or a glob) or to
+    the record's position (one file)."""
+
+    spec: str
+    files: tuple[InputFile, ...]
+    many: bool
+
+    def needs_fields(self) -> bool:
+        return any(f.format != "text" for f in self.files)
+
+
+@dataclass
+class Record:
+    id: object  # the id field's value; else 'name:line' for a folder or glob, the 0-based position for one file
+    text: str
+    where: str  # 'name:line', for messages
+
+
+class BadRecord(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class FileIndex:
+    """What one pass over a file finds: its size and sha256, how many records it holds, and where (in its
+    decompressed bytes) each run of `chunk_size` records starts."""
+
+    name: str
+    bytes: int
+    sha256: str
+    records: int
+    starts: tuple[int, ...]
+
+
+def resolve_inputs(spec: str | os.PathLike, input_format: str | None = None) -> Source:
+    """The files of an input (a file, a folder, a glob pattern, or '-' for standard input) with the format of each;
+    `input_format` forces 'text', 'jsonl' or 'parquet'. Errors name the input and what to do."""
+    if input_format is not None and input_format not in INPUT_FORMATS:
+        raise ValueError(f"input format {input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
+    spec = os.fspath(spec)
+    if spec == "-":
+        data = sys.stdin.buffer.read()
+        return Source(spec, (_input_file("<stdin>", None, input_format, data),), many=False)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        paths = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
+        if not paths:
+            raise FileNotFoundError(f"input folder {spec} holds no files")
+        return Source(spec, tuple(_input_file(p.relative_to(path).as_posix(), p, input_format) for p in paths), True)
+    if path.is_file():
+        return Source(spec, (_input_file(path.name, path, input_format),), many=False)
+    if glob.has_magic(spec):
+        paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if not paths:
+            raise FileNotFoundError(f"input pattern {spec!r} matches no file")
+        base = Path(os.path.commonpath([p.parent for p in paths]))
+        return Source(spec, tuple(_input_file(p.relative_to(base).as_posix(), p, input_format) for p in paths), True)
+    raise FileNotFoundError(f"input {spec} does not exist (give a file, a folder, a glob pattern, or - for stdin)")
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _input_file(name: str, path: Path | None, forced: str | None, data: bytes | None = None) -> InputFile:
+    """An input file with its compression and format, found from its first bytes and its name."""
+    try:
+        with io.BytesIO(data) if data is not None else open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot read input {path}: {e.strerror}") from None
+    compression = next((kind for prefix, kind in MAGIC.items() if magic.startswith(prefix)), None)
+    if compression == "zstd":
+        _need_zstandard(name)
+    parquet = magic == b"PAR1"
+    base = name.lower()
+    for suffix in COMPRESSION_SUFFIXES:
+        base = base.removesuffix(suffix)
+    by_name = SUFFIXES.get(os.path.splitext(base)[1])
+    fmt = forced or ("parquet" if parquet else by_name)
+    if fmt == "parquet":
+        if data is not None:
+            raise ValueError("Parquet cannot be read from standard input: give the file's path")
+        if not parquet:
+            raise ValueError(f"input {path} is not a Parquet file (it does not start with PAR1)")
+        _need_pyarrow()
+        return InputFile(name, path, fmt)
+    file = InputFile(name, path, fmt or "text", compression, data)
+    if fmt is None:
+        with file.open() as f:
+            head = f.read(1 << 16).removeprefix(BOM).lstrip()
+        file = InputFile(name, path, "jsonl" if head.startswith(b"{") else "text", compression, data)
+    return file
+
+
+def _need_pyarrow():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(
+            "reading Parquet needs pyarrow, which is not installed: pip install 'qwen3-embed-triton[parquet]'"
+        ) from None
+    return pq
+
+
+def decompress(raw: BinaryIO, compression: str | None, name: str) -> BinaryIO:
+    if compression is None:
+        return raw
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    reader = _need_zstandard(name).ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+    return io.BufferedReader(reader)
+
+
+def _need_zstandard(name: str):
+    try:
+        import zstandard
+    except ImportError:
+        raise ImportError(
+            f"{name} is zstd-compressed, and reading it needs zstandard: pip install 'qwen3-embed-triton[zstd]'"
+        ) from None
+    return zstandard
+
+
+def check_fields(source: Source, text_field: str | None, id_field: str | None, skip_bad: bool) -> None:
+    """Refuse a field option that does nothing (text lines have no fields), and a field the input does not have:
+    Parquet by its schema, JSON lines by their first record (unless bad records are to be skipped)."""
+    given = [name for name, value in (("text_field", text_field), ("id_field", id_field)) if value is not None]
+    if given and not source.needs_fields():
+        flags = " and ".join(f"{name} (--{name.replace('_', '-')})" for name in given)
+        raise ValueError(
+            f"{flags} {'applies' if len(given) == 1 else 'apply'} to JSON lines and Parquet, but {source.spec} holds "
+            "text lines (one text per line, ids are positions); drop it, or force the format with --format jsonl"
+        )
+    fields = [text_field or "text"] + ([id_field] if id_field else [])
+    for file in source.files:
+        if file.format == "parquet":
+            names = _need_pyarrow().ParquetFile(file.path).schema_arrow.names
+            missing = [f for f in fields if f not in names]
+            if missing:
+                raise ValueError(f"{file.name} has no column {missing[0]!r} (its columns: {', '.join(names)})")
+        elif file.format == "jsonl" and not skip_bad:
+            records = read_records(file, text_field or "text", id_field, positions=True)
+            first = next(records, None)
+            records.close()
+            if isinstance(first, BadRecord):
+                raise bad_record_error(first)
+
+
+class _Hashing(io.RawIOBase):
+    """A raw file that hashes and counts the bytes read from it."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        self.digest.update(memoryview(buffer)[:n])
+        self.size += n
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+
+def index_file(file: InputFile, chunk_size: int) -> FileIndex:
+    """One pass over a file: its size and sha256, its record count, and where each run of `chunk_size` records
+    starts (byte offsets into its decompressed content)."""
+    with open(file.path, "rb") if file.data is None else io.BytesIO(file.data) as raw:
+        hashing = _Hashing(raw)
+        reader = io.BufferedReader(hashing, BLOCK)
+        if file.format == "parquet":
+            while reader.read(BLOCK):
+                pass
+            records = _need_pyarrow().ParquetFile(file.path).metadata.num_rows
+            starts = [0] * -(-records // chunk_size)  # rows are addressed by number, not by offset
+        else:
+            stream = decompress(reader, file.compression, file.name)  # kept: closing it would close `reader`
+            records, starts = _line_starts(stream, chunk_size)
+            while reader.read(BLOCK):  # bytes after the end of a compressed stream, if any
+                pass
+    return FileIndex(file.name, hashing.size, hashing.digest.hexdigest(), records, tuple(starts))
+
+
+def _line_starts(stream: BinaryIO, chunk_size: int) -> tuple[int, list[int]]:
+    """(lines, the offset of lines 0, chunk_size, 2 * chunk_size, ...); a last line without a newline counts."""
+    lines, position, last, starts = 0, 0, b"\n", [0]
+    while block := stream.read(BLOCK):
+        found = block.count(b"\n")
+        if lines + found >= len(starts) * chunk_size:  # a run starts in this block: after which newline?
+            newlines = np.flatnonzero(np.frombuffer(block, np.uint8) == ord("\n"))
+            while lines + found >= len(starts) * chunk_size:
+                starts.append(position + int(newlines[len(starts) * chunk_size - lines - 1]) + 1)
+        lines += found
+        position += len(block)
+        last = block[-1:]
+    lines += last != b"\n"
+    return lines, starts[: -(-lines // chunk_size)]
+
+
+def read_records(
+    file: InputFile,
+    text_field: str = "text",
+    id_field: str | None = None,
+    *,
+    positions: bool,
+    first: int = 0,
+    offset: int = 0,
+    count: int | None = None,
+) -> Iterator[Record | BadRecord]:
+    """Records `first`.. of a file (all of them, or `count`), the first at byte `offset` of its decompressed
+    content; ids are positions (`positions`) or 'name:line' unless an id field is given."""
+    if file.format == "parquet":
+        yield from _read_parquet(file, text_field, id_field, positions, first, count)
+        return
+    with file.open() as stream:
+        _skip(stream, offset, file.compression is None and file.data is None)
+        index = first
+        while count is None or index < first + count:
+            line = stream.readline()
+            if not line:
+                if count is not None:
+                    raise ValueError(f"{file.name} ended at line {index}, before line {first + count}: it changed "
+                                     "while being read")  # fmt: skip
+                return
+            if index == 0:
+                line = line.removeprefix(BOM)
+            yield _record(file, index, line.rstrip(b"\n").removesuffix(b"\r"), text_field, id_field, positions)
+            index += 1
+
+
+def _skip(stream: BinaryIO, offset: int, seekable: bool) -> None:
+    if seekable:
+        stream.seek(offset)
+        return
+    while offset:
+        offset -= len(stream.read(min(offset, BLOCK)))
+
+
+def _record(
+    file: InputFile, index: int, line: bytes, text_field: str, id_field: str | None, positions: bool
+) -> Record | BadRecord:
+    where = f"{file.name}:{index + 1}"
+    default_id = index if positions else where
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return BadRecord(f"{where}: not valid UTF-8 (byte {line[e.start]:#04x} at byte {e.start + 1} of the line)")
+    if file.format == "text":
+        return Record(default_id, text, where)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return BadRecord(f"{where}: not valid JSON ({e})")
+    return _fields(where, value, text_field, id_field, default_id)
+
+
+def _fields(where: str, value, text_field: str, id_field: str | None, default_id) -> Record | BadRecord:
+    if not isinstance(value, dict):
+        return BadRecord(f'{where}: expected an object with a "{text_field}" field, found a {type(value).__name__}')
+    if text_field not in value:
+        return BadRecord(f'{where}: no "{text_field}" field (its fields: {", ".join(map(str, value)) or "none"})')
+    text = value[text_field]
+    if not isinstance(text, str):
+        return BadRecord(f'{where}: "{text_field}" is a {type(text).__name__}, not a string')
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return BadRecord(f'{where}: "{text_field}" holds a lone surrogate ({text[e.start]!r}), which is not text')
+    if id_field is None:
+        return Record(default_id, text, where)
+    if id_field not in value:
+        return BadRecord(f'{where}: no "{id_field}" field')
+    record_id = value[id_field]
+    if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
+        return BadRecord(f'{where}: "{id_field}" is a {type(record_id).__name__}; an id is a string or an integer')
+    return Record(record_id, text, where)
+
+
+def _read_parquet(
+    file: InputFile, text_field: str, id_field: str | None, positions: bool, first: int, count: int | None
+) -> Iterator[Record | BadRecord]:
+    """Rows first.. of a Parquet file, read a batch at a time from the row groups that hold them."""
+    parquet = _need_pyarrow().ParquetFile(file.path)
+    columns = [text_field] + ([id_field] if id_field else [])
+    end = parquet.metadata.num_rows if count is None else first + count
+    row = 0  # the index of the next row to come
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if row + rows <= first or row >= end:
+            row += rows
+            continue
+        for batch in parquet.iter_batches(batch_size=4096, row_groups=[group], columns=columns):
+            lo, hi = max(first, row), min(end, row + batch.num_rows)
+            if hi > lo:
+                for at, value in enumerate(batch.slice(lo - row, hi - lo).to_pylist(), start=lo):
+                    where = f"{file.name}:{at + 1}"
+                    yield _fields(where, value, text_field, id_field, at if positions else where)
+            row += batch.num_rows
+            if row >= end:
+                return
+
+
+def read_all(
+    source: Source, text_field: str | None = None, id_field: str | None = None, skip_bad: bool = False
+) -> tuple[list[Record], list[str]]:
+    """Every record of a source, and the messages of the bad ones skipped (`skip_bad`; else the first is raised)."""
+    records, skipped = [], []
+    for file in source.files:
+        for record in read_records(file, text_field or "text", id_field, positions=not source.many):
+            if isinstance(record, BadRecord):
+                if not skip_bad:
+                    raise bad_record_error(record)
+                skipped.append(str(record))
+            else:
+                records.append(record)
+    return records, skipped
+
+
+def bad_record_error(record: BadRecord) -> BadRecord:
+    return BadRecord(f"{record}; fix it, or skip such records (and have them reported) with --skip-bad")
+
+
+def read_documents(
+    path: str | os.PathLike, text_field: str | None = None, id_field: str | None = None
+) -> tuple[list, list[str]]:
+    """(ids, texts) of the records of a file, folder or glob (text lines, JSON lines or Parquet, detected as for
+    `encode`); a bad record is an error naming its file and line."""
+    source = resolve_inputs(path)
+    check_fields(source, text_field, id_field, skip_bad=False)
+    records, _ = read_all(source, text_field, id_field)
+    return [r.id for r in records], [r.text for r in records]

@@ -1,0 +1,419 @@
+"""What every engine shares: a Job is everything settled before a model loads (the checkpoint and its fingerprint,
+the input's files and their index, the shards they make, the settings, and the output folder checked against
+them); then each shard is read, tokenized, embedded and written the same way whichever engine runs it.
+
+Shards are defined per input file: shard k is records [first, first + records) of one file, `chunk_size` records
+(good or bad) at a time, so a shard is the same whatever engine or number of workers writes it, and a worker reads
+only its own shards' bytes. Settings are identified by content, not by name: the model by its config, tokenizer and
+weight files (sizes, headers and sampled blocks), each input file by its size and sha256. They are recorded with
+each complete shard, so a run that fails before its first shard leaves nothing to refuse, and a folder holding
+shards of other settings is refused with each difference named. `skip_bad`, `batch_tokens` and the engine are not
+settings: they change no shard that gets written (batch composition moves only the last bits of a vector).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import checkpoint
+from ..config import Qwen3Config
+from ..embedder import Embedder, read_prompts
+from ..model import Qwen3Model
+from ..pipeline import Progress, resolve_device
+from ..tokenize import Tokenizer
+from .inputs import (
+    BadRecord,
+    FileIndex,
+    Record,
+    Source,
+    bad_record_error,
+    check_fields,
+    index_file,
+    read_records,
+    resolve_inputs,
+)
+from .shards import (
+    FORMAT,
+    MANIFEST,
+    VECTOR_DTYPES,
+    VECTOR_FORMATS,
+    atomic_write,
+    check_shard,
+    read_json,
+    remove_orphans,
+    shard_name,
+    shard_records,
+    write_shard,
+)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during an encode run, with what was done and how to resume."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a corpus run was asked for, besides the model, the input and the output."""
+
+    text_field: str | None = None  # default 'text'; only for JSON lines and Parquet
+    id_field: str | None = None
+    input_format: str | None = None  # default: detected per file
+    chunk_size: int = 10_000
+    vector_format: str = "npy"
+    vector_dtype: str = "float32"
+    instruction: str | None = None
+    prompt_name: str | None = None
+    dim: int | None = None
+    max_length: int | None = None
+    truncate: bool = True
+    batch_tokens: int | None = None
+    skip_bad: bool = False
+    verify: bool = True  # check the sha256 of the shards a rerun skips (their sizes and counts always)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    file: int  # position in the source's files
+    first: int  # the file's record at which the shard starts (0-based)
+    records: int
+    offset: int  # where record `first` starts in the file's decompressed bytes
+
+
+@dataclass
+class Prepared:
+    """A shard's records, tokenized: the ids and token ids of the good ones, and what was skipped or cut."""
+
+    ids: list = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    cut: list[str] = field(default_factory=list)
+
+
+class Solo:
+    """One process doing all the work; the torchrun and Ray engines provide the same methods."""
+
+    rank, world_size = 0, 1
+
+    def map(self, fn, items: list) -> list:
+        return [fn(item) for item in items]
+
+    def broadcast(self, value):
+        return value
+
+    def claims(self, n: int) -> Iterator[int]:
+        return iter(range(n))
+
+    def wait_for_all(self, counts: dict[str, int]) -> dict[str, int]:
+        return counts
+
+
+def default_dtype(device: str | None, dtype: str | torch.dtype | None) -> torch.dtype:
+    """The dtype a model will run in on `device` (checked to exist here): the one asked for, else bfloat16 on CUDA
+    and float32 elsewhere."""
+    cuda = resolve_device(device).type == "cuda"
+    return checkpoint.resolve_dtype(dtype) if dtype is not None else torch.bfloat16 if cuda else torch.float32
+
+
+def tokenizer_only(folder: Path) -> Embedder:
+    """An Embedder without weights (its model on the meta device): it tokenizes and checks `dim` and `max_length`
+    exactly as the loaded one does, for the checks made before a model loads and for CPU tokenizing workers."""
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder} has no tokenizer.json; is it a complete checkpoint folder?")
+    config = Qwen3Config.from_json(folder / "config.json")
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    return Embedder(model, Tokenizer(folder / "tokenizer.json", config.vocab_size), *read_prompts(folder))
+
+
+def model_fingerprint(folder: Path) -> str:
+    """A hash of what decides a checkpoint's vectors: its config, tokenizer and prompts, and each weight file's
+    size, header and 16 blocks sampled across its data (so a fine-tune of the same shapes differs)."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json", "config_sentence_transformers.json"):
+        path = folder / name
+        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"") + b"\0")
+    for path in checkpoint.weight_files(folder):
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            digest.update(f.read(min(length, size)))
+            for i in range(16):
+                f.seek(size * i // 16)
+                digest.update(f.read(1 << 16))
+    return digest.hexdigest()
+
+
+class Job:
+    """A corpus run, settled before the model loads: every argument, input and output check is made here."""
+
+    def __init__(self, model, inputs, output, options: Options, dtype: torch.dtype, group=None):
+        group = group or Solo()
+        self.options, self.output = options, Path(output)
+        if options.chunk_size < 1:
+            raise ValueError(f"chunk_size={options.chunk_size} must be at least 1")
+        if options.vector_format not in VECTOR_FORMATS:
+            raise ValueError(f"vector_format={options.vector_format!r} is not one of {', '.join(VECTOR_FORMATS)}")
+        if options.vector_dtype not in VECTOR_DTYPES:
+            raise ValueError(f"vector_dtype={options.vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
+        if self.output.exists() and not self.output.is_dir():
+            raise FileExistsError(
+                f"output {self.output} is a file; give a folder for the shards (or a path ending in .npy or "
+                ".safetensors for one file built in memory)"
+            )
+        self.source = inputs if isinstance(inputs, Source) else resolve_inputs(inputs, options.input_format)
+        if self.source.files[0].data is not None:
+            raise ValueError(
+                "standard input can be encoded only into one file (--output FILE.npy or FILE.safetensors): a folder "
+                "of shards is resumable, which needs an input that can be read again"
+            )
+        root = Path(self.source.spec).resolve()
+        if self.source.many and root.is_dir() and self.output.resolve().is_relative_to(root):
+            raise ValueError(
+                f"output {self.output} is inside the input folder {root}, whose every file is read as input; put the "
+                "output elsewhere"
+            )
+        check_fields(self.source, options.text_field, options.id_field, options.skip_bad)
+        self.checkpoint, self.model_name = checkpoint.resolve(model), str(model)
+        tokenizer = self.tokenizer
+        self.dim = tokenizer.check_dim(options.dim)
+        self.max_length = tokenizer.max_length(options.max_length)
+        tokenizer.batch_tokens(options.batch_tokens)
+        tokenizer.tokenize([""], options.instruction, options.prompt_name, self.max_length)  # a bad prompt fails now
+        self.settings = {
+            "model": model_fingerprint(self.checkpoint),
+            "dtype": str(dtype).removeprefix("torch."),
+            "dim": self.dim,
+            "max_length": self.max_length,
+            "truncate": options.truncate,
+            "instruction": options.instruction,
+            "prompt_name": options.prompt_name,
+            "text_field": options.text_field or "text",
+            "id_field": options.id_field,
+            "default_ids": "name:line" if self.source.many else "position",
+            "chunk_size": options.chunk_size,
+            "vector_format": options.vector_format,
+            "vector_dtype": options.vector_dtype,
+        }
+        self.indexes: list[FileIndex] = group.map(lambda f: index_file(f, options.chunk_size), list(self.source.files))
+        self.plan: list[ShardTask] = []
+        for i, index in enumerate(self.indexes):
+            for k, start in enumerate(index.starts):
+                first = k * options.chunk_size
+                records = min(options.chunk_size, index.records - first)
+                self.plan.append(ShardTask(len(self.plan), i, first, records, start))
+        problem, self.existing = None, set()
+        if group.rank == 0:
+            self.output.mkdir(parents=True, exist_ok=True)
+            remove_orphans(self.output)
+            try:
+                self.existing = self._check_folder()
+            except ValueError as e:
+                problem = str(e)
+        problem, self.existing = group.broadcast((problem, self.existing))
+        if problem:
+            raise ValueError(problem)
+
+    def __getstate__(self) -> dict:
+        state = dict(vars(self))
+        state.pop("tokenizer", None)  # rebuilt where it is used
+        return state
+
+    @cached_property
+    def tokenizer(self) -> Embedder:
+        return tokenizer_only(self.checkpoint)
+
+    def _input(self, i: int) -> dict:
+        index = self.indexes[i]
+        return {"file": index.name, "bytes": index.bytes, "sha256": index.sha256, "format": self.source.files[i].format}
+
+    def identity(self, task: ShardTask) -> dict:
+        """What a shard's record must say of its input."""
+        return {"input": self._input(task.file), "first": task.first, "records": task.records}
+
+    def _check_folder(self) -> set[int]:
+        """The shards already in the output folder whose records match this run; a record of other settings or of
+        another input is an error listing every difference."""
+        differences: dict[str, str] = {}
+        inputs = {index.name: self._input(i) for i, index in enumerate(self.indexes)}
+        matching = set()
+        for k, record in sorted(shard_records(self.output).items()):
+            try:
+                then, source, name = record["settings"], record["input"], record["model_name"]
+                where = (source["file"], record["first"], record["records"])
+            except (TypeError, KeyError):
+                continue  # unreadable: it is embedded again
+            for key in sorted(self.settings.keys() | then.keys()):
+                if key not in differences and then.get(key) != self.settings.get(key):
+                    shown = [
+                        _show(value, model if key == "model" else None)
+                        for value, model in ((then.get(key), name), (self.settings.get(key), self.model_name))
+                    ]
+                    differences[key] = f"{key}: {shown[0]} then, {shown[1]} now"  # fmt: skip
+            current = inputs.get(source["file"])
+            key = f"input {source['file']}"
+            if current is None:
+                differences.setdefault(key, f"{key}: in the input then, not now")
+            elif current != source:
+                differences.setdefault(key, f"{key}: {_file(source)} then; {_file(current)} now")
+            elif then == self.settings and (k >= len(self.plan) or where != self._where(k)):
+                now = _lines(*self._where(k)) if k < len(self.plan) else "nothing"
+                differences.setdefault(
+                    "files", f"input files: {shard_name(k)} holds {_lines(*where)} then, {now} now (were input files "
+                    "added or removed?)"
+                )  # fmt: skip
+            elif then == self.settings:
+                matching.add(k)
+        if differences:
+            raise ValueError(
+                f"{self.output} holds shards of a run with other settings or another input; use another output "
+                "folder, or delete this one to start over:\n  " + "\n  ".join(differences.values())
+            )
+        return matching
+
+    def _where(self, k: int) -> tuple[str, int, int]:
+        task = self.plan[k]
+        return self.indexes[task.file].name, task.first, task.records
+
+    def records(self, task: ShardTask) -> Iterator[Record | BadRecord]:
+        return read_records(
+            self.source.files[task.file], self.settings["text_field"], self.options.id_field,
+            positions=not self.source.many, first=task.first, offset=task.offset, count=task.records,
+        )  # fmt: skip
+
+    def problem(self, task: ShardTask) -> str | None:
+        """Why shard `task` must be embedded ('missing', or what is wrong with it), or None when it is sound."""
+        path = self.output / f"{shard_name(task.index)}.json"
+        if not path.exists():
+            return "missing"
+        try:
+            record = read_json(path)
+            if record["settings"] != self.settings or any(record[k] != v for k, v in self.identity(task).items()):
+                return "its record is of another run"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"its record cannot be read ({type(e).__name__}: {e})"
+        return check_shard(self.output, record, self.options.verify)
+
+    def prepare(self, embedder: Embedder, task: ShardTask) -> Prepared:
+        return prepare(embedder, self.records(task), self.options, self.max_length)
+
+    def embed(self, embedder: Embedder, prepared: Prepared, progress: Progress | None) -> np.ndarray:
+        return embed(embedder, prepared.tokens, self.dim, self.options, progress)
+
+    def write(self, task: ShardTask, vectors: np.ndarray, prepared: Prepared) -> dict:
+        return write_shard(
+            self.output, task.index, vectors, prepared.ids, self.options.vector_format, **self.identity(task),
+            model_name=self.model_name, settings=self.settings, tokens=sum(map(len, prepared.tokens)),
+            skipped=prepared.skipped, cut=prepared.cut,
+        )  # fmt: skip
+
+    def finish(self) -> dict:
+        """Write the manifest, once every shard of the plan has a record of this run; returns it."""
+        records = shard_records(self.output)
+        shards, missing = [], []
+        for task in self.plan:
+            record = records.get(task.index)
+            sound = isinstance(record, dict) and record.get("settings") == self.settings
+            sound = sound and all(record.get(k) == v for k, v in self.identity(task).items())
+            if not sound:
+                missing.append(shard_name(task.index))
+            else:
+                shards.append({k: v for k, v in record.items() if k not in ("settings", "model_name")})
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise RuntimeError(f"{shown} of {self.output} were not written; rerun the same command to finish them")
+        manifest = {
+            "format": FORMAT,
+            "model_name": self.model_name,
+            "settings": self.settings,
+            "inputs": [{**self._input(i), "records": index.records} for i, index in enumerate(self.indexes)],
+            "rows": sum(s["rows"] for s in shards),
+            "dim": self.dim,
+            "shards": shards,
+            "skipped": [m for s in shards for m in s["skipped"]],
+            "cut": [m for s in shards for m in s["cut"]],
+        }
+        atomic_write(self.output / MANIFEST, json.dumps(manifest, indent=1).encode())
+        return manifest
+
+
+def _show(value, name: str | None) -> str:
+    return f"{name} (content {value[:12]})" if name is not None else json.dumps(value)
+
+
+def _file(entry: dict) -> str:
+    return f"{entry.get('bytes')} bytes of {entry.get('format')}, sha256 {str(entry.get('sha256'))[:12]}"
+
+
+def _lines(name: str, first: int, records: int) -> str:
+    return f"{name} records {first + 1}-{first + records}"
+
+
+def prepare(embedder: Embedder, records: Iterable[Record | BadRecord], options: Options, max_length: int) -> Prepared:
+    """Tokenize the good records; a bad one, or one the tokenizer refuses (a token outside the model's vocabulary, a
+    text over max_length without truncation), is skipped with its message when `options.skip_bad`, else raised."""
+    out, good = Prepared(), []
+    for record in records:
+        if isinstance(record, BadRecord):
+            _bad(record, options, out)
+        else:
+            good.append(record)
+
+    def tokenize(texts: list[str], truncate: bool = options.truncate) -> list[list[int]]:
+        return embedder.tokenize(texts, options.instruction, options.prompt_name, max_length, truncate, warn=False)
+
+    try:
+        tokens = tokenize([r.text for r in good])
+    except ValueError:  # find which records the tokenizer refuses
+        kept, tokens = [], []
+        for record in good:
+            try:
+                tokens += tokenize([record.text])
+                kept.append(record)
+            except ValueError as e:
+                _bad(BadRecord(f"{record.where}: {e}"), options, out)
+        good = kept
+    for record, ids in zip(good, tokens):
+        if options.truncate and len(ids) == max_length:  # at the limit: cut, or an exact fit?
+            try:
+                tokenize([record.text], truncate=False)
+            except ValueError:
+                out.cut.append(record.where)
+    out.ids, out.tokens = [r.id for r in good], tokens
+    return out
+
+
+def _bad(record: BadRecord, options: Options, out: Prepared) -> None:
+    if not options.skip_bad:
+        raise bad_record_error(record)
+    out.skipped.append(str(record))
+
+
+def embed(
+    embedder: Embedder, tokens: list[list[int]], dim: int, options: Options, progress: Progress | None
+) -> np.ndarray:
+    """Vectors [len(tokens), dim] in `options.vector_dtype`, as Embedder.encode computes them."""
+    if not tokens:
+        return np.empty((0, dim), options.vector_dtype)
+    vectors = embedder.run(tokens, lambda last: last[:, :dim].float(), options.batch_tokens, progress)
+    return embedder.finish(vectors, True).to(getattr(torch, options.vector_dtype)).numpy()
+
+
+def warn_cut(cut: list[str], max_length: int) -> None:
+    if cut:
+        shown = ", ".join(cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+        warnings.warn(
+            f"{len(cut)} text(s) were longer than max_length={max_length} tokens and were cut to fit ({shown}); pass "
+            "truncate=False (--no-truncate) to make them errors instead",
+            stacklevel=3,
+        )

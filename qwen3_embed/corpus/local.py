@@ -1,0 +1,165 @@
+"""The engine that runs in this process: alone, or as one rank of a torchrun launch (see torchrun.py), taking shards
+one at a time until none is left. Also the single-file output: one array built in memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint
+from ..embedder import Embedder
+from ..pipeline import Progress
+from .inputs import check_fields, read_all, resolve_inputs
+from .job import Interrupted, Job, Options, Prepared, Solo, default_dtype, embed, prepare, tokenizer_only, warn_cut
+from .shards import VECTOR_DTYPES, VECTOR_FORMATS, atomic_write, serialize_vectors, shard_name
+
+
+@dataclass
+class Summary:
+    """What a run did: the manifest it wrote, and how many shards it embedded and found sound from an earlier run."""
+
+    manifest: dict
+    embedded: int = 0
+    verified: int = 0
+    redone: list[str] = field(default_factory=list)  # 'shard-00007: why', for shards embedded again
+
+
+def encode_corpus(
+    model: str | os.PathLike,
+    inputs,
+    output: str | os.PathLike,
+    *,
+    embedder: Embedder | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    group=None,
+    show_progress: bool = True,
+    **options,
+) -> Summary | None:
+    """Embed a corpus into a folder of shards and write its manifest; returns what was done (None on ranks other
+    than 0 under torchrun).
+
+    model: hub id or local folder (identified by its content, so a path and its absolute form are the same model).
+    inputs: a file, folder, glob pattern, or a Source. embedder: the model already loaded from `model`, else it is
+    loaded after every check has passed. group: a torchrun.Group under torchrun. options: see Options.
+    A rerun of the same call skips the shards that are complete and sound (verified against their records) and
+    embeds the rest, so its output is that of an uninterrupted run.
+    """
+    options = Options(**options)
+    group = group or Solo()
+    job = Job(model, inputs, output, options, embedder.dtype if embedder else default_dtype(device, dtype), group)
+    if embedder is None:
+        embedder = Embedder.from_pretrained(job.checkpoint, device=device, dtype=dtype)
+    todo = sum(task.records for task in job.plan if task.index not in job.existing)
+    desc = f"rank 0 of {group.world_size} (its share)" if group.world_size > 1 else None
+    done = Summary({})
+    progress = Progress(-(-todo // group.world_size), enabled=show_progress and group.rank == 0 and todo > 0, desc=desc)
+    cut = []
+    try:
+        for k in group.claims(len(job.plan)):
+            task = job.plan[k]
+            problem = job.problem(task)
+            if problem is None:
+                done.verified += 1
+                continue
+            if problem != "missing":
+                done.redone.append(f"{shard_name(k)}: {problem}")
+                warnings.warn(f"{shard_name(k)} of {job.output}: {problem}; embedding it again", stacklevel=2)
+                if k in job.existing:
+                    progress.bar.total += task.records
+            prepared = job.prepare(embedder, task)
+            vectors = job.embed(embedder, prepared, progress)
+            job.write(task, vectors, prepared)
+            progress.update(len(prepared.skipped), 0)
+            cut += prepared.cut
+            done.embedded += 1
+    except KeyboardInterrupt:
+        where = f" by rank {group.rank}" if group.world_size > 1 else ""
+        raise Interrupted(
+            f"interrupted after {done.embedded + done.verified} of {len(job.plan)} shards{where}; rerun the same "
+            "command to resume"
+        ) from None
+    finally:
+        progress.close()
+    warn_cut(cut, job.max_length)
+    totals = group.wait_for_all({"embedded": done.embedded, "verified": done.verified})
+    if group.rank != 0:
+        return None
+    done.embedded, done.verified = totals["embedded"], totals["verified"]
+    done.manifest = job.finish()
+    return done
+
+
+def encode_file(
+    model: str | os.PathLike,
+    inputs,
+    output: str | os.PathLike,
+    *,
+    embedder: Embedder | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    text_field: str | None = None,
+    id_field: str | None = None,
+    input_format: str | None = None,
+    skip_bad: bool = False,
+    vector_dtype: str = "float32",
+    instruction: str | None = None,
+    prompt_name: str | None = None,
+    dim: int | None = None,
+    max_length: int | None = None,
+    truncate: bool = True,
+    batch_tokens: int | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Embed every record of an input into one file built in memory: `NAME.npy`, or `NAME.safetensors` (one tensor
+    "vectors"); their ids go beside it to `NAME.ids.json` unless they are the rows' positions 0..n-1. Returns
+    {rows, dim, skipped, cut, ids_file}. Every check, and the reading of the input, comes before the model loads."""
+    output = Path(output)
+    fmt = output.suffix.lower().removeprefix(".")
+    if fmt not in VECTOR_FORMATS:
+        raise ValueError(f"output {output} must end in .npy or .safetensors (or be a folder, for shards)")
+    if output.is_dir():
+        raise IsADirectoryError(f"output {output} is a folder; give a file name ending in .{fmt}, or drop the suffix")
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ValueError(f"vector_dtype={vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
+    dtype = embedder.dtype if embedder else default_dtype(device, dtype)  # the device checked too
+    source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, input_format)
+    check_fields(source, text_field, id_field, skip_bad)
+    folder = checkpoint.resolve(model)
+    options = Options(text_field=text_field, id_field=id_field, vector_dtype=vector_dtype, instruction=instruction,
+                      prompt_name=prompt_name, dim=dim, max_length=max_length, truncate=truncate,
+                      batch_tokens=batch_tokens, skip_bad=skip_bad)  # fmt: skip
+    checks = embedder or tokenizer_only(folder)
+    dim, max_length = checks.check_dim(dim), checks.max_length(max_length)
+    checks.batch_tokens(batch_tokens)
+    checks.tokenize([""], instruction, prompt_name, max_length)
+    records, skipped = read_all(source, text_field, id_field, skip_bad)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if embedder is None:
+        embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
+    prepared: Prepared = prepare(embedder, records, options, max_length)
+    with Progress(len(prepared.tokens), enabled=show_progress) as progress:
+        vectors = embed(embedder, prepared.tokens, dim, options, progress)
+    atomic_write(output, serialize_vectors(vectors, fmt))
+    ids_file = output.with_name(output.name.removesuffix(output.suffix) + ".ids.json")
+    if prepared.ids != list(range(len(prepared.ids))):
+        atomic_write(ids_file, json.dumps(prepared.ids).encode())
+    else:
+        ids_file.unlink(missing_ok=True)  # a stale one from an earlier run would mislabel the rows
+        ids_file = None
+    warn_cut(prepared.cut, max_length)
+    return {"rows": len(vectors), "dim": dim, "skipped": skipped + prepared.skipped, "cut": prepared.cut,
+            "ids_file": ids_file}  # fmt: skip
+
+
+def report(skipped: list[str]) -> None:
+    """Print the messages of skipped records on stderr, ten at most."""
+    if skipped:
+        shown = "\n  ".join(skipped[:10]) + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        print(f"skipped {len(skipped)} bad record(s):\n  {shown}", file=sys.stderr)
