@@ -9,6 +9,8 @@ background; the rest of its snippet runs once the server answers `/health`.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import shutil
@@ -23,12 +25,13 @@ from checkpoints import REPO, SHAPE_0_6B, make_reranker_checkpoint
 SNIPPET = re.compile(r"(?:<!-- not run: (?P<reason>[^>]*?) -->\n)?```(?P<language>python|bash)\n(?P<code>.*?)```", re.S)
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 # Input files the snippets name, written into the folder they run in.
+DOCUMENTS = ["The capital of China is Beijing.", "Gravity is a force.", "Paris is in France."]
+JSONL = "".join(json.dumps({"id": f"doc-{i}", "text": text}) + "\n" for i, text in enumerate(DOCUMENTS))
 FILES = {
-    "texts.txt": "What is the capital of China?\nExplain gravity\nThe capital of China is Beijing.\n",
-    "corpus.jsonl": "".join(
-        f'{{"id": "doc-{i}", "text": "{text}"}}\n'
-        for i, text in enumerate(["The capital of China is Beijing.", "Gravity is a force.", "Paris is in France."])
-    ),
+    "texts.txt": b"What is the capital of China?\nExplain gravity\nThe capital of China is Beijing.\n",
+    "corpus.jsonl": JSONL.encode(),
+    "data/part-1.jsonl": JSONL.encode(),
+    "data/more/part-2.jsonl.gz": gzip.compress(JSONL.encode()),
 }
 
 
@@ -49,8 +52,8 @@ def test_every_snippet_is_run_or_says_why_not():
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, build_checkpoint):
-    """A Hugging Face cache holding the default embedding and reranker ids (random weights of the 0.6B layer shapes
-    at reduced depth), and a folder to run snippets in."""
+    """The environment of a Hugging Face cache holding the default embedding and reranker ids (random weights of the
+    0.6B layer shapes at reduced depth), with the hub switched off."""
     cache = tmp_path_factory.mktemp("hub")
     reranker = tmp_path_factory.mktemp("reranker")
     make_reranker_checkpoint(reranker, SHAPE_0_6B, tied=True)
@@ -62,16 +65,13 @@ def hub(tmp_path_factory, build_checkpoint):
         shutil.copytree(folder, repo / "snapshots" / COMMIT)
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(COMMIT)
-    work = tmp_path_factory.mktemp("work")
-    for name, content in FILES.items():
-        (work / name).write_text(content, encoding="utf-8")
     env = {
         **os.environ,
         "HF_HUB_CACHE": str(cache),
         "HF_HUB_OFFLINE": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
-    return work, env
+    return env
 
 
 def shell_script(code: str) -> str:
@@ -96,9 +96,12 @@ def shell_script(code: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("language, code", snippets())
-def test_snippet_runs_as_pasted(hub, language, code):
-    work, env = hub
+def test_snippet_runs_as_pasted(hub, tmp_path, language, code):
+    """Each snippet runs in a folder of its own, holding the input files the snippets name."""
+    for name, content in FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
     command = [sys.executable, "-c", code] if language == "python" else ["bash", "-c", shell_script(code)]
-    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=tmp_path, env=hub, capture_output=True, text=True, timeout=300)
     report = f"exit {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     assert done.returncode == 0 and '"error"' not in done.stdout, report  # curl prints an HTTP error's body
