@@ -23,7 +23,6 @@ The PyTorch reference is `qwen3_embed.ops.varlen_attention_reference`.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -253,16 +252,33 @@ def _set_descriptor_blocks(nargs: dict) -> None:
         nargs[name].block_shape = [nargs["BLOCK_N"], nargs["HEAD_DIM"]]
 
 
-@functools.cache
-def _tuned(variant: str, settings: tuple[tuple[int, int, int, int], ...]):
+_TUNERS: dict[tuple, triton.runtime.Autotuner] = {}  # (variant, configs) -> the kernel under triton.autotune
+
+
+def _tuned(variant: str, settings: tuple[tuple[int, int, int, int], ...]) -> triton.runtime.Autotuner:
     """The kernel under triton.autotune over these configs (BLOCK_M, BLOCK_N, num_warps, num_stages) for a variant,
     keyed by head dim, tensor dtypes and the token-count bucket."""
-    tuned = []
-    hook = _set_descriptor_blocks if variant == "tma" else None
-    for block_m, block_n, warps, stages in settings:
-        flags = _flags(variant, _config(block_m, block_n, warps, stages))
-        tuned.append(triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, **flags}, warps, stages, pre_hook=hook))
-    return triton.autotune(tuned, key=["HEAD_DIM", "tokens_bucket"])(_attention_kernel)
+    if (variant, settings) not in _TUNERS:
+        tuned = []
+        hook = _set_descriptor_blocks if variant == "tma" else None
+        for block_m, block_n, warps, stages in settings:
+            flags = _flags(variant, _config(block_m, block_n, warps, stages))
+            tuned.append(triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, **flags}, warps, stages, pre_hook=hook))
+        _TUNERS[variant, settings] = triton.autotune(tuned, key=["HEAD_DIM", "tokens_bucket"])(_attention_kernel)
+    return _TUNERS[variant, settings]
+
+
+def autotune_choices() -> list[dict]:
+    """The configs autotune has chosen in this process (variant, head dim, token bucket, dtypes, config); a tuner
+    with a single config chooses nothing and reports that config for every key."""
+    choices = []
+    for (variant, _), tuner in _TUNERS.items():
+        chosen = tuner.cache.items() if len(tuner.configs) > 1 else [(("any", "any"), tuner.configs[0])]
+        for key, config in chosen:
+            launch = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+            choices.append({"variant": variant, "head_dim": key[0], "tokens_bucket": key[1], "dtypes": list(key[2:]),
+                            "candidates": len(tuner.configs), **launch})  # fmt: skip
+    return choices
 
 
 def chosen_config(q: torch.Tensor, k: torch.Tensor, variant: str | None = None) -> dict | None:
