@@ -64,7 +64,7 @@ def _attend(acc, m_i, l_i, q, K, V, K_DESC, V_DESC, kv_head, seq_start, lo, hi, 
         if MASKED:
             s = tl.where(token[:, None] >= pos[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2)
-        p = tl.exp2(s * scale_log2 - m_new[:, None])  # one FMA, in log2 units
+        p = tl.exp2(tl.fma(s, scale_log2, -m_new[:, None]))  # one FMA (whatever the fp-fusion default), log2 units
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
