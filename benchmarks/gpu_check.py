@@ -195,7 +195,7 @@ def systems(device: str, graphs: bool):
     def sentence_transformers(folder, dtype):
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(folder), device=device, model_kwargs={"dtype": dtype})
+        model = SentenceTransformer(str(folder), device=device, model_kwargs={"dtype": dtype}).to(dtype)  # any version
         return lambda texts: model.encode(texts, convert_to_tensor=True)
 
     yield "qwen3-embed", ours

@@ -15,8 +15,8 @@ in the batch's attention plan, shared by every layer). Rows past the blocks are 
 Launch settings: `configs(head_dim, group, dtype, capability)` lists what `triton.autotune` may choose on each
 architecture (one config under Triton's interpreter); float32 has none on CUDA (its ieee dots spill on every
 architecture and do not fit sm_80/sm_89 shared memory), so `ops` sends float32 to the PyTorch reference there.
-Speed variants the GPU run times against each other (`VARIANTS`): 32-key tiles on the diagonal, and K/V tiles
-through tensor descriptors (TMA, sm_90 and newer).
+Speed variants for the GPU run to time against the default (`VARIANTS`, on sm_90): 32-key tiles on the diagonal,
+and K/V tiles through tensor descriptors (TMA). `launches` lists every compiled form for `qwen3_embed.kernels.aot`.
 
 The PyTorch reference is `qwen3_embed.ops.varlen_attention_reference`.
 """
@@ -178,8 +178,8 @@ def configs(head_dim: int, group: int, dtype: torch.dtype, capability: tuple[int
 
 
 def variants(capability: tuple[int, int] | None, head_dim: int, dtype: torch.dtype) -> list[str]:
-    """The variants that run on a GPU of `capability` at this head dim and dtype. The others than the default are
-    experiments for the GPU run to time: they run where it times them, sm_90 (H100/H200) in bf16 at Qwen3's head
+    """The variants that run on a GPU of `capability` at this head dim and dtype. Those other than the default are
+    experiments for the GPU run to time, so they run where it times them, sm_90 (H100/H200) in bf16 at Qwen3's head
     dim, 128, and anywhere under Triton's interpreter, which checks their results (TMA needs Triton 3.4+)."""
     if capability is not None and (capability[0] != 9 or head_dim != 128 or dtype != torch.bfloat16):
         return [DEFAULT_VARIANT]

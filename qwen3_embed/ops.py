@@ -3,6 +3,8 @@
 Each op runs a Triton kernel from `qwen3_embed.kernels` on CUDA tensors when Triton is installed, and its PyTorch
 reference everywhere else. `QWEN3_EMBED_BACKEND=torch|triton` (or the `backend` argument, for tests and
 benchmarks) forces one; the Triton backend runs on CPU tensors only under Triton's interpreter (`TRITON_INTERPRET=1`).
+Attention takes an `AttentionPlan`: the batch's sequence layout, checked once per batch, with whatever a backend
+derives from it once (the kernel's work table) kept for every layer.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The compile gate: every launch the kernel wrappers can make, compiled ahead of time on this CPU for each NVIDIA
 architecture the installed Triton targets (sm_80, sm_86, sm_89, sm_90 and newer), must compile, fit the
-architecture's shared memory and not spill. About a minute on 2 cores with a cold Triton cache."""
+architecture's shared memory and not spill. About 70 s of CPU in a pool of 2 processes with a cold Triton cache
+(marked slow: CI runs it, `-m "not slow"` leaves it out)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import pytest
 
 from checkpoints import REPO
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
