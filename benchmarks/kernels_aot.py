@@ -64,8 +64,8 @@ def main() -> None:
         f"with a cold cache in {seconds:.0f} s ({cpu:.0f} s of CPU in 2 processes; the machine is shared, so the "
         "wall time varies with its load). Attention config: BLOCK_M/BLOCK_N/warps/stages; RMSNorm: block width, "
         "warps. Shared memory in KB against the architecture's opt-in limit; registers and spilled bytes per thread "
-        "(cuobjdump); values per dtype; wgmma waits: the pending-group counts of every wgmma wait (0: no overlap of QK^T, softmax "
-        "and PV). GQA groups 1 to 8 share one binary (the group is a runtime argument)."
+        "(cuobjdump); values per dtype; wgmma waits: the pending-group counts of every wgmma wait (0: no overlap "
+        "of QK^T, softmax and PV). GQA groups 1 to 8 share one binary (the group is a runtime argument)."
         + (f" FAILED to compile: {len(failed)}" if failed else ""),
         ["arch", "op", "head dim / width", "variant", "config", "dtype", "shared KB", "registers", "spill B", "MMA",
          "loads", "wgmma waits"],
