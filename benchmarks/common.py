@@ -127,15 +127,15 @@ def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 4096, repeat
     return 2 * n**3 / best / 1e9
 
 
-def bench_seconds(fn, device: str) -> float:
-    """Seconds per call of fn: the median of CUDA-event timings on a GPU, the best of a few calls elsewhere."""
+def bench_seconds(fn, device: str, repeats: int = 3) -> float:
+    """Seconds per call of fn: the median of CUDA-event timings on a GPU, the best of `repeats` calls elsewhere."""
     if str(device).startswith("cuda"):
         import triton.testing
 
         return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
     fn()
     best = math.inf
-    for _ in range(3):
+    for _ in range(repeats):
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)

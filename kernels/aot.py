@@ -133,7 +133,12 @@ def compile_all(items: list[tuple[Launch, int]], processes: int = 2) -> list[dic
     """compile_launch over (launch, arch) pairs in a pool of forked processes (the slowest first), in input order."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("compile ahead of time without TRITON_INTERPRET=1 (run `python -m qwen3_embed.kernels.aot`)")
-    order = sorted(range(len(items)), key=lambda i: -items[i][0].labels.get("cost", 0))
+
+    def cost(i: int) -> int:  # the biggest tiles compile longest: start them first
+        c = items[i][0].constexprs
+        return c.get("BLOCK_M", 0) * c.get("BLOCK_N", 0) * c.get("HEAD_DIM", 0)
+
+    order = sorted(range(len(items)), key=lambda i: -cost(i))
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         done = pool.map(_compile, [items[i] for i in order], chunksize=1)
     results = [None] * len(items)

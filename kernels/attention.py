@@ -410,7 +410,6 @@ def _launch_spec(dtype: torch.dtype, head_dim: int, config: dict, variant: str):
     if not flags["TMA"]:
         constexprs.update(K_DESC=None, V_DESC=None)
     labels = {"op": "attention", "dtype": t, "head_dim": head_dim, "variant": variant, "BLOCK_M": config["BLOCK_M"],
-              "BLOCK_N": config["BLOCK_N"], "DIAG_N": flags["DIAG_N"],
-              "cost": config["BLOCK_M"] * config["BLOCK_N"] * head_dim}  # fmt: skip
+              "BLOCK_N": config["BLOCK_N"], "DIAG_N": flags["DIAG_N"]}  # fmt: skip
     return Launch(__name__, "_attention_kernel", signature, constexprs, ("Q", "K", "V", "O", "WORK", *_STRIDES),
                   config["num_warps"], config["num_stages"], labels)  # fmt: skip

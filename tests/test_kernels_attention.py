@@ -71,8 +71,10 @@ def test_sequence_lengths(poisoned, dtype, lengths):
     check(lengths, hq=4, hkv=2, d=64, dtype=dtype)
 
 
-@pytest.mark.parametrize("group, dtype", [(1, torch.float32), (4, torch.float16)])
-@pytest.mark.parametrize("variant", ["diag32", "tma"])
+@pytest.mark.parametrize(
+    "variant, group, dtype",
+    [("diag32", 4, torch.float16), ("tma", 1, torch.float32)],  # 32 tokens a block: split diagonal; 128: TMA tiles
+)
 def test_variants(poisoned, variant, group, dtype):
     """The speed variants against the same float64 reference: 32-key diagonal tiles, and K/V tiles through tensor
     descriptors (Triton's interpreter runs them; on a GPU the compile gate checks their code for sm_90)."""
