@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-# Opt-in shared memory per block (bytes): A100; RTX 30/A40/L4/L40/RTX 40; H100/H200; B200; RTX 50.
+# Opt-in shared memory per block (bytes): A100; A10/A40/RTX 30; L4/L40/RTX 40; H100/H200; B200; RTX 50.
 SHARED_MEMORY = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448, 100: 232_448, 120: 101_376}
 KERNEL_MODULES = ("qwen3_embed.kernels.attention", "qwen3_embed.kernels.rmsnorm")
 

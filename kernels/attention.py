@@ -359,7 +359,8 @@ def varlen_attention(
         raise ValueError(f"attention variant {variant!r} is not one of {', '.join(VARIANTS)}")
     if variant not in variants(capability, d, q.dtype):
         raise ValueError(f"attention variant {variant!r} does not run here; {variants(capability, d, q.dtype)} do")
-    if variant == "tma" and (k.stride(1) != d or v.stride(1) != d or (k.stride(0) * k.element_size()) % 16):
+    if variant == "tma" and any(x.stride(1) != d or (x.stride(0) * x.element_size()) % 16 or x.data_ptr() % 16
+                                for x in (k, v)):  # fmt: skip
         raise ValueError("the tma variant needs k and v with contiguous heads and 16-byte aligned rows")
     per_block = tokens_per_block(d, hq // hkv, q.dtype, capability)
     if work is None:

@@ -154,10 +154,10 @@ def varlen_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float
 ) -> torch.Tensor:
     """SDPA's fused causal attention, one sequence at a time (host offsets `bounds`): memory stays linear in the
-    sequence length. On CUDA the key/value heads are repeated for each sequence, so SDPA can pick its flash or
-    memory-efficient kernel (float32 included) rather than the quadratic math one."""
+    sequence length. For float32 on CUDA the key/value heads are repeated for each sequence: SDPA's kernel for
+    float32 (memory-efficient) takes no GQA, and the math one it would fall back to is quadratic in memory."""
     out = torch.empty_like(q)
-    repeat = q.shape[1] // k.shape[1] if q.is_cuda else 1
+    repeat = q.shape[1] // k.shape[1] if q.is_cuda and q.dtype == torch.float32 else 1
     for start, end in zip(bounds[:-1], bounds[1:]):
         qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, L, D]
         if repeat > 1:
