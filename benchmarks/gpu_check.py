@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from throughput import timed
 
 from common import (
     ROOT,
@@ -40,7 +41,6 @@ from common import (
     matmul_gflops,
     model_flops,
     parameters,
-    sync,
     texts_of_token_lengths,
     write_checkpoint,
 )
@@ -168,14 +168,6 @@ def free(device: str) -> None:
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-
-
-def timed(fn, device: str):
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - start
 
 
 def systems(device: str, graphs: bool):
