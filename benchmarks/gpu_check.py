@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -191,9 +192,9 @@ def systems(device: str, graphs: bool):
         return lambda texts: model.encode(texts, convert_to_tensor=True)
 
     yield "qwen3-embed", ours
-    if graphs:
-        yield "qwen3-embed, CUDA graphs", ours_graphs
     yield "sentence-transformers", sentence_transformers
+    if graphs:  # last: a capture that fails can leave the device unusable for what follows
+        yield "qwen3-embed, CUDA graphs", ours_graphs
 
 
 def end_to_end(args, shape_name: str, config: Qwen3Config, tokenizer_dir: Path, device: str, dtype, peak: float,
@@ -214,20 +215,23 @@ def end_to_end(args, shape_name: str, config: Qwen3Config, tokenizer_dir: Path, 
     ours = {}
     for system, load in systems(device, graphs=device == "cuda" and shape_name == "0.6B"):
         free(device)
-        encode = load(folder, dtype)
-        for corpus, (texts, lengths) in corpora.items():
-            encode(texts if device == "cuda" and system.startswith("qwen3-embed") else texts[:2])  # warm-up
-            vectors, seconds = timed(functools.partial(encode, texts), device)
-            memory = torch.cuda.max_memory_allocated() if device == "cuda" else 0
-            ours.setdefault(corpus, vectors)
-            cosine = torch.nn.functional.cosine_similarity(vectors.float(), ours[corpus].float(), dim=-1).min().item()
-            tokens, flops = sum(lengths), model_flops(config, lengths)
-            run = {"shape": shape_name, "layers": config.num_hidden_layers, "corpus": corpus, "system": system,
-                   "texts": len(texts), "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                   "mfu": flops / seconds / 1e9 / peak, "peak_memory_gib": memory / 2**30,
-                   "min_cosine_vs_qwen3_embed": cosine}  # fmt: skip
-            report.add_run(run)
-        del encode
+        try:
+            encode = load(folder, dtype)
+            for corpus, (texts, lengths) in corpora.items():
+                encode(texts if device == "cuda" and system.startswith("qwen3-embed") else texts[:2])  # warm-up
+                vectors, seconds = timed(functools.partial(encode, texts), device)
+                memory = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+                ours.setdefault(corpus, vectors)
+                cosine = torch.nn.functional.cosine_similarity(vectors.float(), ours[corpus].float(), dim=-1).min()
+                tokens, flops = sum(lengths), model_flops(config, lengths)
+                run = {"shape": shape_name, "layers": config.num_hidden_layers, "corpus": corpus, "system": system,
+                       "texts": len(texts), "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                       "mfu": flops / seconds / 1e9 / peak, "peak_memory_gib": memory / 2**30,
+                       "min_cosine_vs_qwen3_embed": cosine.item()}  # fmt: skip
+                report.add_run(run)
+        except Exception:  # noqa: BLE001 - one system failing must not cost the others' figures
+            report.fail(f"end to end {shape_name} {system}", traceback.format_exc())
+        encode = None
     free(device)
     report.add("autotune", autotune_choices())
 
@@ -269,6 +273,15 @@ class Report:
             self.tables[section] = table
         self.write()
 
+    def fail(self, what: str, error: str) -> None:
+        """Record a failure and go on: the run's time is too scarce to stop at the first one."""
+        print(f"  FAILED {what}:\n{error}", flush=True)
+        self.data.setdefault("failures", {})[what] = error
+        self.tables["failures"] = markdown_table(
+            "Failures (tracebacks in the JSON)", ["what", "error"],
+            [f"| {w} | {e.strip().splitlines()[-1][:300]} |" for w, e in self.data["failures"].items()])  # fmt: skip
+        self.write()
+
     def add_run(self, run: dict) -> None:
         self.data["end_to_end"].append(run)
         print(f"  {run['shape']} {run['corpus']} {run['system']}: {run['tokens_per_s']:.0f} tokens/s, "
@@ -305,6 +318,7 @@ def targets(report: Report) -> tuple[list[dict], str]:
     attention = sections.get("attention", {}).get("runs", [])
     variants = lambda r: [v for v in r["tflops"] if "SDPA" not in v]  # noqa: E731
     measured = {}
+    attention = [r for r in attention if variants(r)]  # a run whose variants all failed measured nothing
     long = [max(r["tflops"][v] for v in variants(r)) for r in attention if r["case"].startswith("long 2 x 8k")]
     if long:
         measured["attention, 2 x 8k tokens, bf16, d=128: TFLOP/s"] = max(long)
@@ -416,21 +430,30 @@ def main() -> None:
     card = torch.cuda.get_device_name().replace(" ", "_") if device == "cuda" else "smoke"
     report = Report(args.out, f"gpu-{card}", args.smoke)
     report.add("environment", environment(device))
-    print("kernel checks", flush=True)
-    checks = check_kernels(device, dtype, args.smoke)
-    failed = [c["check"] for c in checks if not c["ok"]]
-    report.add("kernel checks", checks, markdown_table(
-        f"Kernel checks ({dtype} against float32; opcheck of the custom ops): {len(checks) - len(failed)} of "
-        f"{len(checks)} passed" + (f"; FAILED: {failed}" if failed else ""), ["check", "ok"],
-        [f"| {c['check']} | {'ok' if c['ok'] else 'FAIL'} |" for c in checks]))  # fmt: skip
-    for name, module in (("attention", kernels_attention), ("rmsnorm", kernels_rmsnorm)):
+
+    def section(name: str, run) -> None:
         print(name, flush=True)
-        results, table = module.benchmark(device, dtype, args.smoke)
-        report.add(name, results, table)
+        try:
+            run()
+        except Exception:  # noqa: BLE001 - a failed section is a result; the next sections still run
+            report.fail(name, traceback.format_exc())
+
+    def kernel_checks():
+        checks = check_kernels(device, dtype, args.smoke)
+        failed = [c["check"] for c in checks if not c["ok"]]
+        report.add("kernel checks", checks, markdown_table(
+            f"Kernel checks ({dtype} against float32; opcheck of the custom ops): {len(checks) - len(failed)} of "
+            f"{len(checks)} passed" + (f"; FAILED: {failed}" if failed else ""), ["check", "ok"],
+            [f"| {c['check']} | {'ok' if c['ok'] else 'FAIL'} |" for c in checks]))  # fmt: skip
+        if failed:
+            report.fail("kernel checks", f"failed: {failed}")
+
+    section("kernel checks", kernel_checks)
+    for name, module in (("attention", kernels_attention), ("rmsnorm", kernels_rmsnorm)):
+        section(name, lambda module=module, name=name: report.add(name, *module.benchmark(device, dtype, args.smoke)))
     peak = matmul_gflops(dtype, device, n=512 if args.smoke else 8192)
     report.add("matmul peak GFLOP/s", peak)
     for shape, layers in (("0.6B", None), ("8B", args.layers_8b)):
-        print(f"end to end {shape}", flush=True)
         config = Qwen3Config.preset(shape)
         if args.smoke:  # tiny layers; the real vocabulary when the real tokenizer is there (its ids reach 151k)
             vocab = config.vocab_size if real_tokenizer else 512
@@ -438,12 +461,12 @@ def main() -> None:
                              num_key_value_heads=2, head_dim=16, vocab_size=vocab)  # fmt: skip
         elif layers:
             config = replace(config, num_hidden_layers=layers)
-        end_to_end(args, shape, config, tokenizer_dir, device, dtype, peak, report)
-    results, table = targets(report)
-    report.add("targets", results, table)
+        section(f"end to end {shape}", functools.partial(end_to_end, args, shape, config, tokenizer_dir, device, dtype,
+                                                         peak, report))  # fmt: skip
+    report.add("targets", *targets(report))
     print("\n" + report.md.read_text())
-    if failed:
-        sys.exit(f"kernel checks failed: {failed}")
+    if report.data.get("failures"):
+        sys.exit(f"failed: {list(report.data['failures'])}")
 
 
 if __name__ == "__main__":

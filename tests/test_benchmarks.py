@@ -38,6 +38,7 @@ def test_gpu_check_smoke(tmp_path):
     run_gpu_check(str(out), "--smoke", "--tokenizer", str(tokenizer), "--checkpoints", str(tmp_path / "checkpoints"))
     assert sorted(p.name for p in out.iterdir()) == ["gpu-smoke.json", "gpu-smoke.md"]  # flat, rewritten per section
     results = json.loads((out / "gpu-smoke.json").read_text())
+    assert "failures" not in results
     sections = results["sections"]
     assert list(results["finished_at_s"]) == ["environment", "kernel checks", "attention", "rmsnorm",
                                               "matmul peak GFLOP/s", "end to end", "autotune", "targets"]  # fmt: skip
