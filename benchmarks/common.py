@@ -96,14 +96,20 @@ def log_uniform_lengths(n: int, low: int, high: int, seed: int = 0) -> list[int]
     return [round(math.exp(rng.uniform(math.log(low), math.log(high)))) for _ in range(n)]
 
 
-def model_flops(config: Qwen3Config, lengths: list[int]) -> float:
-    """2 x non-embedding parameters per token, plus causal attention (QK^T and PV over the lower triangle)."""
+def parameters(config: Qwen3Config, embeddings: bool = True) -> int:
+    """The model's parameters (with the embedding table, and a separate output head when untied)."""
     h, d, layers = config.hidden_size, config.head_dim, config.num_hidden_layers
     q, kv, inter = config.num_attention_heads * d, config.num_key_value_heads * d, config.intermediate_size
     per_layer = h * q + 2 * h * kv + q * h + 3 * h * inter + 2 * h + 2 * d
-    params = layers * per_layer + h
+    tables = config.vocab_size * h * (1 if config.tie_word_embeddings else 2)
+    return layers * per_layer + h + (tables if embeddings else 0)
+
+
+def model_flops(config: Qwen3Config, lengths: list[int]) -> float:
+    """2 x non-embedding parameters per token, plus causal attention (QK^T and PV over the lower triangle)."""
+    d, layers = config.head_dim, config.num_hidden_layers
     attention = sum(layers * config.num_attention_heads * 2 * n * n * d for n in lengths)
-    return 2 * params * sum(lengths) + attention
+    return 2 * parameters(config, embeddings=False) * sum(lengths) + attention
 
 
 def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 4096, repeats: int = 5) -> float:
@@ -121,15 +127,15 @@ def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 4096, repeat
     return 2 * n**3 / best / 1e9
 
 
-def bench_seconds(fn, device: str) -> float:
-    """Seconds per call of fn: the median of CUDA-event timings on a GPU, the best of a few calls elsewhere."""
+def bench_seconds(fn, device: str, repeats: int = 3) -> float:
+    """Seconds per call of fn: the median of CUDA-event timings on a GPU, the best of `repeats` calls elsewhere."""
     if str(device).startswith("cuda"):
         import triton.testing
 
         return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
     fn()
     best = math.inf
-    for _ in range(3):
+    for _ in range(repeats):
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)

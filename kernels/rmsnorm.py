@@ -1,13 +1,13 @@
 """Fused RMSNorm in Triton: plain rows, with the residual add of a decoder layer, and per head with RoPE.
 
-One kernel serves the three uses. Each program normalizes `ROWS` rows of width `n` (one wide hidden-state row,
+Two kernels serve the three uses. Each program normalizes `ROWS` rows of width `n` (one wide hidden-state row,
 or several 128-wide head rows) in the reference order: statistics in float32, normalize, cast to the input
 dtype, then multiply by the weight (rounded to the input dtype, as PyTorch's 16-bit multiply). With a residual,
 it first forms `x + residual` rounded to the input dtype, writes it as the new residual and normalizes it, so a
 layer reads its hidden state once. With RoPE (per-head norm only), the normalized row is rotated by its token's
 angles, `[x1*cos - x2*sin, x2*cos + x1*sin]` with each product rounded as PyTorch rounds it.
 
-The PyTorch references are `qwen3_embed.ops.rms_norm` and `qwen3_embed.ops.rms_norm_rope`.
+The PyTorch references are `qwen3_embed.ops.rms_norm` and `qwen3_embed.ops.qk_norm_rope`.
 """
 
 from __future__ import annotations
@@ -19,64 +19,87 @@ import triton.language as tl
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])
 def _rms_norm_kernel(
     X,  # [rows, n] input
     R,  # [rows, n] residual to add first (HAS_RESIDUAL)
     Y,  # [rows, n] output
     R_OUT,  # [rows, n] x + residual (HAS_RESIDUAL)
     W,  # [n] weight
-    COS,  # [rows // heads, n // 2] RoPE angles per token (HAS_ROPE)
-    SIN,
     rows,
     n,
-    heads,  # rows per token, to find a head row's token (HAS_ROPE)
     stride_x,
     stride_r,
     stride_y,
     stride_ro,
-    stride_rope,
     eps,
     HAS_RESIDUAL: tl.constexpr,
-    HAS_ROPE: tl.constexpr,
     ROWS: tl.constexpr,
-    BLOCK: tl.constexpr,  # >= n, or >= n // 2 with RoPE (each half is one block)
+    BLOCK: tl.constexpr,  # >= n
 ):
     dtype = Y.dtype.element_ty
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
     col = tl.arange(0, BLOCK)[None, :]  # [1, BLOCK]
-    row_ok = row < rows
-    if HAS_ROPE:
-        half = n // 2
-        mask = row_ok & (col < half)
-        x1 = tl.load(X + row * stride_x + col, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(X + row * stride_x + half + col, mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / n + eps)[:, None]
-        w1 = tl.load(W + col, mask=col < half, other=0.0).to(tl.float32)
-        w2 = tl.load(W + half + col, mask=col < half, other=0.0).to(tl.float32)
-        y1 = ((x1 * rstd).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
-        y2 = ((x2 * rstd).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
-        token = row // heads
-        cos = tl.load(COS + token * stride_rope + col, mask=mask, other=0.0).to(tl.float32)
-        sin = tl.load(SIN + token * stride_rope + col, mask=mask, other=0.0).to(tl.float32)
-        a1 = (y1 * cos).to(dtype).to(tl.float32)
-        b1 = (y2 * sin).to(dtype).to(tl.float32)
-        a2 = (y2 * cos).to(dtype).to(tl.float32)
-        b2 = (y1 * sin).to(dtype).to(tl.float32)
-        tl.store(Y + row * stride_y + col, (a1 - b1).to(dtype), mask=mask)
-        tl.store(Y + row * stride_y + half + col, (a2 + b2).to(dtype), mask=mask)
+    mask = (row < rows) & (col < n)
+    x = tl.load(X + row * stride_x + col, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(R + row * stride_r + col, mask=mask, other=0.0).to(tl.float32)
+        x = (x + r).to(dtype)
+        tl.store(R_OUT + row * stride_ro + col, x, mask=mask)
+        x = x.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n + eps)[:, None]
+    w = tl.load(W + col, mask=col < n, other=0.0).to(tl.float32)
+    y = (x * rstd).to(dtype).to(tl.float32) * w
+    tl.store(Y + row * stride_y + col, y.to(dtype), mask=mask)
+
+
+@triton.jit
+def _norm_rope_rows(X, W, Y, COS, SIN, block, rows, heads, n, stride_x, stride_y, stride_rope, eps,
+                    ROWS: tl.constexpr, HALF: tl.constexpr):  # fmt: skip
+    """Norm then rotate ROWS head rows [rows, n] of x (row r is token r // heads) from the block-th on."""
+    dtype = Y.dtype.element_ty
+    row = block.to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
+    col = tl.arange(0, HALF)[None, :]  # [1, HALF]
+    half = n // 2
+    mask = (row < rows) & (col < half)
+    x1 = tl.load(X + row * stride_x + col, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(X + row * stride_x + half + col, mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / n + eps)[:, None]
+    w1 = tl.load(W + col, mask=col < half, other=0.0).to(tl.float32)
+    w2 = tl.load(W + half + col, mask=col < half, other=0.0).to(tl.float32)
+    y1 = ((x1 * rstd).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
+    y2 = ((x2 * rstd).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
+    token = row // heads
+    cos = tl.load(COS + token * stride_rope + col, mask=mask, other=0.0).to(tl.float32)
+    sin = tl.load(SIN + token * stride_rope + col, mask=mask, other=0.0).to(tl.float32)
+    a1 = (y1 * cos).to(dtype).to(tl.float32)
+    b1 = (y2 * sin).to(dtype).to(tl.float32)
+    a2 = (y2 * cos).to(dtype).to(tl.float32)
+    b2 = (y1 * sin).to(dtype).to(tl.float32)
+    tl.store(Y + row * stride_y + col, (a1 - b1).to(dtype), mask=mask)
+    tl.store(Y + row * stride_y + half + col, (a2 + b2).to(dtype), mask=mask)
+
+
+@triton.jit(do_not_specialize=["tokens"])
+def _qk_norm_rope_kernel(
+    Q, K,  # [tokens * q_heads, n] and [tokens * k_heads, n] head rows
+    QW, KW,  # [n] weights
+    QY, KY,  # outputs, as q and k
+    COS, SIN,  # [tokens, n // 2] RoPE angles per token
+    tokens, q_heads, k_heads, n,
+    stride_q, stride_k, stride_qy, stride_ky, stride_rope,
+    eps,
+    ROWS: tl.constexpr,  # head rows per program
+    HALF: tl.constexpr,  # >= n // 2 (each half of a head is one block)
+):  # fmt: skip
+    block = tl.program_id(0)
+    q_blocks = tl.cdiv(tokens * q_heads, ROWS)
+    if block < q_blocks:
+        _norm_rope_rows(Q, QW, QY, COS, SIN, block, tokens * q_heads, q_heads, n, stride_q, stride_qy, stride_rope, eps,
+                        ROWS, HALF)  # fmt: skip
     else:
-        mask = row_ok & (col < n)
-        x = tl.load(X + row * stride_x + col, mask=mask, other=0.0).to(tl.float32)
-        if HAS_RESIDUAL:
-            r = tl.load(R + row * stride_r + col, mask=mask, other=0.0).to(tl.float32)
-            x = (x + r).to(dtype)
-            tl.store(R_OUT + row * stride_ro + col, x, mask=mask)
-            x = x.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n + eps)[:, None]
-        w = tl.load(W + col, mask=col < n, other=0.0).to(tl.float32)
-        y = (x * rstd).to(dtype).to(tl.float32) * w
-        tl.store(Y + row * stride_y + col, y.to(dtype), mask=mask)
+        _norm_rope_rows(K, KW, KY, COS, SIN, block - q_blocks, tokens * k_heads, k_heads, n, stride_k, stride_ky,
+                        stride_rope, eps, ROWS, HALF)  # fmt: skip
 
 
 def _rows(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
@@ -100,68 +123,155 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(f"weight has shape {list(weight.shape)}, expected [{x.shape[-1]}]")
 
 
-def _launch(x2, y2, weight, eps, block, residual=None, residual_out=None, cos=None, sin=None, heads=1) -> None:
-    """Run the kernel over the rows of x2 [rows, n]; unused pointers are given x2 and never read."""
-    rows, n = x2.shape
-    if rows == 0:
-        return
-    has_residual, has_rope = residual is not None, cos is not None
-    if not has_residual:
-        residual = residual_out = x2
-    if not has_rope:
-        cos = sin = x2
-    rows_per_program = max(1, min(16, 4096 // block))
-    _rms_norm_kernel[(triton.cdiv(rows, rows_per_program),)](
-        x2, residual, y2, residual_out, weight, cos, sin, rows, n, heads,
-        x2.stride(0), residual.stride(0), y2.stride(0), residual_out.stride(0), cos.stride(0), float(eps),
-        HAS_RESIDUAL=has_residual, HAS_ROPE=has_rope, ROWS=rows_per_program, BLOCK=block,
-        num_warps=4 if block * rows_per_program <= 2048 else 8,
-    )  # fmt: skip
+def _row_settings(block: int) -> tuple[int, int]:
+    """Rows per program and warps for rows of `block` columns: several narrow rows per program, 8 warps for wide."""
+    rows = max(1, min(16, 4096 // block))
+    return rows, 4 if block * rows <= 2048 else 8
+
+
+@torch.library.triton_op("qwen3_embed::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _norm_rows(x, None, weight, eps)[0]
+
+
+@torch.library.triton_op("qwen3_embed::rms_norm_residual", mutates_args=())
+def _rms_norm_residual_op(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _norm_rows(x, residual, weight, eps)
+
+
+def _norm_rows(x, residual, weight, eps):
+    n = x.shape[-1]
+    x2 = x.view(-1, n)
+    y = torch.empty_like(x)
+    new_residual = torch.empty_like(x) if residual is not None else y
+    rows = x2.shape[0]
+    if rows:
+        y2 = y.view(-1, n)
+        r2, ro2 = (residual.view(-1, n), new_residual.view(-1, n)) if residual is not None else (x2, x2)
+        block = triton.next_power_of_2(n)
+        per_program, warps = _row_settings(block)
+        torch.library.wrap_triton(_rms_norm_kernel)[(triton.cdiv(rows, per_program),)](
+            x2, r2, y2, ro2, weight, rows, n, x2.stride(0), r2.stride(0), y2.stride(0), ro2.stride(0), float(eps),
+            HAS_RESIDUAL=residual is not None, ROWS=per_program, BLOCK=block, num_warps=warps,
+        )  # fmt: skip
+    return y, new_residual
+
+
+@torch.library.triton_op("qwen3_embed::qk_norm_rope", mutates_args=())
+def _qk_norm_rope_op(
+    q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
+    cos: torch.Tensor, sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    t, hq, d = q.shape
+    hk = k.shape[1]
+    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
+    if t:
+        half = triton.next_power_of_2(d // 2)
+        per_program, warps = _row_settings(half)
+        grid = (triton.cdiv(t * hq, per_program) + triton.cdiv(t * hk, per_program),)
+        torch.library.wrap_triton(_qk_norm_rope_kernel)[grid](
+            q, k, q_weight, k_weight, q_out, k_out, cos, sin, t, hq, hk, d,
+            d, d, d, d, cos.stride(0), float(eps),  # q, k and the outputs are contiguous
+            ROWS=per_program, HALF=half, num_warps=warps,
+        )  # fmt: skip
+    return q_out, k_out
 
 
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm over the last dim of x [..., n]; with `residual`, returns (norm(x + residual), x + residual)."""
+    """RMSNorm over the last dim of x [..., n]; with `residual`, returns (norm(x + residual), x + residual).
+    Runs `torch.ops.qwen3_embed.rms_norm` (or `rms_norm_residual`)."""
     _check(x, weight)
     n = x.shape[-1]
-    x2 = _rows(x, "x", n)
-    y = torch.empty_like(x)
-    y2 = y.view(-1, n)
+    x = _rows(x, "x", n).view(x.shape)
     if residual is None:
-        _launch(x2, y2, weight, eps, triton.next_power_of_2(n))
-        return y
+        return torch.ops.qwen3_embed.rms_norm(x, weight, eps)
     if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
         raise ValueError(
             f"residual is {residual.dtype} {list(residual.shape)} on {residual.device}, "
             f"x is {x.dtype} {list(x.shape)} on {x.device}: they must match"
         )
-    new_residual = torch.empty_like(x)
-    _launch(x2, y2, weight, eps, triton.next_power_of_2(n), _rows(residual, "residual", n), new_residual.view(-1, n))
-    return y, new_residual
+    _rows(residual, "residual", n)
+    return torch.ops.qwen3_embed.rms_norm_residual(x, residual, weight, eps)
 
 
-def rms_norm_rope(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor
-) -> torch.Tensor:
-    """Per-head RMSNorm then RoPE: x [T, H, D], weight [D], cos and sin [T, D/2] -> [T, H, D]."""
-    _check(x, weight)
-    if x.dim() != 3:
-        raise ValueError(f"x must be [tokens, heads, head_dim], got shape {list(x.shape)}")
-    t, heads, d = x.shape
+def qk_norm_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head RMSNorm then RoPE of q [T, Hq, D] and k [T, Hkv, D] in one launch, weights [D], cos and sin
+    [T, D/2] -> (q, k). Runs `torch.ops.qwen3_embed.qk_norm_rope`."""
+    for name, x, weight in (("q", q, q_weight), ("k", k, k_weight)):
+        _check(x, weight)
+        if x.dim() != 3:
+            raise ValueError(f"{name} must be [tokens, heads, head_dim], got shape {list(x.shape)}")
+        if not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (the kernel reads it as rows of head_dim values)")
+    t, _, d = q.shape
+    if k.shape[0] != t or k.shape[2] != d or k.dtype != q.dtype or k.device != q.device:
+        raise ValueError(f"k is {k.dtype} {list(k.shape)} on {k.device}; q is {q.dtype} {list(q.shape)} on {q.device}")
     if d % 2:
         raise ValueError(f"head_dim={d} must be even for RoPE")
     for name, table in (("cos", cos), ("sin", sin)):
-        if table.shape != (t, d // 2) or table.dtype != x.dtype or table.device != x.device:
+        if table.shape != (t, d // 2) or table.dtype != q.dtype or table.device != q.device:
             raise ValueError(
-                f"{name} is {table.dtype} {list(table.shape)} on {table.device}; expected {x.dtype} [{t}, {d // 2}] "
-                f"on {x.device}"
+                f"{name} is {table.dtype} {list(table.shape)} on {table.device}; expected {q.dtype} [{t}, {d // 2}] "
+                f"on {q.device}"
             )
         if table.stride(-1) != 1 or cos.stride(0) != sin.stride(0):
             raise ValueError("cos and sin must have a contiguous last dimension and the same row stride")
-    x2 = _rows(x, "x", d)
-    if t and x2.stride(0) * heads != x.stride(0):
-        raise ValueError("x's heads of one token must be consecutive rows")
-    y = torch.empty_like(x)
-    _launch(x2, y.view(-1, d), weight, eps, triton.next_power_of_2(d // 2), cos=cos, sin=sin, heads=heads)
-    return y
+    return torch.ops.qwen3_embed.qk_norm_rope(q, k, q_weight, k_weight, eps, cos, sin)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs (qwen3_embed.kernels.aot)
+
+_TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+AOT_WIDTHS = (1024, 2560, 4096)  # the 0.6B, 4B and 8B hidden sizes
+AOT_HEAD_DIMS = (64, 128, 256)
+AOT_ARCHS = (80, 90)
+
+
+def launches(arch: int) -> list:
+    """Every compiled form the wrappers launch for the Qwen3 widths and head dims, in every dtype, on sm_80 and
+    sm_90 only: the launch settings do not depend on the architecture, and with no tensor cores and at most 4 KB of
+    shared memory and 90 of 255 registers (benchmarks/results/kernels-aot.md) no architecture is near a limit."""
+    from .aot import Launch
+
+    if arch not in AOT_ARCHS:
+        return []
+    found = {}
+    for t in _TRITON_DTYPES.values():
+        for width in AOT_WIDTHS:
+            block = triton.next_power_of_2(width)
+            per_program, warps = _row_settings(block)
+            for residual in (False, True):
+                signature = {**dict.fromkeys(("X", "R", "Y", "R_OUT", "W"), f"*{t}"), "rows": "i32", "n": "i32",
+                             **dict.fromkeys(("stride_x", "stride_r", "stride_y", "stride_ro"), "i32"), "eps": "fp32",
+                             **dict.fromkeys(("HAS_RESIDUAL", "ROWS", "BLOCK"), "constexpr")}  # fmt: skip
+                constexprs = {"HAS_RESIDUAL": residual, "ROWS": per_program, "BLOCK": block}
+                aligned = ("X", "R", "Y", "R_OUT", "W", "n", "stride_x", "stride_r", "stride_y", "stride_ro")
+                labels = {"op": "rms_norm + residual" if residual else "rms_norm", "dtype": t, "BLOCK": block}
+                kernel = "_rms_norm_kernel"
+                found[t, block, residual] = Launch(__name__, kernel, signature, constexprs, aligned, warps, 3, labels)
+        for head_dim in AOT_HEAD_DIMS:
+            half = triton.next_power_of_2(head_dim // 2)
+            per_program, warps = _row_settings(half)
+            signature = {**dict.fromkeys(("Q", "K", "QW", "KW", "QY", "KY", "COS", "SIN"), f"*{t}"),
+                         **dict.fromkeys(("tokens", "q_heads", "k_heads", "n", "stride_q", "stride_k", "stride_qy",
+                                          "stride_ky", "stride_rope"), "i32"),
+                         "eps": "fp32", "ROWS": "constexpr", "HALF": "constexpr"}  # fmt: skip
+            aligned = ("Q", "K", "QW", "KW", "QY", "KY", "COS", "SIN", "n", "stride_q", "stride_k", "stride_qy",
+                       "stride_ky", "stride_rope")  # fmt: skip
+            found[t, "qk", head_dim] = Launch(__name__, "_qk_norm_rope_kernel", signature,
+                                              {"ROWS": per_program, "HALF": half}, aligned, warps, 3,
+                                              {"op": "q/k norm + rope", "dtype": t, "head_dim": head_dim})  # fmt: skip
+    return list(found.values())

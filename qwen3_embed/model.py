@@ -62,16 +62,15 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens: torch.Tensor
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: ops.AttentionPlan
     ) -> torch.Tensor:
         t = x.shape[0]
         q = self.q_proj(x).view(t, self.num_heads, self.head_dim)  # [T, Hq, D]
         k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        # q_norm / k_norm on each head, then RoPE, in one pass
-        q = ops.rms_norm_rope(q, self.q_norm.weight, self.q_norm.eps, *rope)
-        k = ops.rms_norm_rope(k, self.k_norm.weight, self.k_norm.eps, *rope)
-        o = ops.varlen_attention(q, k, v, cu_seqlens, scale=self.head_dim**-0.5)
+        # q_norm / k_norm on each head, then RoPE, in one pass over both
+        q, k = ops.qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, *rope)
+        o = ops.varlen_attention(q, k, v, plan, scale=self.head_dim**-0.5)
         return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
 
 
@@ -108,13 +107,13 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         residual: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor],
-        cu_seqlens: torch.Tensor,
+        plan: ops.AttentionPlan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             h, residual = self.input_layernorm(x), x
         else:
             h, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(h, rope, cu_seqlens)
+        x = self.self_attn(h, rope, plan)
         h, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(h), residual
 
@@ -128,6 +127,8 @@ class Qwen3Model(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
 
+    cuda_graphs: CudaGraphs | None = None  # set to CudaGraphs(model) to replay the forward from CUDA graphs
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -140,18 +141,104 @@ class Qwen3Model(nn.Module):
         With `output_hidden_states`, also every layer's hidden states as transformers reports them: the
         embeddings, the output of each layer, the last one final-normed; num_hidden_layers + 1 tensors [T, hidden].
         """
-        ops.check_cu_seqlens(cu_seqlens, input_ids.shape[0], input_ids.device)  # once per batch, not per layer
+        plan = ops.AttentionPlan(cu_seqlens, input_ids.shape[0], input_ids.device)  # once per batch, for every layer
+        if self.cuda_graphs is not None and not output_hidden_states:
+            return self.cuda_graphs(input_ids, plan, position_ids)  # `encode`, replayed
+        return self.encode(input_ids, plan, position_ids, output_hidden_states)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        plan: ops.AttentionPlan,
+        position_ids: torch.Tensor,
+        output_hidden_states: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """`forward` on a batch whose attention plan is made."""
         x = self.embed_tokens(input_ids)  # [T, hidden]
         rope = self.rotary(position_ids, x.dtype)
         states = [x] if output_hidden_states else None
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, rope, cu_seqlens)
+            x, residual = layer(x, residual, rope, plan)
             if states is not None:
                 states.append(x + residual)
-        last_rows = cu_seqlens[1:].long() - 1  # the final norm only on the rows that are pooled
+        last_rows = plan.cu_seqlens[1:].long() - 1  # the final norm only on the rows that are pooled
         last, _ = self.norm(x[last_rows], residual[last_rows])
         if states is None:
             return last
         states[-1] = self.norm(x, residual)[0]
         return last, states
+
+
+def pad_to_bucket(
+    input_ids: torch.Tensor, cu_seqlens: torch.Tensor, position_ids: torch.Tensor, tokens: int, sequences: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A packed batch grown to `tokens` tokens and `sequences` sequences: its tokens, then one padding sequence (id 0)
+    up to `tokens`, then empty sequences. Attention stays within sequences, so the real ones' outputs do not change."""
+    t, b = input_ids.shape[0], cu_seqlens.shape[0] - 1
+    if tokens < t or sequences < b + 1:
+        raise ValueError(
+            f"a batch of {t} tokens in {b} sequences does not fit {tokens} tokens in {sequences} sequences"
+        )
+    ids = torch.cat([input_ids, input_ids.new_zeros(tokens - t)])
+    positions = torch.cat(
+        [position_ids, torch.arange(tokens - t, dtype=position_ids.dtype, device=position_ids.device)]
+    )
+    cu = torch.cat([cu_seqlens, cu_seqlens.new_full((sequences - b,), tokens)])
+    return ids, cu, positions
+
+
+class CudaGraphs:
+    """The model's forward replayed from CUDA graphs, one per bucket of (tokens, sequences), powers of two.
+
+    A batch is padded to its bucket (`pad_to_bucket`), copied into the bucket's static inputs and replayed; the
+    real sequences' rows come back. A bucket is warmed up (autotune runs then) and captured on first use; captures
+    share one memory pool. Needs a 16-bit model on CUDA with the Triton kernels (the reference attention reads
+    offsets on the host, which a replay cannot). Off by default: it becomes the default once a GPU run measures it
+    faster than the eager forward (benchmarks/gpu_check.py times both).
+    """
+
+    def __init__(self, model: Qwen3Model, min_tokens: int = 256):
+        weight = model.embed_tokens.weight
+        if not weight.is_cuda or weight.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"CUDA graphs need a float16 or bfloat16 model on CUDA, not {weight.dtype} on {weight.device}"
+            )
+        self.model = model
+        self.min_tokens = min_tokens
+        self.graphs: dict[tuple[int, int], tuple] = {}  # bucket -> (graph, ids, cu_seqlens, positions, output)
+        self.pool = None
+
+    def __call__(self, input_ids: torch.Tensor, plan: ops.AttentionPlan, position_ids: torch.Tensor) -> torch.Tensor:
+        t, b = input_ids.shape[0], plan.cu_seqlens.shape[0] - 1
+        bucket = (max(self.min_tokens, 1 << max(0, t - 1).bit_length()), 1 << b.bit_length())
+        if bucket not in self.graphs:
+            self.graphs[bucket] = self._capture(*bucket)
+        graph, ids, cu, positions, out = self.graphs[bucket]
+        for static, value in zip(
+            (ids, cu, positions), pad_to_bucket(input_ids, plan.cu_seqlens, position_ids, *bucket)
+        ):
+            static.copy_(value)
+        graph.replay()
+        return out[:b].clone()
+
+    def _capture(self, tokens: int, sequences: int) -> tuple:
+        device = self.model.embed_tokens.weight.device
+        ids = torch.zeros(tokens, dtype=torch.long, device=device)
+        positions = torch.arange(tokens, device=device)
+        cu = torch.full((sequences + 1,), tokens, dtype=torch.int32, device=device)
+        cu[0] = 0
+
+        def run():
+            return self.model.encode(ids, ops.AttentionPlan(cu, tokens, device, check=False), positions)
+
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up: autotune and the allocator, outside the capture
+            run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = run()
+        self.pool = graph.pool()
+        return graph, ids, cu, positions, out

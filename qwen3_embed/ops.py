@@ -3,6 +3,8 @@
 Each op runs a Triton kernel from `qwen3_embed.kernels` on CUDA tensors when Triton is installed, and its PyTorch
 reference everywhere else. `QWEN3_EMBED_BACKEND=torch|triton` (or the `backend` argument, for tests and
 benchmarks) forces one; the Triton backend runs on CPU tensors only under Triton's interpreter (`TRITON_INTERPRET=1`).
+Attention takes an `AttentionPlan`: the batch's sequence layout, checked once per batch, with whatever a backend
+derives from it once (the kernel's work table) kept for every layer.
 """
 
 from __future__ import annotations
@@ -67,13 +69,24 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * x32.to(x.dtype)
 
 
-def rms_norm_rope(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, backend: str | None = None
-) -> torch.Tensor:
-    """RMSNorm of each head, then RoPE: x [T, H, D], weight [D], cos and sin [T, D/2] (in x's dtype) -> [T, H, D]."""
-    if backend_for(x, backend) == "triton":
-        return _kernels("rmsnorm").rms_norm_rope(x, weight, eps, cos, sin)
-    return apply_rotary(rms_norm_reference(x, weight, eps), cos, sin)
+def qk_norm_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of each query and key head, then RoPE: q [T, Hq, D], k [T, Hkv, D], weights [D], cos and sin
+    [T, D/2] (in q's dtype) -> (q, k); one kernel launch for both."""
+    if backend_for(q, backend) == "triton":
+        return _kernels("rmsnorm").qk_norm_rope(q, k, q_weight, k_weight, eps, cos, sin)
+    return (
+        apply_rotary(rms_norm_reference(q, q_weight, eps), cos, sin),
+        apply_rotary(rms_norm_reference(k, k_weight, eps), cos, sin),
+    )
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -83,41 +96,82 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+class AttentionPlan:
+    """A packed batch's sequence layout for attention, checked once per batch and shared by every layer.
+
+    Backend-neutral: `cu_seqlens` [B+1] int32 on the tokens' device, `bounds` (the same offsets on the host, for
+    the per-sequence reference), and `prepared(key, build)`, which keeps what a backend derives from them once per
+    batch (the Triton kernel's work table). `check=False` skips the check of the offsets' values (a device sync):
+    for a CUDA graph, whose replays must not sync.
+    """
+
+    def __init__(self, cu_seqlens: torch.Tensor, tokens: int, device: torch.device, check: bool = True):
+        self._bounds = check_cu_seqlens(cu_seqlens, tokens, device, values=check)
+        self.cu_seqlens = cu_seqlens
+        self.tokens = tokens
+        self._prepared: dict = {}
+
+    @property
+    def bounds(self) -> list[int]:
+        """The offsets on the host (read once: a device sync when they were not checked)."""
+        if self._bounds is None:
+            self._bounds = self.cu_seqlens.tolist()
+        return self._bounds
+
+    def prepared(self, key, build):
+        """build(), made once per plan under `key`."""
+        if key not in self._prepared:
+            self._prepared[key] = build()
+        return self._prepared[key]
+
+
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
+    plan: AttentionPlan,
     scale: float,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Causal grouped-query attention within each packed sequence.
+    """Causal grouped-query attention within each packed sequence of `plan`.
 
-    q [T, Hq, D], k and v [T, Hkv, D], cu_seqlens [B+1] int32 (sequence b is rows cu_seqlens[b]:cu_seqlens[b+1])
-    -> [T, Hq, D]. Query head h reads key/value head h // (Hq / Hkv). cu_seqlens must be valid: check it once per
-    batch with `check_cu_seqlens` (the model does).
+    q [T, Hq, D], k and v [T, Hkv, D] -> [T, Hq, D]; query head h reads key/value head h // (Hq / Hkv). On the
+    Triton backend, float32 on a GPU (and any GPU before sm_80) runs the reference, SDPA: the kernel has no config
+    there (`qwen3_embed.kernels.attention.configs`).
     """
     if backend_for(q, backend) == "triton":
-        return _kernels("attention").varlen_attention(q, k, v, cu_seqlens, scale, check_offsets=False)
-    return varlen_attention_reference(q, k, v, cu_seqlens, scale)
+        kernel = _kernels("attention")
+        d, group, capability = q.shape[2], q.shape[1] // max(1, k.shape[1]), kernel.capability_of(q.device)
+        if kernel.configs(d, group, q.dtype, capability):
+            per_block = kernel.tokens_per_block(d, group, q.dtype, capability)
+            work = plan.prepared(("triton work table", per_block),
+                                 lambda: kernel.work_table(plan.cu_seqlens, plan.tokens, per_block))  # fmt: skip
+            return kernel.varlen_attention(q, k, v, plan.cu_seqlens, scale, work=work)
+    return varlen_attention_reference(q, k, v, plan.bounds, scale)
 
 
 def varlen_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float
 ) -> torch.Tensor:
-    """SDPA's fused causal attention, one sequence at a time: memory stays linear in the sequence length."""
+    """SDPA's fused causal attention, one sequence at a time (host offsets `bounds`): memory stays linear in the
+    sequence length. For float32 on CUDA the key/value heads are repeated for each sequence: SDPA's kernel for
+    float32 (memory-efficient) takes no GQA, and the math one it would fall back to is quadratic in memory."""
     out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
+    repeat = q.shape[1] // k.shape[1] if q.is_cuda and q.dtype == torch.float32 else 1
     for start, end in zip(bounds[:-1], bounds[1:]):
         qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, L, D]
-        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
+        if repeat > 1:
+            ks, vs = ks.repeat_interleave(repeat, 1), vs.repeat_interleave(repeat, 1)
+        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=repeat == 1)
         out[start:end] = o[0].transpose(0, 1)
     return out
 
 
-def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device: torch.device, values: bool = True) -> None:
+def check_cu_seqlens(
+    cu_seqlens: torch.Tensor, total: int, device: torch.device, values: bool = True
+) -> list[int] | None:
     """cu_seqlens must be int32 [B+1] on `device`; with `values` (a device sync), start at 0, never decrease and
-    end at `total`."""
+    end at `total`: then the offsets are returned as a list."""
     if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         raise ValueError("cu_seqlens must be a 1-D tensor of B+1 offsets")
     if cu_seqlens.dtype != torch.int32:
@@ -125,7 +179,7 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device: torch.device,
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, the tokens on {device}; move it there")
     if not values:
-        return
+        return None
     offsets = cu_seqlens.tolist()
     if offsets[0] != 0 or offsets[-1] != total:
         raise ValueError(
@@ -134,3 +188,4 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device: torch.device,
     for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
         if b < a:
             raise ValueError(f"cu_seqlens decreases at index {i + 1} ({a} -> {b}); offsets must not decrease")
+    return offsets

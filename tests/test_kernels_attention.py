@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from qwen3_embed import ops
+from qwen3_embed.kernels import attention
 from qwen3_embed.kernels.attention import varlen_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -40,12 +41,12 @@ def attention64(q, k, v, cu, scale):
     return out
 
 
-def check(lengths, hq, hkv, d, dtype):
+def check(lengths, hq, hkv, d, dtype, variant=None):
     q, k, v, cu = pack(lengths, hq, hkv, d, dtype)
     scale = d**-0.5
-    out = varlen_attention(q, k, v, cu, scale)
+    out = varlen_attention(q, k, v, cu, scale, variant=variant)
     exact = attention64(q, k, v, cu, scale)
-    same_dtype = ops.varlen_attention(q, k, v, cu, scale, backend="torch")
+    same_dtype = ops.varlen_attention_reference(q, k, v, cu.tolist(), scale)
     assert out.shape == q.shape and out.dtype == dtype
     assert torch.isfinite(out).all(), "some outputs were not written"
     kernel_error = (out.double().cpu() - exact).abs().max().item()
@@ -68,6 +69,16 @@ def test_gqa_ratios_and_head_dims(poisoned, dtype, group, d):
 )
 def test_sequence_lengths(poisoned, dtype, lengths):
     check(lengths, hq=4, hkv=2, d=64, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "variant, group, dtype",
+    [("diag32", 4, torch.float16), ("tma", 1, torch.float32)],  # 32 tokens a block: split diagonal; 128: TMA tiles
+)
+def test_variants(poisoned, variant, group, dtype):
+    """The speed variants against the same float64 reference: 32-key diagonal tiles, and K/V tiles through tensor
+    descriptors (Triton's interpreter runs them; on a GPU the compile gate checks their code for sm_90)."""
+    check([1, 7, 33, 130, 200], hq=2 * group, hkv=2, d=64, dtype=dtype, variant=variant)
 
 
 def test_other_head_dims(poisoned):
@@ -112,3 +123,87 @@ def test_bad_inputs_are_refused():
         varlen_attention(q, k[:7], v[:7], cu, 0.125)
     with pytest.raises(ValueError, match="contiguous last dimension"):
         varlen_attention(q, k.transpose(1, 2).contiguous().transpose(1, 2), v, cu, 0.125)
+
+
+def test_the_work_table_covers_every_block_once_heaviest_first():
+    lengths = [5, 0, 64, 65, 1, 200, 31]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    table = attention.work_table(cu, sum(lengths), 32)
+    assert table.dtype == torch.int32 and table.shape == (attention.work_capacity(sum(lengths), len(lengths), 32), 3)
+    used = table[table[:, 2] > 0].tolist()
+    expected = sorted(
+        (cu[b].item(), first, min(first + 32, n)) for b, n in enumerate(lengths) for first in range(0, n, 32)
+    )
+    assert sorted(map(tuple, used)) == expected
+    assert table[:, 2].tolist() == sorted(table[:, 2].tolist(), reverse=True)  # by keys visited, descending
+    assert not table[len(used) :].any()  # spare rows do nothing
+
+
+@pytest.mark.parametrize("lengths", [[1] * 40, [33] * 7, [32, 32, 1], [100]])
+def test_the_work_capacity_holds_any_pack(lengths):
+    """The capacity bound a CUDA graph sizes its table by holds for packs that fill it: all ones, just past a block."""
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    blocks = sum(-(-n // 32) for n in lengths)
+    assert blocks <= attention.work_capacity(sum(lengths), len(lengths), 32)
+    assert (attention.work_table(cu, sum(lengths), 32)[:, 2] > 0).sum() == blocks
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)])
+def test_configs_per_architecture(capability):
+    """16-bit dtypes have configs on every GPU from sm_80, one BLOCK_M per list (the work table's granularity) and the
+    same list for every GQA group (one binary serves them all); float32 has none: it goes to SDPA."""
+    for d in (16, 64, 128, 256):
+        for dtype in (torch.float16, torch.bfloat16):
+            found = [attention.configs(d, g, dtype, capability) for g in (1, 2, 4, 8)]
+            assert found[0] and all(f == found[0] for f in found)
+            assert {c["BLOCK_M"] for c in found[0]} == {found[0][0]["BLOCK_M"]}
+            assert all(set(c) == {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} for c in found[0])
+        assert attention.configs(d, 2, torch.float32, capability) == []
+    assert attention.configs(128, 2, torch.bfloat16, (7, 5)) == []  # before sm_80: SDPA
+    assert {c["BLOCK_N"] for c in attention.configs(128, 4, torch.bfloat16, (9, 0))} == {64, 128}
+
+
+def test_the_interpreter_runs_exactly_one_config():
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for d in (64, 128, 256):
+            assert len(attention.configs(d, 4, dtype, None)) == 1
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0)])
+def test_float32_on_a_gpu_runs_sdpa(monkeypatch, capability):
+    """The float32 decision: on every GPU the op sends float32 to the PyTorch reference (SDPA), 16-bit to the kernel.
+    CPU tensors stand in for CUDA ones, with the capability patched and the kernel replaced by a recorder."""
+    calls = []
+    monkeypatch.setattr(attention, "capability_of", lambda device: capability)
+    monkeypatch.setattr(attention, "varlen_attention", lambda *a, **k: calls.append(a[0].dtype) or a[0])
+    q, k, v, cu = pack([3, 9], 4, 2, 64, torch.float32)
+    plan = ops.AttentionPlan(cu, q.shape[0], q.device)
+    out = ops.varlen_attention(q, k, v, plan, 0.125, backend="triton")
+    assert calls == [] and torch.equal(out, ops.varlen_attention_reference(q, k, v, cu.tolist(), 0.125))
+    ops.varlen_attention(q.half(), k.half(), v.half(), plan, 0.125, backend="triton")
+    assert calls == [torch.float16]
+
+
+def test_experimental_variants_run_only_where_they_are_timed(monkeypatch):
+    assert attention.variants((8, 0), 128, torch.bfloat16) == ["base"]
+    assert attention.variants((9, 0), 64, torch.bfloat16) == ["base"]
+    assert set(attention.variants((9, 0), 128, torch.bfloat16)) == set(attention.VARIANTS)
+    monkeypatch.setattr(attention, "capability_of", lambda device: (8, 0))
+    q, k, v, cu = pack([3], 2, 2, 64, torch.float16)
+    with pytest.raises(ValueError, match="variant 'tma' does not run here"):
+        varlen_attention(q, k, v, cu, 0.125, variant="tma")
+    with pytest.raises(ValueError, match="variant 'fast' is not one of base, diag32, tma"):
+        varlen_attention(q, k, v, cu, 0.125, variant="fast")
+
+
+def test_the_custom_op(poisoned):
+    """torch.ops.qwen3_embed.varlen_attention (what torch.compile and CUDA graphs capture) against the reference, and
+    torch.library.opcheck's schema and autograd-registration checks (its fake-tensor checks need a GPU: the
+    interpreter reads the fake tensors' data; benchmarks/gpu_check.py runs them)."""
+    q, k, v, cu = pack([5, 40, 1], 4, 2, 64, torch.float32)
+    work = attention.work_table(cu, q.shape[0], attention.tokens_per_block(64, 2, q.dtype, None))
+    out = torch.ops.qwen3_embed.varlen_attention(q, k, v, work, 0.125, "base")
+    torch.testing.assert_close(out, ops.varlen_attention_reference(q, k, v, cu.tolist(), 0.125), rtol=0, atol=1e-5)
+    checks = torch.library.opcheck(torch.ops.qwen3_embed.varlen_attention.default, (q, k, v, work, 0.125, "base"),
+                                   test_utils=("test_schema", "test_autograd_registration"))  # fmt: skip
+    assert set(checks.values()) == {"SUCCESS"}

@@ -63,17 +63,45 @@ def rope_tables(tokens: int, d: int, dtype):
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tokens, heads, d", [(1, 1, 128), (7, 3, 128), (21, 5, 64), (3, 2, 16)])
-def test_rms_norm_rope(poisoned, dtype, tokens, heads, d):
-    x, w = inputs((tokens, heads, d), dtype, seed=3)
-    cos, sin = rope_tables(tokens, d, dtype)
-    out = rmsnorm.rms_norm_rope(x, w, 1e-6, cos, sin)
+def rope64(x, w, cos, sin):
     n = norm64(x, w, 1e-6)
     n1, n2 = n.chunk(2, dim=-1)
     c, s = cos.double()[:, None], sin.double()[:, None]
-    exact = torch.cat((n1 * c - n2 * s, n2 * c + n1 * s), dim=-1)
-    assert_close_to_reference(out, ops.rms_norm_rope(x, w, 1e-6, cos, sin, backend="torch"), exact)
+    return torch.cat((n1 * c - n2 * s, n2 * c + n1 * s), dim=-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens, q_heads, k_heads, d", [(1, 1, 1, 128), (7, 6, 3, 128), (21, 5, 1, 64), (3, 2, 2, 16)])
+def test_qk_norm_rope(poisoned, dtype, tokens, q_heads, k_heads, d):
+    """q and k heads normed and rotated in one launch, each against the float64 reference."""
+    q, qw = inputs((tokens, q_heads, d), dtype, seed=3)
+    k, kw = inputs((tokens, k_heads, d), dtype, seed=4)
+    cos, sin = rope_tables(tokens, d, dtype)
+    out_q, out_k = rmsnorm.qk_norm_rope(q, k, qw, kw, 1e-6, cos, sin)
+    ref_q, ref_k = ops.qk_norm_rope(q, k, qw, kw, 1e-6, cos, sin, backend="torch")
+    assert_close_to_reference(out_q, ref_q, rope64(q, qw, cos, sin))
+    assert_close_to_reference(out_k, ref_k, rope64(k, kw, cos, sin))
+
+
+def test_the_custom_ops():
+    """The torch.ops.qwen3_embed RMSNorm ops (what torch.compile and CUDA graphs capture) against the references, and
+    torch.library.opcheck's schema and autograd-registration checks (its fake-tensor checks need a GPU)."""
+    x, w = inputs((5, 64), torch.float32)
+    r, _ = inputs((5, 64), torch.float32, seed=1)
+    q, k = x.view(5, 2, 32), r.view(5, 2, 32)
+    cos, sin = rope_tables(5, 32, torch.float32)
+    cases = [
+        (torch.ops.qwen3_embed.rms_norm.default, (x, w, 1e-6), (ops.rms_norm_reference(x, w, 1e-6),)),
+        (torch.ops.qwen3_embed.rms_norm_residual.default, (x, r, w, 1e-6), ops.rms_norm(x, w, 1e-6, r, "torch")),
+        (torch.ops.qwen3_embed.qk_norm_rope.default, (q, k, w[:32], w[32:], 1e-6, cos, sin),
+         ops.qk_norm_rope(q, k, w[:32], w[32:], 1e-6, cos, sin, backend="torch")),
+    ]  # fmt: skip
+    for op, args, expected in cases:
+        out = op(*args)
+        for a, b in zip(out if isinstance(out, tuple) else (out,), expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        checks = torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration"))
+        assert set(checks.values()) == {"SUCCESS"}
 
 
 def test_empty_input():
@@ -96,9 +124,11 @@ def test_bad_inputs_are_refused():
     q = x.view(4, 1, 64)
     cos, sin = rope_tables(4, 64, torch.float32)
     with pytest.raises(ValueError, match=r"cos is .* expected torch.float32 \[4, 32\]"):
-        rmsnorm.rms_norm_rope(q, w, 1e-6, cos[:3], sin)
-    with pytest.raises(ValueError, match=r"x must be \[tokens, heads, head_dim\]"):
-        rmsnorm.rms_norm_rope(x, w, 1e-6, cos, sin)
+        rmsnorm.qk_norm_rope(q, q, w, w, 1e-6, cos[:3], sin)
+    with pytest.raises(ValueError, match=r"q must be \[tokens, heads, head_dim\]"):
+        rmsnorm.qk_norm_rope(x, q, w, w, 1e-6, cos, sin)
+    with pytest.raises(ValueError, match="k must be contiguous"):
+        rmsnorm.qk_norm_rope(q, torch.zeros(64, 1, 4, device=DEVICE).permute(2, 1, 0), w, w, 1e-6, cos, sin)
 
 
 def test_backend_selection(monkeypatch):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from checkpoints import texts_of_lengths
-from qwen3_embed import Embedder
+from qwen3_embed import Embedder, ops
+from qwen3_embed.model import CudaGraphs, pad_to_bucket
 from qwen3_embed.tokenize import pack
 
 
@@ -52,3 +54,17 @@ def test_triton_backend_agrees_with_the_reference(tiny, monkeypatch):
     alone = torch.stack([embedder.encode(t) for t in texts])
     torch.testing.assert_close(together, reference, rtol=0, atol=2e-6)
     torch.testing.assert_close(alone, together, rtol=0, atol=2e-6)
+
+
+def test_a_batch_padded_to_its_cuda_graph_bucket_gives_the_same_rows(tiny):
+    """What a CUDA-graph replay runs: the batch grown by a padding sequence and empty ones (`pad_to_bucket`)."""
+    embedder = Embedder.from_pretrained(tiny[0], device="cpu", dtype="float32")
+    ids = embedder.tokenizer.encode(["a b c", "d", "The capital of China is Beijing."], max_length=64)
+    batch = pack(ids, [0, 1, 2])
+    last = embedder.model(batch.input_ids, batch.cu_seqlens, batch.position_ids)
+    padded = pad_to_bucket(batch.input_ids, batch.cu_seqlens, batch.position_ids, 64, 8)
+    assert padded[0].shape == (64,) and padded[1].tolist()[-5:] == [64] * 5
+    rows = embedder.model.encode(padded[0], ops.AttentionPlan(padded[1], 64, padded[0].device), padded[2])
+    torch.testing.assert_close(rows[:3], last, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="need a float16 or bfloat16 model on CUDA"):
+        CudaGraphs(embedder.model)
