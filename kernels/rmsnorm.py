@@ -54,40 +54,42 @@ def _rms_norm_kernel(
 
 
 @triton.jit
-def _norm_rope_rows(X, W, Y, COS, SIN, block, rows, heads, n, stride_x, stride_y, stride_rope, eps,
+def _norm_rope_rows(X, W, Y, COS, SIN, block, rows, heads, n, stride_xt, stride_xh, stride_rope, eps,
                     ROWS: tl.constexpr, HALF: tl.constexpr):  # fmt: skip
-    """Norm then rotate ROWS head rows [rows, n] of x (row r is token r // heads) from the block-th on."""
+    """Norm then rotate ROWS head rows of x (row r is head r % heads of token r // heads, at token stride stride_xt
+    and head stride stride_xh) from the block-th on, into the contiguous rows [rows, n] of y."""
     dtype = Y.dtype.element_ty
     row = block.to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
     col = tl.arange(0, HALF)[None, :]  # [1, HALF]
     half = n // 2
     mask = (row < rows) & (col < half)
-    x1 = tl.load(X + row * stride_x + col, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(X + row * stride_x + half + col, mask=mask, other=0.0).to(tl.float32)
+    token = row // heads
+    x_row = X + token * stride_xt + (row - token * heads) * stride_xh
+    x1 = tl.load(x_row + col, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x_row + half + col, mask=mask, other=0.0).to(tl.float32)
     rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / n + eps)[:, None]
     w1 = tl.load(W + col, mask=col < half, other=0.0).to(tl.float32)
     w2 = tl.load(W + half + col, mask=col < half, other=0.0).to(tl.float32)
     y1 = ((x1 * rstd).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
     y2 = ((x2 * rstd).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
-    token = row // heads
     cos = tl.load(COS + token * stride_rope + col, mask=mask, other=0.0).to(tl.float32)
     sin = tl.load(SIN + token * stride_rope + col, mask=mask, other=0.0).to(tl.float32)
     a1 = (y1 * cos).to(dtype).to(tl.float32)
     b1 = (y2 * sin).to(dtype).to(tl.float32)
     a2 = (y2 * cos).to(dtype).to(tl.float32)
     b2 = (y1 * sin).to(dtype).to(tl.float32)
-    tl.store(Y + row * stride_y + col, (a1 - b1).to(dtype), mask=mask)
-    tl.store(Y + row * stride_y + half + col, (a2 + b2).to(dtype), mask=mask)
+    tl.store(Y + row * n + col, (a1 - b1).to(dtype), mask=mask)
+    tl.store(Y + row * n + half + col, (a2 + b2).to(dtype), mask=mask)
 
 
 @triton.jit(do_not_specialize=["tokens"])
 def _qk_norm_rope_kernel(
-    Q, K,  # [tokens * q_heads, n] and [tokens * k_heads, n] head rows
+    Q, K,  # [tokens, q_heads, n] and [tokens, k_heads, n], each head's n values contiguous
     QW, KW,  # [n] weights
-    QY, KY,  # outputs, as q and k
+    QY, KY,  # outputs, contiguous, shaped as q and k
     COS, SIN,  # [tokens, n // 2] RoPE angles per token
     tokens, q_heads, k_heads, n,
-    stride_q, stride_k, stride_qy, stride_ky, stride_rope,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_rope,
     eps,
     ROWS: tl.constexpr,  # head rows per program
     HALF: tl.constexpr,  # >= n // 2 (each half of a head is one block)
@@ -95,10 +97,10 @@ def _qk_norm_rope_kernel(
     block = tl.program_id(0)
     q_blocks = tl.cdiv(tokens * q_heads, ROWS)
     if block < q_blocks:
-        _norm_rope_rows(Q, QW, QY, COS, SIN, block, tokens * q_heads, q_heads, n, stride_q, stride_qy, stride_rope, eps,
-                        ROWS, HALF)  # fmt: skip
+        _norm_rope_rows(Q, QW, QY, COS, SIN, block, tokens * q_heads, q_heads, n, stride_qt, stride_qh, stride_rope,
+                        eps, ROWS, HALF)  # fmt: skip
     else:
-        _norm_rope_rows(K, KW, KY, COS, SIN, block - q_blocks, tokens * k_heads, k_heads, n, stride_k, stride_ky,
+        _norm_rope_rows(K, KW, KY, COS, SIN, block - q_blocks, tokens * k_heads, k_heads, n, stride_kt, stride_kh,
                         stride_rope, eps, ROWS, HALF)  # fmt: skip
 
 
@@ -166,14 +168,15 @@ def _qk_norm_rope_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     t, hq, d = q.shape
     hk = k.shape[1]
-    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
+    q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    k_out = torch.empty_like(k, memory_format=torch.contiguous_format)
     if t:
         half = triton.next_power_of_2(d // 2)
         per_program, warps = _row_settings(half)
         grid = (triton.cdiv(t * hq, per_program) + triton.cdiv(t * hk, per_program),)
         torch.library.wrap_triton(_qk_norm_rope_kernel)[grid](
             q, k, q_weight, k_weight, q_out, k_out, cos, sin, t, hq, hk, d,
-            d, d, d, d, cos.stride(0), float(eps),  # q, k and the outputs are contiguous
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), float(eps),
             ROWS=per_program, HALF=half, num_warps=warps,
         )  # fmt: skip
     return q_out, k_out
@@ -213,8 +216,8 @@ def qk_norm_rope(
         _check(x, weight)
         if x.dim() != 3:
             raise ValueError(f"{name} must be [tokens, heads, head_dim], got shape {list(x.shape)}")
-        if not x.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (the kernel reads it as rows of head_dim values)")
+        if x.stride(2) != 1:
+            raise ValueError(f"{name} must have contiguous heads (stride 1 within a head, not {x.stride(2)})")
     t, _, d = q.shape
     if k.shape[0] != t or k.shape[2] != d or k.dtype != q.dtype or k.device != q.device:
         raise ValueError(f"k is {k.dtype} {list(k.shape)} on {k.device}; q is {q.dtype} {list(q.shape)} on {q.device}")
@@ -266,11 +269,11 @@ def launches(arch: int) -> list:
             half = triton.next_power_of_2(head_dim // 2)
             per_program, warps = _row_settings(half)
             signature = {**dict.fromkeys(("Q", "K", "QW", "KW", "QY", "KY", "COS", "SIN"), f"*{t}"),
-                         **dict.fromkeys(("tokens", "q_heads", "k_heads", "n", "stride_q", "stride_k", "stride_qy",
-                                          "stride_ky", "stride_rope"), "i32"),
+                         **dict.fromkeys(("tokens", "q_heads", "k_heads", "n", "stride_qt", "stride_qh", "stride_kt",
+                                          "stride_kh", "stride_rope"), "i32"),
                          "eps": "fp32", "ROWS": "constexpr", "HALF": "constexpr"}  # fmt: skip
-            aligned = ("Q", "K", "QW", "KW", "QY", "KY", "COS", "SIN", "n", "stride_q", "stride_k", "stride_qy",
-                       "stride_ky", "stride_rope")  # fmt: skip
+            aligned = ("Q", "K", "QW", "KW", "QY", "KY", "COS", "SIN", "n", "stride_qt", "stride_qh", "stride_kt",
+                       "stride_kh", "stride_rope")  # fmt: skip
             found[t, "qk", head_dim] = Launch(__name__, "_qk_norm_rope_kernel", signature,
                                               {"ROWS": per_program, "HALF": half}, aligned, warps, 3,
                                               {"op": "q/k norm + rope", "dtype": t, "head_dim": head_dim})  # fmt: skip

@@ -174,18 +174,15 @@ class SafetensorsFile:
         dtype, shape, _ = self.entries[key]
         return math.prod(shape) * dtype.itemsize
 
-    def read(self, key: str, rows: list[int] | None = None, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    def read(self, key: str, rows: list[int] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor (only the given rows of its first dimension, when given), in the file's dtype, on the CPU:
-        in fresh memory, or in the first bytes of `scratch` (uint8) when given."""
+        in fresh memory, or in `out` (a contiguous CPU tensor of that dtype and shape)."""
         dtype, shape, offset = self.entries[key]
         row_bytes = math.prod(shape[1:]) * dtype.itemsize
         spans = [(offset, math.prod(shape) * dtype.itemsize)] if rows is None else [
             (offset + row * row_bytes, row_bytes) for row in rows]  # fmt: skip
         shape = shape if rows is None else (len(rows), *shape[1:])
-        if scratch is None:
-            out = torch.empty(shape, dtype=dtype)
-        else:
-            out = scratch[: math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+        out = torch.empty(shape, dtype=dtype) if out is None else out
         buffer = out.view(-1).view(torch.uint8).numpy()
         with open(self.path, "rb") as f:
             done = 0
@@ -201,45 +198,54 @@ class SafetensorsFile:
 
 def read_state_dict(
     folder: Path,
-    shapes: dict[str, torch.Size],
+    layout: dict[str, tuple[str, int, torch.Size]],
+    params: dict[str, torch.Size],
     dtype: torch.dtype,
     device: torch.device,
     skip: frozenset[str] = frozenset(),
 ) -> dict[str, torch.Tensor]:
-    """Every tensor of `shapes` from the checkpoint, read one at a time and placed on `device` in `dtype`.
+    """Every parameter of `params` on `device` in `dtype`, filled with the checkpoint tensors that `layout` places
+    in it (a tensor's name -> (parameter, first row, shape)), read one at a time.
 
-    A tensor stored in `dtype`, for the CPU, is read straight into its final memory; any other is read into one
-    reused buffer (pinned for a GPU) and converted or copied from there, so the most memory beyond the model is
-    one tensor as stored. Strict: a missing, unexpected (and not in `skip`), duplicated or wrongly shaped key is
+    A tensor stored in `dtype`, for the CPU, is read straight into its rows of the parameter; any other is read into
+    one reused buffer (pinned for a GPU) and converted or copied from there, so the most memory beyond the model is
+    one tensor as stored. Strict: a missing, unexpected (and not in `skip`), duplicated or wrongly shaped tensor is
     an error naming it.
     """
     files = [SafetensorsFile(path) for path in weight_files(folder)]
     largest = max((f.nbytes(key) for f in files for key in f.entries), default=0)
     scratch = None
     state: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
     for file in files:
         for key in file.entries:
             name = checkpoint_key(key)
             if name in skip:
                 continue
-            if name not in shapes:
+            if name not in layout:
                 raise ValueError(
                     f"{file.path.name} has the unexpected key {key!r}: is this a Qwen3 embedding checkpoint?"
                 )
-            if name in state:
+            if name in seen:
                 raise ValueError(f"{file.path.name} holds {name!r} twice (with and without the 'model.' prefix)")
-            if file.shape(key) != tuple(shapes[name]):
+            param, row, shape = layout[name]
+            if file.shape(key) != tuple(shape):
                 raise ValueError(
                     f"{key!r} in {file.path.name} has shape {list(file.shape(key))}, but config.json implies "
-                    f"{list(shapes[name])}"
+                    f"{list(shape)}"
                 )
-            if file.entries[key][0] == dtype and device.type == "cpu":
-                state[name] = file.read(key)
-                continue
-            if scratch is None:
-                scratch = torch.empty(largest, dtype=torch.uint8, pin_memory=device.type == "cuda")
-            state[name] = file.read(key, scratch=scratch).to(device=device, dtype=dtype, copy=True)
-    missing = [name for name in shapes if name not in state]
+            if param not in state:
+                state[param] = torch.empty(params[param], dtype=dtype, device=device)
+            rows = state[param][row : row + shape[0]]
+            stored = file.entries[key][0]
+            if stored == dtype and device.type == "cpu":
+                file.read(key, out=rows)
+            else:
+                if scratch is None:
+                    scratch = torch.empty(largest, dtype=torch.uint8, pin_memory=device.type == "cuda")
+                rows.copy_(file.read(key, out=scratch[: file.nbytes(key)].view(stored).view(shape)))
+            seen.add(name)
+    missing = [name for name in layout if name not in seen]
     if missing:
         raise ValueError(f"the checkpoint in {folder} lacks {len(missing)} tensors the model needs: {missing[:5]}")
     return state
@@ -252,8 +258,9 @@ def load_model(
     random weights."""
     with torch.device("meta"):
         model = Qwen3Model(config)
-    shapes = {name: t.shape for name, t in model.state_dict().items()}
-    model.load_state_dict(read_state_dict(folder, shapes, dtype, device, skip), strict=True, assign=True)
+    params = {name: p.shape for name, p in model.named_parameters()}
+    state = read_state_dict(folder, model.checkpoint_layout(), params, dtype, device, skip)
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 

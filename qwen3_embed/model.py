@@ -3,7 +3,8 @@
 A batch is T tokens of B sequences laid end to end: `input_ids [T]`, `cu_seqlens [B+1]` int32 (sequence b is rows
 `cu_seqlens[b]:cu_seqlens[b+1]`) and `position_ids [T]`, which restart at 0 for every sequence. Every matmul
 runs on `[T, hidden]`; attention never crosses a sequence boundary. Module and parameter names are the
-checkpoint's, so `state_dict()` keys are the safetensors keys.
+checkpoint's, except that q/k/v and gate/up are stacked into one GEMM each (`qkv_proj`, `gate_up_proj`); `state_dict()`
+and `load_state_dict()` still speak the safetensors keys.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ class RotaryEmbedding(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+class StackedLinear(nn.Linear):
+    """Projections of one input that the checkpoint stores apart (`parts`: name -> output rows), stacked by rows so
+    that they run as one GEMM (gpt-fast's wqkv and w13); returns one output per part. Qwen3Model's `state_dict()`
+    and `load_state_dict()` speak the checkpoint's names (`q_proj.weight`, ...), with `checkpoint_layout()` between."""
+
+    def __init__(self, in_features: int, parts: dict[str, int]):
+        super().__init__(in_features, sum(parts.values()), bias=False)
+        self.parts = parts
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return super().forward(x).split(list(self.parts.values()), dim=-1)
+
+
 class Attention(nn.Module):
     """Grouped-query causal attention with an RMSNorm on each query and key head before RoPE."""
 
@@ -54,9 +68,8 @@ class Attention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = d
-        self.q_proj = nn.Linear(hidden, self.num_heads * d, bias=False)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=False)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=False)
+        q_rows, kv_rows = self.num_heads * d, self.num_kv_heads * d
+        self.qkv_proj = StackedLinear(hidden, {"q_proj": q_rows, "k_proj": kv_rows, "v_proj": kv_rows})
         self.o_proj = nn.Linear(self.num_heads * d, hidden, bias=False)
         self.q_norm = RMSNorm(d, config.rms_norm_eps)
         self.k_norm = RMSNorm(d, config.rms_norm_eps)
@@ -65,9 +78,10 @@ class Attention(nn.Module):
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: ops.AttentionPlan
     ) -> torch.Tensor:
         t = x.shape[0]
-        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)  # [T, Hq, D]
-        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        q, k, v = self.qkv_proj(x)
+        q = q.view(t, self.num_heads, self.head_dim)  # [T, Hq, D]
+        k = k.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        v = v.view(t, self.num_kv_heads, self.head_dim)
         # q_norm / k_norm on each head, then RoPE, in one pass over both
         q, k = ops.qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, *rope)
         o = ops.varlen_attention(q, k, v, plan, scale=self.head_dim**-0.5)
@@ -79,12 +93,13 @@ class MLP(nn.Module):
 
     def __init__(self, config: Qwen3Config):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        inter = config.intermediate_size
+        self.gate_up_proj = StackedLinear(config.hidden_size, {"gate_proj": inter, "up_proj": inter})
+        self.down_proj = nn.Linear(inter, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -126,6 +141,21 @@ class Qwen3Model(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.register_state_dict_post_hook(_split_stacked)  # state_dict(): the checkpoint's names
+        self.register_load_state_dict_pre_hook(_stack_parts)  # load_state_dict(): from the checkpoint's names
+
+    def checkpoint_layout(self) -> dict[str, tuple[str, int, torch.Size]]:
+        """Where each checkpoint tensor lives: its name -> (parameter, first row, shape); a StackedLinear's
+        parameter holds several, one after the other."""
+        layout = {name: (name, 0, p.shape) for name, p in self.named_parameters()}
+        for module_name, module in self.named_modules():
+            if isinstance(module, StackedLinear):
+                param, parent, row = f"{module_name}.weight", module_name.rpartition(".")[0], 0
+                del layout[param]
+                for part, rows in module.parts.items():
+                    layout[f"{parent}.{part}.weight"] = (param, row, torch.Size([rows, module.in_features]))
+                    row += rows
+        return layout
 
     cuda_graphs: CudaGraphs | None = None  # set to CudaGraphs(model) to replay the forward from CUDA graphs
 
@@ -168,6 +198,28 @@ class Qwen3Model(nn.Module):
             return last
         states[-1] = self.norm(x, residual)[0]
         return last, states
+
+
+def _split_stacked(model: Qwen3Model, state_dict: dict, prefix: str, local_metadata) -> None:
+    """state_dict hook: each stacked parameter as the checkpoint's tensors (views of its rows)."""
+    stacked = set()
+    for name, (param, row, shape) in model.checkpoint_layout().items():
+        if name != param:
+            state_dict[prefix + name] = state_dict[prefix + param][row : row + shape[0]]
+            stacked.add(prefix + param)
+    for key in stacked:
+        del state_dict[key]
+
+
+def _stack_parts(model: Qwen3Model, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict hook: the checkpoint's tensors of each stacked parameter, stacked (when all are there)."""
+    parts: dict[str, list[str]] = {}
+    for name, (param, _, _) in model.checkpoint_layout().items():
+        if name != param:
+            parts.setdefault(param, []).append(prefix + name)
+    for param, keys in parts.items():
+        if all(key in state_dict for key in keys):
+            state_dict[prefix + param] = torch.cat([state_dict.pop(key) for key in keys])
 
 
 def pad_to_bucket(

@@ -83,6 +83,23 @@ def test_qk_norm_rope(poisoned, dtype, tokens, q_heads, k_heads, d):
     assert_close_to_reference(out_k, ref_k, rope64(k, kw, cos, sin))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_qk_norm_rope_reads_q_and_k_out_of_the_stacked_projection(poisoned, dtype):
+    """q and k as the model gives them: column blocks of one [T, (Hq + 2 Hkv) * D] qkv output, strided by token."""
+    tokens, q_heads, k_heads, d = 9, 6, 2, 32
+    qkv, w = inputs((tokens, (q_heads + 2 * k_heads) * d), dtype, seed=5)
+    q, k, _ = qkv.split([q_heads * d, k_heads * d, k_heads * d], dim=-1)
+    q, k = q.view(tokens, q_heads, d), k.view(tokens, k_heads, d)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    qw, kw = w[:d], w[d : 2 * d]
+    cos, sin = rope_tables(tokens, d, dtype)
+    out_q, out_k = rmsnorm.qk_norm_rope(q, k, qw, kw, 1e-6, cos, sin)
+    assert out_q.is_contiguous() and out_k.is_contiguous()
+    ref_q, ref_k = ops.qk_norm_rope(q, k, qw, kw, 1e-6, cos, sin, backend="torch")
+    assert_close_to_reference(out_q, ref_q, rope64(q, qw, cos, sin))
+    assert_close_to_reference(out_k, ref_k, rope64(k, kw, cos, sin))
+
+
 def test_the_custom_ops():
     """The torch.ops.qwen3_embed RMSNorm ops (what torch.compile and CUDA graphs capture) against the references, and
     torch.library.opcheck's schema and autograd-registration checks (its fake-tensor checks need a GPU)."""
@@ -127,7 +144,7 @@ def test_bad_inputs_are_refused():
         rmsnorm.qk_norm_rope(q, q, w, w, 1e-6, cos[:3], sin)
     with pytest.raises(ValueError, match=r"q must be \[tokens, heads, head_dim\]"):
         rmsnorm.qk_norm_rope(x, q, w, w, 1e-6, cos, sin)
-    with pytest.raises(ValueError, match="k must be contiguous"):
+    with pytest.raises(ValueError, match="k must have contiguous heads"):
         rmsnorm.qk_norm_rope(q, torch.zeros(64, 1, 4, device=DEVICE).permute(2, 1, 0), w, w, 1e-6, cos, sin)
 
 

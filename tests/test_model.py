@@ -68,3 +68,25 @@ def test_a_batch_padded_to_its_cuda_graph_bucket_gives_the_same_rows(tiny):
     torch.testing.assert_close(rows[:3], last, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="need a float16 or bfloat16 model on CUDA"):
         CudaGraphs(embedder.model)
+
+
+def test_state_dict_speaks_the_checkpoint_keys(tiny, embedder):
+    """q/k/v and gate/up run as one GEMM each, yet state_dict() gives the safetensors' keys and tensors, and
+    load_state_dict() takes them back."""
+    from safetensors.torch import load_file
+
+    from qwen3_embed import Qwen3Model
+
+    stored = load_file(tiny[0] / "model.safetensors")
+    state = embedder.model.state_dict()
+    assert sorted(state) == sorted(stored)
+    for key, tensor in stored.items():
+        torch.testing.assert_close(state[key], tensor, rtol=0, atol=0)
+    copy = Qwen3Model(embedder.config)
+    copy.load_state_dict(stored, strict=True)
+    for name, param in embedder.model.named_parameters():
+        torch.testing.assert_close(copy.get_parameter(name), param, rtol=0, atol=0)
+    assert {name for name, _ in copy.named_parameters() if "proj" in name} >= {
+        "layers.0.self_attn.qkv_proj.weight",
+        "layers.0.mlp.gate_up_proj.weight",
+    }
