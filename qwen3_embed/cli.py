@@ -245,8 +245,9 @@ def parser() -> argparse.ArgumentParser:
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu)")
     device.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], help="weights' dtype (default: bfloat16 on cuda, else "
-        "float32)"
+        "--dtype", choices=["float32", "bfloat16", "float16", "auto"], help="weights' dtype; auto: bfloat16 on cuda "
+        "and on CPUs that multiply bfloat16 natively (AMX, AVX512-BF16), else float32 (default: bfloat16 on cuda, "
+        "float32 on cpu)"
     )  # fmt: skip
     device.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     device.add_argument(

@@ -57,6 +57,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torch.dtype:
+    """The dtype a model runs in on `device`: the one asked for; "auto": bfloat16 on CUDA and on CPUs that multiply
+    bfloat16 natively (AMX or AVX512-BF16), float32 on others; None: bfloat16 on CUDA, float32 on any CPU (vectors as
+    close to the reference as they get)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" or native_bf16() else torch.float32
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return checkpoint.resolve_dtype(dtype)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
+    return any(getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)() for isa in ("amx_tile", "avx512_bf16"))
+
+
 class Pipeline:
     """A Qwen3Model with its tokenizer."""
 
@@ -90,7 +106,7 @@ class Pipeline:
         """(folder, model, tokenizer) of a local folder or hub id; default: CUDA in bf16 when available, else CPU
         in float32. A checkpoint of the other kind is an error unless `check_kind` is False."""
         device = resolve_device(device)
-        dtype = checkpoint.resolve_dtype(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
+        dtype = resolve_dtype(device, dtype)
         folder = checkpoint.resolve(name_or_path)
         config = Qwen3Config.from_json(folder / "config.json")
         tokenizer = Tokenizer(folder / "tokenizer.json", config.vocab_size)

@@ -228,3 +228,13 @@ def test_a_reranker_is_not_loaded_as_an_embedder_and_back(tiny, tmp_path):
 def test_bad_device_is_named_before_loading(tmp_path, device, message):
     with pytest.raises(ValueError, match=message):
         Embedder.from_pretrained(tmp_path / "not even a checkpoint", device=device)
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_is_bfloat16_where_the_cpu_multiplies_it_natively(tiny, monkeypatch, native, expected):
+    from qwen3_embed import pipeline
+
+    monkeypatch.setattr(pipeline, "native_bf16", lambda: native)
+    assert Embedder.from_pretrained(tiny[0], device="cpu", dtype="auto").dtype == expected
+    assert pipeline.resolve_dtype(torch.device("cuda"), "auto") == torch.bfloat16
+    assert pipeline.resolve_dtype(torch.device("cpu"), None) == torch.float32  # the default keeps fidelity

@@ -28,7 +28,7 @@ from .. import checkpoint
 from ..config import Qwen3Config
 from ..embedder import Embedder, read_prompts
 from ..model import Qwen3Model
-from ..pipeline import Progress, resolve_device
+from ..pipeline import Progress
 from ..tokenize import Tokenizer
 from .inputs import (
     BadRecord,
@@ -115,13 +115,6 @@ class Solo:
 
     def wait_for_all(self, counts: dict[str, int]) -> dict[str, int]:
         return counts
-
-
-def default_dtype(device: str | None, dtype: str | torch.dtype | None) -> torch.dtype:
-    """The dtype a model will run in on `device` (checked to exist here): the one asked for, else bfloat16 on CUDA
-    and float32 elsewhere."""
-    cuda = resolve_device(device).type == "cuda"
-    return checkpoint.resolve_dtype(dtype) if dtype is not None else torch.bfloat16 if cuda else torch.float32
 
 
 def tokenizer_only(folder: Path) -> Embedder:

@@ -14,9 +14,9 @@ import torch
 
 from .. import checkpoint
 from ..embedder import Embedder
-from ..pipeline import Progress
+from ..pipeline import Progress, resolve_device, resolve_dtype
 from .inputs import check_fields, read_all, resolve_inputs
-from .job import Interrupted, Job, Options, Prepared, Solo, default_dtype, embed, prepare, tokenizer_only, warn_cut
+from .job import Interrupted, Job, Options, Prepared, Solo, embed, prepare, tokenizer_only, warn_cut
 from .shards import VECTOR_DTYPES, VECTOR_FORMATS, atomic_write, serialize_vectors, shard_name
 
 
@@ -53,7 +53,8 @@ def encode_corpus(
     """
     options = Options(**options)
     group = group or Solo()
-    job = Job(model, inputs, output, options, embedder.dtype if embedder else default_dtype(device, dtype), group)
+    run_dtype = embedder.dtype if embedder else resolve_dtype(resolve_device(device), dtype)
+    job = Job(model, inputs, output, options, run_dtype, group)
     if embedder is None:
         embedder = Embedder.from_pretrained(job.checkpoint, device=device, dtype=dtype)
     todo = sum(task.records for task in job.plan if task.index not in job.existing)
@@ -128,7 +129,7 @@ def encode_file(
         raise IsADirectoryError(f"output {output} is a folder; give a file name ending in .{fmt}, or drop the suffix")
     if vector_dtype not in VECTOR_DTYPES:
         raise ValueError(f"vector_dtype={vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
-    dtype = embedder.dtype if embedder else default_dtype(device, dtype)  # the device checked too
+    dtype = embedder.dtype if embedder else resolve_dtype(resolve_device(device), dtype)  # the device checked too
     source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, input_format)
     check_fields(source, text_field, id_field, skip_bad)
     folder = checkpoint.resolve(model)
