@@ -162,16 +162,20 @@ class Qwen3Model(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        cu_seqlens: torch.Tensor,
+        cu_seqlens: torch.Tensor | ops.AttentionPlan,
         position_ids: torch.Tensor,
         output_hidden_states: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Final-normed hidden state of each sequence's last token, [B, hidden].
 
-        With `output_hidden_states`, also every layer's hidden states as transformers reports them: the
-        embeddings, the output of each layer, the last one final-normed; num_hidden_layers + 1 tensors [T, hidden].
+        `cu_seqlens` may come as a ready `ops.AttentionPlan` (the pipeline's, checked on the host where the batch was
+        packed, so that a GPU never waits on a check). With `output_hidden_states`, also every layer's hidden states
+        as transformers reports them: the embeddings, the output of each layer, the last one final-normed;
+        num_hidden_layers + 1 tensors [T, hidden].
         """
-        plan = ops.AttentionPlan(cu_seqlens, input_ids.shape[0], input_ids.device)  # once per batch, for every layer
+        plan = cu_seqlens  # once per batch, for every layer
+        if not isinstance(plan, ops.AttentionPlan):
+            plan = ops.AttentionPlan(cu_seqlens, input_ids.shape[0], input_ids.device)
         if self.cuda_graphs is not None and not output_hidden_states:
             return self.cuda_graphs(input_ids, plan, position_ids)  # `encode`, replayed
         return self.encode(input_ids, plan, position_ids, output_hidden_states)

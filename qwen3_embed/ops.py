@@ -101,13 +101,26 @@ class AttentionPlan:
     """A packed batch's sequence layout for attention, checked once per batch and shared by every layer.
 
     Backend-neutral: `cu_seqlens` [B+1] int32 on the tokens' device, `bounds` (the same offsets on the host, for
-    the per-sequence reference), and `prepared(key, build)`, which keeps what a backend derives from them once per
-    batch (the Triton kernel's work table). `check=False` skips the check of the offsets' values (a device sync):
-    for a CUDA graph, whose replays must not sync.
+    the torch backend), and `prepared(key, build)`, which keeps what a backend derives from them once per batch (the
+    Triton kernel's work table, the SDPA groups). The offsets' values are checked on the host: `bounds`, when the
+    caller has them there (where the batch was packed), else read from `cu_seqlens` (a device sync on a GPU).
+    `check=False` skips the check: for a CUDA graph, whose replays must not sync.
     """
 
-    def __init__(self, cu_seqlens: torch.Tensor, tokens: int, device: torch.device, check: bool = True):
-        self._bounds = check_cu_seqlens(cu_seqlens, tokens, device, values=check)
+    def __init__(
+        self,
+        cu_seqlens: torch.Tensor,
+        tokens: int,
+        device: torch.device,
+        check: bool = True,
+        bounds: list[int] | None = None,
+    ):
+        check_cu_seqlens(cu_seqlens, tokens, device, values=False)
+        if bounds is None and check:
+            bounds = cu_seqlens.tolist()
+        if bounds is not None:
+            check_offsets(bounds, tokens, len(cu_seqlens))
+        self._bounds = bounds
         self.cu_seqlens = cu_seqlens
         self.tokens = tokens
         self._prepared: dict = {}
@@ -247,20 +260,23 @@ def varlen_attention_reference(
     return out
 
 
-def check_cu_seqlens(
-    cu_seqlens: torch.Tensor, total: int, device: torch.device, values: bool = True
-) -> list[int] | None:
+def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device: torch.device, values: bool = True) -> None:
     """cu_seqlens must be int32 [B+1] on `device`; with `values` (a device sync), start at 0, never decrease and
-    end at `total`: then the offsets are returned as a list."""
+    end at `total`."""
     if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         raise ValueError("cu_seqlens must be a 1-D tensor of B+1 offsets")
     if cu_seqlens.dtype != torch.int32:
         raise ValueError(f"cu_seqlens has dtype {cu_seqlens.dtype}; it must be torch.int32")
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, the tokens on {device}; move it there")
-    if not values:
-        return None
-    offsets = cu_seqlens.tolist()
+    if values:
+        check_offsets(cu_seqlens.tolist(), total, len(cu_seqlens))
+
+
+def check_offsets(offsets: list[int], total: int, count: int) -> None:
+    """Host offsets of `count` entries that start at 0, never decrease and end at `total`."""
+    if len(offsets) != count:
+        raise ValueError(f"{len(offsets)} host offsets for a cu_seqlens of {count}")
     if offsets[0] != 0 or offsets[-1] != total:
         raise ValueError(
             f"cu_seqlens runs from {offsets[0]} to {offsets[-1]}; it must run from 0 to {total}, the tokens"
@@ -268,4 +284,3 @@ def check_cu_seqlens(
     for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
         if b < a:
             raise ValueError(f"cu_seqlens decreases at index {i + 1} ({a} -> {b}); offsets must not decrease")
-    return offsets

@@ -138,16 +138,16 @@ class Pipeline:
         if not ids:
             raise ValueError("no sequences to run")
         budget = self.batch_tokens(batch_tokens)
-        out = None
+        rows, order = [], []
         with torch.inference_mode():
             for batch in batches(ids, budget):
                 b = batch.to(self.device)
-                rows = head(self.model(b.input_ids, b.cu_seqlens, b.position_ids)).cpu()
-                if out is None:
-                    out = rows.new_empty(len(ids), *rows.shape[1:])
-                out[batch.index] = rows
+                rows.append(head(self.model(b.input_ids, b.plan(), b.position_ids)))
+                order += batch.index
                 if progress is not None:
-                    progress.update(len(batch.index), b.input_ids.numel())
+                    progress.update(len(batch.index), len(b.input_ids))
+            out = rows[0].new_empty((len(ids), *rows[0].shape[1:]), device="cpu")
+            out[order] = torch.cat(rows).cpu()  # one copy from the device, after the last batch
         return out
 
 

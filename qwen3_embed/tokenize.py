@@ -13,6 +13,8 @@ import torch
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import normalizers
 
+from . import ops
+
 EOS = "<|endoftext|>"  # Qwen3-Embedding pools the hidden state of this token, appended to every text
 # NFC composes at most this many characters into one: the longest canonical decomposition (U+1F82 is four).
 NFC_FOLD = 4
@@ -142,14 +144,18 @@ class Batch:
     cu_seqlens: torch.Tensor  # [B+1] int32: sequence b is input_ids[cu_seqlens[b]:cu_seqlens[b+1]]
     position_ids: torch.Tensor  # [T] int64, restarting at 0 for each sequence
     index: list[int]  # where each sequence came from in the caller's list
+    bounds: list[int]  # cu_seqlens on the host
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(
-            self.input_ids.to(device),
-            self.cu_seqlens.to(device),
-            self.position_ids.to(device),
-            self.index,
-        )
+        """The batch on `device`: on a GPU, copied from pinned memory without waiting."""
+        tensors = (self.input_ids, self.cu_seqlens, self.position_ids)
+        if device.type == "cuda":
+            tensors = (t.pin_memory() for t in tensors)
+        return Batch(*(t.to(device, non_blocking=True) for t in tensors), self.index, self.bounds)
+
+    def plan(self) -> ops.AttentionPlan:
+        """The attention plan of the batch, its offsets checked here on the host (no device sync)."""
+        return ops.AttentionPlan(self.cu_seqlens, len(self.input_ids), self.input_ids.device, bounds=self.bounds)
 
 
 def pack(sequences: Sequence[list[int]], index: list[int]) -> Batch:
@@ -163,6 +169,7 @@ def pack(sequences: Sequence[list[int]], index: list[int]) -> Batch:
         cu_seqlens=cu_seqlens.to(torch.int32),
         position_ids=torch.arange(int(cu_seqlens[-1])) - starts,
         index=index,
+        bounds=cu_seqlens.tolist(),
     )
 
 
