@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,7 +41,7 @@ from common import (
 )
 from qwen3_embed import Embedder, Qwen3Config
 from qwen3_embed.reranker import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, Reranker, format_pair
-from qwen3_embed.tokenize import Tokenizer
+from qwen3_embed.tokenize import Tokenizer, batches
 
 QUERY = "What is the capital of China?"
 
@@ -58,6 +59,56 @@ def embed_ours(folder: Path, texts: list[str], dtype: torch.dtype, device: str):
     embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
     embedder.encode(texts[:4])  # warm-up
     return timed(lambda: embedder.encode(texts), device)
+
+
+def embed_ours_compiled(folder: Path, texts: list[str], dtype: torch.dtype, device: str):
+    """Ours with each decoder layer compiled (`Qwen3Model.compile_layers`); the first calls compile, untimed."""
+    embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
+    embedder.model.compile_layers()
+    start = time.perf_counter()
+    embedder.encode(texts[:4])
+    embedder.encode(texts[-4:])  # a second, other shape: dynamic from then on
+    print(f"    (compiling took {time.perf_counter() - start:.1f} s)", flush=True)
+    return timed(lambda: embedder.encode(texts), device)
+
+
+def embed_openvino(folder: Path, texts: list[str], dtype: torch.dtype, device: str):
+    """Intel's OpenVINO runtime on the same checkpoint: transformers' Qwen3Model exported by torch.export, compiled
+    for the CPU with the precision hint set explicitly (it picks bf16 by itself on AMX CPUs), the latency hint and
+    torch's thread count, and run on one text at a time so that nothing is padded."""
+    import openvino as ov
+    from transformers import AutoModel, AutoTokenizer
+
+    if device != "cpu":
+        raise ValueError("OpenVINO runs here on the CPU only")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+
+    class LastToken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
+            return out.last_hidden_state[:, -1]
+
+    example = torch.tensor([tokenizer(texts[0])["input_ids"]])
+    with torch.no_grad():
+        seq = torch.export.Dim("seq", min=2, max=8192)
+        program = torch.export.export(LastToken().eval(), (example,), dynamic_shapes=({1: seq},))
+    hint = {torch.float32: "f32", torch.bfloat16: "bf16"}[dtype]
+    compiled = ov.Core().compile_model(ov.convert_model(program), "CPU", {
+        "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads()})  # fmt: skip
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+
+    def encode(chunk: list[list[int]]) -> torch.Tensor:
+        rows = [torch.from_numpy(compiled([seq])[0]) for seq in chunk]
+        return F.normalize(torch.cat(rows).float(), dim=-1)
+
+    encode(ids[:4])
+    return timed(lambda: encode(ids), device)
 
 
 def embed_sentence_transformers(folder: Path, texts: list[str], dtype: torch.dtype, device: str):
@@ -122,10 +173,37 @@ def rerank_card_recipe(folder: Path, documents: list[str], dtype: torch.dtype, d
 
 
 TASKS = {
-    "embed": {"qwen3-embed": embed_ours, "sentence-transformers": embed_sentence_transformers,
-              "card recipe": embed_card_recipe},
+    "embed": {"qwen3-embed": embed_ours, "qwen3-embed compiled": embed_ours_compiled,
+              "sentence-transformers": embed_sentence_transformers, "card recipe": embed_card_recipe,
+              "OpenVINO": embed_openvino},
     "rerank": {"qwen3-embed": rerank_ours, "card recipe": rerank_card_recipe},
 }  # fmt: skip
+
+
+STAGES = ["tokenize", "pack", "copy", "forward", "post-process"]
+
+
+def profile_ours(folder: Path, texts: list[str], dtype: torch.dtype, device: str) -> dict[str, float]:
+    """Seconds spent in each stage of Embedder.encode, run stage by stage with the library's own pieces."""
+    embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
+    embedder.encode(texts[:4])
+    seconds = dict.fromkeys(STAGES, 0.0)
+
+    def clock(stage: str, fn, *args):
+        out, spent = timed(lambda: fn(*args), device)
+        seconds[stage] += spent
+        return out
+
+    with torch.inference_mode():
+        ids = clock("tokenize", embedder.tokenize, texts)
+        packed = clock("pack", lambda: list(batches(ids, embedder.batch_tokens(None))))
+        rows = []
+        for batch in packed:
+            b = clock("copy", batch.to, embedder.device)
+            last = clock("forward", embedder.model, b.input_ids, clock("pack", b.plan), b.position_ids)
+            rows.append(clock("post-process", last.float))
+        clock("post-process", lambda: embedder.finish(torch.cat(rows).cpu(), True))
+    return seconds
 
 
 def agreement(task: str, outputs: torch.Tensor, ours: torch.Tensor) -> str:
@@ -149,6 +227,9 @@ def main() -> None:
     p.add_argument("--tokenizer", type=Path, default=SHARED_TOKENIZER, help="folder with the real Qwen3 tokenizer")
     p.add_argument("--checkpoints", type=Path, default=ROOT / "local", help="where to write the checkpoints")
     p.add_argument("--name", default="throughput-cpu", help="file name under benchmarks/results/")
+    p.add_argument("--systems", nargs="+", help="only these systems (default: all; OpenVINO when it is installed)")
+    p.add_argument("--profile", action="store_true", help="also the split of our time: tokenize, pack, copy, forward, "
+                   "post-process")  # fmt: skip
     args = p.parse_args()
     if not (args.tokenizer / "tokenizer.json").exists():
         raise SystemExit(f"no tokenizer.json in {args.tokenizer}: pass --tokenizer with the real Qwen3 tokenizer")
@@ -158,8 +239,9 @@ def main() -> None:
         config = replace(config, num_hidden_layers=args.layers)
     shape = f"{args.preset} shape" + (f", {config.num_hidden_layers} layers" if args.layers else "")
     texts = texts_of_token_lengths(args.tokenizer, log_uniform_lengths(args.texts, args.min_tokens, args.max_tokens))
-    results = {"machine": machine(), "preset": args.preset, "layers": config.num_hidden_layers, "runs": []}
-    rows = []
+    results = {"machine": machine(), "preset": args.preset, "layers": config.num_hidden_layers, "runs": [],
+               "profile": {}}  # fmt: skip
+    rows, profile_rows, ours_by_dtype = [], [], {}
     for task in args.tasks:
         reranking = task == "rerank"
         print(f"writing the random-weight {task} checkpoint ...", flush=True)
@@ -182,6 +264,11 @@ def main() -> None:
             print(f"  {dtype_name}: torch.mm roofline {peak:.0f} GFLOP/s", flush=True)
             ours, runs = None, []
             for system, fn in TASKS[task].items():
+                if args.systems and system not in args.systems and system != "qwen3-embed":
+                    continue
+                if system == "OpenVINO" and importlib.util.find_spec("openvino") is None:
+                    print("    OpenVINO: not installed (pip install openvino), left out", flush=True)
+                    continue
                 outputs, seconds = fn(folder, inputs, dtype, args.device)
                 gc.collect()
                 ours = outputs if ours is None else ours
@@ -193,6 +280,15 @@ def main() -> None:
                 runs.append(run)
                 print(f"    {system:22s} {seconds:7.1f} s {run['tokens_per_s']:7.1f} tok/s "
                       f"{run['roofline_fraction']:6.1%} of roofline, {run['agreement']}", flush=True)  # fmt: skip
+            if not reranking:
+                ours_by_dtype[dtype_name] = ours
+            if args.profile and not reranking:
+                split = profile_ours(folder, inputs, dtype, args.device)
+                total = sum(split.values())
+                results["profile"][dtype_name] = split
+                print("    our time: " + ", ".join(f"{k} {v:.2f} s ({v / total:.1%})" for k, v in split.items()))
+                profile_rows.append(f"| {dtype_name} | " + " | ".join(f"{split[k] / total:.1%}" for k in STAGES)
+                                    + f" | {total:.1f} s |")  # fmt: skip
             for run in runs:
                 run["qwen3_embed_speedup"] = run["seconds"] / runs[0]["seconds"]
                 rows.append(f"| {task} | {dtype_name} | {run['system']} | {run['texts_per_s']:.2f} | "
@@ -210,6 +306,14 @@ def main() -> None:
          "vs ours"],
         rows,
     )  # fmt: skip
+    if {"float32", "bfloat16"} <= ours_by_dtype.keys():
+        cosine = F.cosine_similarity(ours_by_dtype["bfloat16"], ours_by_dtype["float32"], dim=-1).min().item()
+        results["bfloat16_vs_float32_min_cosine"] = cosine
+        table += f"\n\nOur bfloat16 vectors against our float32 ones: min cosine {cosine:.6f}."
+    if profile_rows:
+        table += "\n\n" + markdown_table(
+            "Where our time goes (`--profile`):", ["dtype", *STAGES, "total"], profile_rows
+        )
     print("\n" + table)
     write_results(args.name, results, table)
 

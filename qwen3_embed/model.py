@@ -159,6 +159,14 @@ class Qwen3Model(nn.Module):
 
     cuda_graphs: CudaGraphs | None = None  # set to CudaGraphs(model) to replay the forward from CUDA graphs
 
+    def compile_layers(self) -> None:
+        """Compile each decoder layer with torch.compile, for dynamic token counts (one compile serves every batch
+        shape): RMSNorm, the residual adds, RoPE and SiLU*up fuse into a few loops around the GEMMs; attention runs
+        eagerly in between. The eager path is the one `forward` reads as; compiling changes no result beyond float
+        rounding."""
+        for layer in self.layers:
+            layer.compile(dynamic=True)
+
     def forward(
         self,
         input_ids: torch.Tensor,

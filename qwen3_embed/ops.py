@@ -171,6 +171,7 @@ ALONE_FROM = 256
 MAX_PADDING = 0.25
 
 
+@torch.compiler.disable  # a compiled layer calls it eagerly: its calls depend on the batch's lengths
 def varlen_attention_sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, scale: float
 ) -> torch.Tensor:
