@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .model import Qwen3Model
 from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress, check_int
-from .tokenize import Tokenizer
+from .tokenize import Cut, Tokenizer
 
 
 def format_instruction(instruction: str, text: str) -> str:
@@ -90,10 +90,19 @@ class Embedder(Pipeline):
                 f"texts; pass batch_tokens= to change it (now {self.batch_tokens(batch_tokens)} on {self.device.type})",
                 stacklevel=2,
             )
-        ids = self.tokenize([texts] if single else texts, instruction, prompt_name, max_length, truncate)
-        if ids:
-            with Progress(len(ids), enabled=show_progress) as progress:
-                vectors = self.run(ids, lambda last: last[:, :dim].float(), batch_tokens, progress)
+        texts = [texts] if single else list(texts)
+        check_texts(texts)
+        self._apply_prompt([], instruction, prompt_name)  # its errors, before any work
+        cut = Cut(self.max_length(max_length))
+
+        def tokenize(part: list[str], first: int) -> list[list[int]]:
+            return self.tokenize(part, instruction, prompt_name, max_length, truncate, first=first, cut=cut)
+
+        if texts:
+            head = lambda last: last[:, :dim].float()  # noqa: E731
+            with Progress(len(texts), enabled=show_progress) as progress:
+                vectors = self.run_texts(texts, tokenize, head, batch_tokens, progress, all_first=not truncate)
+            cut.warn(stacklevel=2)
             vectors = self.finish(vectors, normalize)
         else:
             vectors = torch.empty(0, dim)
@@ -125,14 +134,15 @@ class Embedder(Pipeline):
         max_length: int | None = None,
         truncate: bool = True,
         warn: bool = True,
+        first: int = 0,
+        cut: Cut | None = None,
     ) -> list[list[int]]:
-        """The token ids `encode` runs for each text: prompt applied, one final EOS, cut to max_length."""
+        """The token ids `encode` runs for each text: prompt applied, one final EOS, cut to max_length (see
+        `Tokenizer.encode` for `warn`, `first` and `cut`)."""
         texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
+        check_texts(texts, first)
         texts = self._apply_prompt(texts, instruction, prompt_name)
-        return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn)
+        return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn, first=first, cut=cut)
 
     def check_dim(self, dim: int | None) -> int:
         """The output dimensions: an integer in 1..hidden, default hidden."""
@@ -174,6 +184,13 @@ class Embedder(Pipeline):
                 "(config_sentence_transformers.json)"
             )
         return [self.prompts[prompt_name] + t for t in texts]
+
+
+def check_texts(texts: list, first: int = 0) -> None:
+    """Every item a str, else a TypeError naming the first that is not (by its index plus `first`)."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{first + i}] is a {type(text).__name__}, not a str")
 
 
 def read_prompts(folder: Path) -> tuple[dict[str, str], str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -17,7 +18,10 @@ from .tokenize import Tokenizer, batches
 
 # The model cards' task: for the embedding models' queries, and the rerankers' default instruction.
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-DEFAULT_MAX_LENGTH = 8192  # what the official evaluation uses
+DEFAULT_MAX_LENGTH = 8192
+# Texts tokenized at a time by `run_texts`, the next chunk while the model runs this one: thousands of texts fill
+# many batches, so a GPU is never kept waiting for tokens after the first chunk.
+TOKENIZE_CHUNK = 4096  # what the official evaluation uses
 # Tokens per forward pass. On CPU, 2048 keeps the activations in cache and measured fastest (benchmarks/);
 # on CUDA, larger batches keep the GPU busy.
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
@@ -149,6 +153,30 @@ class Pipeline:
             out = rows[0].new_empty((len(ids), *rows[0].shape[1:]), device="cpu")
             out[order] = torch.cat(rows).cpu()  # one copy from the device, after the last batch
         return out
+
+    def run_texts(
+        self,
+        texts: Sequence,
+        tokenize: Callable[[list, int], list[list[int]]],
+        head: Callable[[torch.Tensor], torch.Tensor],
+        batch_tokens: int | None = None,
+        progress: Progress | None = None,
+        all_first: bool = False,
+    ) -> torch.Tensor:
+        """`run` over texts tokenized TOKENIZE_CHUNK at a time by `tokenize(texts, first)`: the next chunk on a
+        background thread (the Rust tokenizer lets go of the GIL) while the model runs the current one. With
+        `all_first`, every text is tokenized before the model runs (so that a text refused is found before any
+        work is done)."""
+        texts, outputs = list(texts), []
+        chunk = len(texts) if all_first else TOKENIZE_CHUNK
+        with ThreadPoolExecutor(1) as tokenizing:
+            pending = tokenizing.submit(tokenize, texts[:chunk], 0)
+            for first in range(0, len(texts), chunk):
+                ids, following = pending.result(), first + chunk
+                if following < len(texts):
+                    pending = tokenizing.submit(tokenize, texts[following : following + chunk], following)
+                outputs.append(self.run(ids, head, batch_tokens, progress))
+        return torch.cat(outputs)
 
 
 class Progress:

@@ -15,7 +15,7 @@ import torch
 from . import checkpoint
 from .model import Qwen3Model
 from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress, check_int
-from .tokenize import TextTooLong, Tokenizer
+from .tokenize import Cut, TextTooLong, Tokenizer
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
@@ -82,11 +82,17 @@ class Reranker(Pipeline):
         batch_tokens: tokens per forward pass (default 2048 on CPU, 16384 on CUDA).
         raw: return the logit difference `l_yes - l_no` instead of its sigmoid.
         """
-        ids = self.tokenize(pairs(query, documents), instruction, max_length, truncate)
-        if not ids:
+        both = pairs(query, documents)
+        cut = Cut(self.max_length(max_length))
+
+        def tokenize(part: list[tuple[str, str]], first: int) -> list[list[int]]:
+            return self.tokenize(part, instruction, max_length, truncate, first=first, cut=cut)
+
+        if not both:
             return torch.empty(0)
-        with Progress(len(ids), unit="pair", enabled=show_progress) as progress:
-            logits = self.run(ids, self.head, batch_tokens, progress)
+        with Progress(len(both), unit="pair", enabled=show_progress) as progress:
+            logits = self.run_texts(both, tokenize, self.head, batch_tokens, progress, all_first=not truncate)
+        cut.warn(stacklevel=2)
         return logits if raw else torch.sigmoid(logits)
 
     def rank(
@@ -106,13 +112,15 @@ class Reranker(Pipeline):
         max_length: int | None = None,
         truncate: bool = True,
         warn: bool = True,
+        first: int = 0,
+        cut: Cut | None = None,
     ) -> list[list[int]]:
-        """The token ids `score` runs for each pair: prefix, the pair's text (cut to fit max_length), suffix."""
+        """The token ids `score` runs for each pair: prefix, the pair's text (cut to fit max_length), suffix (see
+        `Tokenizer.encode` for `warn`, `first` and `cut`)."""
         instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
         texts = [format_pair(instruction, q, d) for q, d in pairs]
-        return self.tokenizer.encode(
-            texts, self.max_length(max_length), truncate, prefix=self.prefix, suffix=self.suffix, warn=warn
-        )
+        return self.tokenizer.encode(texts, self.max_length(max_length), truncate, self.prefix, self.suffix, warn,
+                                     first, cut)  # fmt: skip
 
     def tokenize_query(
         self,

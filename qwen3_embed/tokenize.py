@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
 from pathlib import Path
@@ -55,14 +55,17 @@ class Tokenizer:
         prefix: Sequence[int] = (),
         suffix: Sequence[int] | None = None,
         warn: bool = True,
+        first: int = 0,
+        cut: Cut | None = None,
     ) -> list[list[int]]:
         """`prefix + tokens of the text + suffix` for each text, at most `max_length` tokens.
 
         The suffix defaults to one `<|endoftext|>`, the token the embedding models pool. The tokenizer's own
         post-processor is bypassed, so the result is the same whether or not its tokenizer.json appends an EOS.
         A text too long to fit has its tokens cut (never the prefix or suffix) with a warning (unless `warn` is
-        False, for callers that asked for truncation explicitly), or is an error when `truncate` is False. A token
-        the embedding table has no row for is an error naming the text.
+        False, for callers that asked for truncation explicitly; or gathered in `cut`, for a caller that tokenizes
+        in chunks and warns once), or is an error when `truncate` is False. A token the embedding table has no row
+        for is an error naming the text. Texts are named by their index plus `first` (where a chunk begins).
         """
         prefix, suffix = list(prefix), [self.eos_id] if suffix is None else list(suffix)
         room = max_length - len(prefix) - len(suffix)
@@ -74,25 +77,23 @@ class Tokenizer:
         self._check_rows(prefix + suffix, "the prompt")
         ids = [e.ids for e in self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
         too_long = [i for i, seq in enumerate(ids) if len(seq) > room]
-        if too_long:
+        if too_long and not truncate:
             longest = max(len(ids[i]) for i in too_long) + len(prefix) + len(suffix)
-            if not truncate:
-                raise TextTooLong(
-                    f"{len(too_long)} text(s) are longer than max_length={max_length} tokens "
-                    f"(indices {_some(too_long)}; the longest has {longest}); shorten them, raise max_length, "
-                    "or pass truncate=True"
-                )
-            if warn:  # stacklevel: the user's call of Embedder.encode or Reranker.score
-                warnings.warn(
-                    f"{len(too_long)} of {len(ids)} text(s) were longer than max_length={max_length} tokens and were "
-                    f"cut to fit (indices {_some(too_long)}; the longest had {longest}); pass truncate=False "
-                    "(--no-truncate) to get an error instead",
-                    stacklevel=4,
-                )
-            for i in too_long:
-                del ids[i][room:]
+            raise TextTooLong(
+                f"{len(too_long)} text(s) are longer than max_length={max_length} tokens "
+                f"(indices {_some([first + i for i in too_long])}; the longest has {longest}); shorten them, raise "
+                "max_length, or pass truncate=True"
+            )
+        warn_here = cut is None and warn
+        cut = Cut(max_length) if warn_here else cut
+        if cut is not None:
+            cut.add(len(ids), [(first + i, len(ids[i]) + len(prefix) + len(suffix)) for i in too_long])
+        for i in too_long:
+            del ids[i][room:]
         for i, seq in enumerate(ids):
-            self._check_rows(seq, f"text {i}")
+            self._check_rows(seq, f"text {first + i}")
+        if warn_here:
+            cut.warn(stacklevel=4)  # the user's call of Embedder.encode or Reranker.score
         return [prefix + seq + suffix for seq in ids]
 
     @cached_property
@@ -128,6 +129,31 @@ class Tokenizer:
             raise ValueError(
                 f"{what} contains the token {self._tokenizer.id_to_token(bad)!r} (id {bad}), but the model's "
                 f"embedding table has only {self.vocab_size} rows; remove it from the text"
+            )
+
+
+@dataclass
+class Cut:
+    """The texts that tokenizing cut to fit `max_length`, gathered over the chunks of one call and reported once."""
+
+    max_length: int
+    texts: int = 0  # texts tokenized so far
+    indices: list[int] = field(default_factory=list)  # of the texts cut
+    longest: int = 0  # tokens of the longest text cut, before the cut
+
+    def add(self, texts: int, cut: list[tuple[int, int]]) -> None:
+        """A chunk of `texts` texts tokenized, with the (index, tokens) of those cut."""
+        self.texts += texts
+        self.indices += [i for i, _ in cut]
+        self.longest = max([self.longest] + [n for _, n in cut])
+
+    def warn(self, stacklevel: int) -> None:
+        if self.indices:
+            warnings.warn(
+                f"{len(self.indices)} of {self.texts} text(s) were longer than max_length={self.max_length} tokens and "
+                f"were cut to fit (indices {_some(self.indices)}; the longest had {self.longest}); pass truncate=False "
+                "(--no-truncate) to get an error instead",
+                stacklevel=stacklevel + 1,
             )
 
 

@@ -221,3 +221,22 @@ def test_similarity_takes_numpy_and_lists(embedder):
     torch.testing.assert_close(embedder.similarity(q.tolist(), d[0].tolist()), expected[:, :1])
     with pytest.raises(ValueError, match="not 3-D and 2-D"):
         embedder.similarity(q[None], d)
+
+
+def test_texts_tokenized_in_chunks_give_the_same_vectors_and_one_warning(embedder, monkeypatch):
+    """encode tokenizes the next chunk of texts while the model runs this one: chunks change nothing but speed."""
+    from qwen3_embed import pipeline
+
+    texts = texts_of_lengths(11, seed=8, max_words=8) + ["gravity " * 100, "a", "gravity " * 120]
+    with pytest.warns(UserWarning, match="2 of 14 text"):  # and with the stack level of the user's call
+        whole = embedder.encode(texts, max_length=96)
+    monkeypatch.setattr(pipeline, "TOKENIZE_CHUNK", 4)
+    with pytest.warns(UserWarning) as caught:
+        chunked = embedder.encode(texts, max_length=96)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    cuts = [str(w.message) for w in caught if "were cut" in str(w.message)]
+    assert len(cuts) == 1 and "2 of 14 text(s)" in cuts[0] and "(indices 11, 13;" in cuts[0]
+    with pytest.raises(ValueError, match=r"2 text\(s\) are longer .*\(indices 11, 13;"):  # found before any work
+        embedder.encode(texts, max_length=96, truncate=False)
+    with pytest.raises(TypeError, match=r"texts\[13\] is a int"):
+        embedder.encode([*texts[:13], 5])
