@@ -42,8 +42,8 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     raise ValueError(f"dtype {dtype!r} is not supported; use one of float32, bfloat16, float16")
 
 
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A local folder as it is, or a hub id downloaded (or found in the local cache) with only the needed files."""
+def resolve(name_or_path: str | os.PathLike, files: list[str] = NEEDED_FILES) -> Path:
+    """A local folder as it is, or a hub id downloaded (or found in the local cache) with only the needed `files`."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -54,7 +54,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(name, allow_patterns=NEEDED_FILES))
+        return Path(snapshot_download(name, allow_patterns=files))
     except HFValidationError as e:
         raise ValueError(f"{name!r} is not a valid hub id: {e}") from None
     except RepositoryNotFoundError:
@@ -69,6 +69,12 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
             f"reachable on the hub{' (HF_HUB_OFFLINE is set)' if offline else ''}: {fix}, or pass the path of a "
             "local checkpoint folder"
         ) from None
+
+
+def read_config(name_or_path: str | os.PathLike) -> Qwen3Config:
+    """The config of a local folder or hub id, fetching nothing but config.json (to check options before the
+    weights are downloaded or loaded)."""
+    return Qwen3Config.from_json(resolve(name_or_path, ["config.json"]) / "config.json")
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -93,6 +99,37 @@ def weight_files(folder: Path) -> list[Path]:
 def checkpoint_key(key: str) -> str:
     """The model's name for a checkpoint key: embedding repos have no `model.` prefix, reranker repos do."""
     return key.removeprefix("model.")
+
+
+def kind(folder: Path) -> str | None:
+    """What a checkpoint's files say it is: "embedding" (sentence-transformers files and keys without the `model.`
+    prefix, as the Qwen3-Embedding repos ship), "reranker" (neither, as the Qwen3-Reranker repos ship), or None
+    where the two signs disagree."""
+    sentence_transformers = any((folder / f).exists() for f in ("modules.json", "config_sentence_transformers.json"))
+    prefixed = any(key.startswith("model.") for key in SafetensorsFile(weight_files(folder)[0]).entries)
+    if sentence_transformers == prefixed:
+        return None
+    return "embedding" if sentence_transformers else "reranker"
+
+
+KINDS = {  # kind -> (what the repos are called, the class that loads them, the command that uses them)
+    "embedding": ("Qwen3-Embedding", "Embedder", "similarity, encode or serve --model"),
+    "reranker": ("Qwen3-Reranker", "Reranker", "rerank --model or serve --reranker"),
+}
+
+
+def check_kind(folder: Path, expected: str) -> None:
+    """A checkpoint whose files say it is of the other kind is an error that says how to load it."""
+    found = kind(folder)
+    if found is None or found == expected:
+        return
+    name, loader, command = KINDS[found]
+    signs = "has sentence-transformers files" if found == "embedding" else "has no sentence-transformers files"
+    signs += " and keys " + ("without" if found == "embedding" else "with") + " the 'model.' prefix"
+    raise ValueError(
+        f"{folder} looks like a {name} checkpoint (it {signs}), not a {KINDS[expected][0]} one: load it with "
+        f"{loader}.from_pretrained (qwen3-embed {command}), or pass check_kind=False (--ignore-kind) to load it anyway"
+    )
 
 
 # safetensors' dtype names for the tensors a Qwen3 checkpoint holds

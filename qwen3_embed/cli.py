@@ -4,21 +4,22 @@ one .npy), `rerank` orders documents for a query, `serve` runs the HTTP server."
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import __version__, corpus
+from . import __version__, checkpoint, corpus
 from .corpus import torchrun
-from .corpus.inputs import INPUT_FORMATS
+from .corpus.inputs import INPUT_FORMATS, check_fields, read_all, resolve_inputs
 from .corpus.local import report
 from .corpus.shards import VECTOR_DTYPES, VECTOR_FORMATS
 from .embedder import Embedder
-from .reranker import DEFAULT_INSTRUCTION, Reranker
+from .pipeline import DEFAULT_INSTRUCTION, check_int, resolve_device
+from .reranker import Reranker
 
-CARD_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 CARD_QUERIES = ["What is the capital of China?", "Explain gravity"]
 CARD_DOCUMENTS = [
     "The capital of China is Beijing.",
@@ -27,24 +28,37 @@ CARD_DOCUMENTS = [
 ]
 
 
-def read_texts(path: Path, text_field: str | None = None, skip_bad: bool = False) -> list[str]:
-    """The texts of a file, folder or glob: text lines, JSON lines or Parquet (detected as `encode` detects them)."""
-    texts, skipped = corpus.read_texts(path, text_field, skip_bad=skip_bad)
-    report(skipped)
-    return texts
-
-
 def load(args: argparse.Namespace) -> Embedder:
-    return Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    return Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, check_kind=not args.ignore_kind)
+
+
+def preflight(args: argparse.Namespace, model: str) -> None:
+    """What can be checked before the model loads: the device, and --dim and --max-length against the checkpoint's
+    config.json (the only file fetched for it)."""
+    resolve_device(args.device)
+    config = checkpoint.read_config(model)
+    if getattr(args, "dim", None) is not None:
+        check_int("--dim", args.dim, 1, config.hidden_size, "the model's hidden size")
+    if args.max_length is not None:
+        check_int("--max-length", args.max_length, 2, config.max_position_embeddings, "the model's maximum")
+
+
+def token_options(args: argparse.Namespace) -> dict:
+    """The options of --max-length, --no-truncate and --batch-tokens, as encode and score take them."""
+    return dict(max_length=args.max_length, truncate=not args.no_truncate, batch_tokens=args.batch_tokens)
 
 
 def similarity(args: argparse.Namespace) -> None:
     queries = args.query or CARD_QUERIES
     documents = args.document or CARD_DOCUMENTS
+    preflight(args, args.model)
     embedder = load(args)
-    q = embedder.encode(queries, instruction=args.instruction or None, dim=args.dim)
-    d = embedder.encode(documents, dim=args.dim)
-    scores = embedder.similarity(q, d)
+    q = embedder.encode(queries, instruction=args.instruction or None, dim=args.dim, **token_options(args))
+    d = embedder.encode(documents, dim=args.dim, **token_options(args))
+    scores = embedder.similarity(q, d).tolist()
+    if args.json:
+        print(json.dumps({"queries": queries, "documents": documents, "scores": scores}, ensure_ascii=False))
+        return
     print("documents:")
     for j, doc in enumerate(documents):
         print(f"  d{j}: {doc}")
@@ -52,7 +66,7 @@ def similarity(args: argparse.Namespace) -> None:
     for i, query in enumerate(queries):
         print(f"  q{i}: {query}")
     print("\n     " + "".join(f"{f'd{j}':>9}" for j in range(len(documents))))
-    for i, row in enumerate(scores.tolist()):
+    for i, row in enumerate(scores):
         print(f"{f'q{i}':<5}" + "".join(f"{s:9.4f}" for s in row))
 
 
@@ -145,16 +159,40 @@ def verify(args: argparse.Namespace) -> None:
 
 
 def rerank(args: argparse.Namespace) -> None:
-    if bool(args.document) == bool(args.input):
-        raise ValueError("give the documents with --document (repeated) or --input FILE, not both")
-    documents = args.document or read_texts(args.input)
-    reranker = Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    if not args.document and args.input is None:
+        raise ValueError("no documents: give them with --document TEXT (repeat it) or --input FILE")
+    if args.document and args.input is not None:
+        raise ValueError("give the documents with --document or with --input FILE, not both")
+    if args.input is None and (args.text_field or args.id_field):
+        raise ValueError("--text-field and --id-field read fields of an --input file; --document takes plain text")
+    preflight(args, args.model)
+    if args.input is None:
+        ids, documents = list(range(len(args.document))), args.document
+    else:
+        ids, documents = read_documents(args.input, args.text_field, args.id_field)
+    reranker = Reranker.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, check_kind=not args.ignore_kind
+    )
     ranked = reranker.rank(
-        args.query, documents, top_k=args.top_k, instruction=args.instruction, max_length=args.max_length,
-        show_progress=args.input is not None,
+        args.query, documents, top_k=args.top_k, instruction=args.instruction, raw=args.raw,
+        show_progress=args.input is not None, **token_options(args),
     )  # fmt: skip
-    for index, score in ranked:
-        print(f"{score:.4f}  d{index}  {documents[index]}")
+    for rank, (index, score) in enumerate(ranked, start=1):
+        if args.json:
+            line = {"rank": rank, "index": index, "id": ids[index], "score": score, "document": documents[index]}
+            print(json.dumps(line, ensure_ascii=False))
+        else:
+            print(f"{score:.4f}  {ids[index] if args.id_field else f'd{index}'}  {documents[index]}")
+
+
+def read_documents(path: Path, text_field: str | None, id_field: str | None) -> tuple[list, list[str]]:
+    """(ids, texts) of the records of a file; a malformed record is an error naming its line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--input {path}: there is no such file")
+    source = resolve_inputs(path)
+    check_fields(source, text_field, id_field, skip_bad=False)
+    records, _ = read_all(source, text_field, id_field)
+    return [r.id for r in records], [r.text for r in records]
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -196,16 +234,29 @@ def parser() -> argparse.ArgumentParser:
         "float32)"
     )  # fmt: skip
     device.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    device.add_argument(
+        "--ignore-kind", action="store_true", help="load a checkpoint whose files say it is of the other kind "
+        "(an embedding model as a reranker, or back)"
+    )  # fmt: skip
+    tokens = argparse.ArgumentParser(add_help=False)
+    tokens.add_argument("--max-length", type=int, help="tokens per text, EOS or prompt included (default: 8192)")
+    tokens.add_argument("--no-truncate", action="store_true", help="fail on a text over --max-length instead of "
+                        "cutting it with a warning")  # fmt: skip
+    tokens.add_argument(
+        "--batch-tokens", type=int, help="tokens per forward pass (default: 2048 on cpu, 16384 on cuda)"
+    )
     common = argparse.ArgumentParser(add_help=False, parents=[device])
     common.add_argument("--model", default="Qwen/Qwen3-Embedding-0.6B", help="hub id or local folder")
     common.add_argument("--dim", type=int, help="output dimensions (Matryoshka), default: the hidden size")
 
     s = commands.add_parser(
-        "similarity", parents=[common], formatter_class=HelpFormatter, help="print query x document cosine scores"
-    )
+        "similarity", parents=[common, tokens], formatter_class=HelpFormatter, help="print query x document cosine "
+        "scores"
+    )  # fmt: skip
     s.add_argument("--query", action="append", help="a query (repeat for several); default: the model card's")
     s.add_argument("--document", action="append", help="a document (repeat for several); default: the card's")
-    s.add_argument("--instruction", default=CARD_TASK, help="task for the queries ('' for none); default: the card's")
+    s.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="task for the queries ('' for none)")
+    s.add_argument("--json", action="store_true", help="print {queries, documents, scores} as JSON")
     s.set_defaults(run=similarity)
 
     e = commands.add_parser(
@@ -257,15 +308,20 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=verify)
 
     r = commands.add_parser(
-        "rerank", parents=[device], formatter_class=HelpFormatter, help="score documents for a query, best first"
-    )
+        "rerank", parents=[device, tokens], formatter_class=HelpFormatter, help="score documents for a query, best "
+        "first"
+    )  # fmt: skip
     r.add_argument("--model", default="Qwen/Qwen3-Reranker-0.6B", help="hub id or local folder")
     r.add_argument("--query", required=True, help="the query to rank the documents for")
     r.add_argument("--document", action="append", help="a document (repeat for several)")
-    r.add_argument("--input", type=Path, help="documents from a file: one per line, or .jsonl with 'text'")
-    r.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="the task; default: the card's")
+    r.add_argument("--input", type=Path, help="documents from a file: text lines, JSON lines or Parquet")
+    r.add_argument("--text-field", help="field of the text in JSON lines or Parquet (default: text)")
+    r.add_argument("--id-field", help="field of each document's id, printed with it (default: its position)")
+    r.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="the task")
     r.add_argument("--top-k", type=int, help="print only the best k")
-    r.add_argument("--max-length", type=int, help="tokens per query-document pair, prompt included (default 8192)")
+    r.add_argument("--raw", action="store_true", help="print the logit difference l_yes - l_no, not the probability")
+    r.add_argument("--json", action="store_true", help="print one JSON object per document: rank, index, id, score, "
+                   "document")  # fmt: skip
     r.set_defaults(run=rerank)
 
     v = commands.add_parser(

@@ -69,8 +69,24 @@ class Qwen3Config:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Qwen3Config:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """The config of a checkpoint's config.json; a missing, unreadable or foreign file is an error naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path.parent} has no config.json: is it a checkpoint folder? A Qwen3-Embedding or Qwen3-Reranker "
+                "folder holds config.json, tokenizer.json and model.safetensors (download the whole repository)"
+            )
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); download it again") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; download it again")
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def preset(cls, name: str) -> Qwen3Config:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .model import Qwen3Model
-from .pipeline import Pipeline, Progress
+from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress, check_int
 from .tokenize import Tokenizer
 
 
@@ -21,6 +23,8 @@ def format_instruction(instruction: str, text: str) -> str:
 
 
 class Embedder(Pipeline):
+    KIND = "embedding"
+
     def __init__(
         self,
         model: Qwen3Model,
@@ -39,9 +43,11 @@ class Embedder(Pipeline):
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        check_kind: bool = True,
     ) -> Embedder:
-        """Load a local folder or hub id (default: CUDA in bf16 when available, else CPU in float32)."""
-        folder, model, tokenizer = cls.load(name_or_path, device, dtype)
+        """Load a local folder or hub id (default: CUDA in bf16 when available, else CPU in float32); a checkpoint
+        whose files say it is a reranker is an error unless `check_kind` is False."""
+        folder, model, tokenizer = cls.load(name_or_path, device, dtype, check_kind)
         return cls(model, tokenizer, *read_prompts(folder))
 
     def encode(
@@ -51,30 +57,65 @@ class Embedder(Pipeline):
         instruction: str | None = None,
         prompt_name: str | None = None,
         dim: int | None = None,
+        truncate_dim: int | None = None,
         normalize: bool = True,
         max_length: int | None = None,
         truncate: bool = True,
         batch_tokens: int | None = None,
+        batch_size: int | None = None,
         show_progress: bool = False,
-    ) -> torch.Tensor:
+        convert_to_numpy: bool = False,
+    ) -> torch.Tensor | np.ndarray:
         """Embed texts: float32 CPU tensor [len(texts), dim] in the input's order ([dim] for a single string).
 
-        instruction: formats each text as `Instruct: {instruction}\\nQuery:{text}` (for queries).
+        instruction: formats each text as `Instruct: {instruction}\nQuery:{text}` (for queries).
         prompt_name: prepends a prompt of the checkpoint's config_sentence_transformers.json (e.g. 'query').
-        dim: keep the first `dim` values (Matryoshka), normalized afterwards; default: the hidden size.
+        dim (or sentence-transformers' name, truncate_dim): keep the first `dim` values (Matryoshka), normalized
+        afterwards; default: the hidden size.
         max_length: tokens per text, EOS included (default 8192, at most the model's maximum); longer texts are
         cut with a warning, or are an error when `truncate` is False.
         batch_tokens: tokens per forward pass (default 2048 on CPU, 16384 on CUDA); a longer text runs alone.
+        batch_size: not used (batches are packed by tokens); passing it warns and names batch_tokens.
+        convert_to_numpy: return a numpy array instead of a tensor.
         """
         single = isinstance(texts, str)
+        if truncate_dim is not None:
+            if dim is not None and dim != truncate_dim:
+                raise ValueError(f"dim={dim} and truncate_dim={truncate_dim} are the same option; pass one")
+            dim = truncate_dim
         dim = self.check_dim(dim)
+        if batch_size is not None:
+            warnings.warn(
+                f"batch_size={batch_size} is not used: qwen3-embed packs each batch up to a number of tokens, not "
+                f"texts; pass batch_tokens= to change it (now {self.batch_tokens(batch_tokens)} on {self.device.type})",
+                stacklevel=2,
+            )
         ids = self.tokenize([texts] if single else texts, instruction, prompt_name, max_length, truncate)
-        if not ids:
-            return torch.empty(0, dim)
-        with Progress(len(ids), enabled=show_progress) as progress:
-            vectors = self.run(ids, lambda last: last[:, :dim].float(), batch_tokens, progress)
-        vectors = self.finish(vectors, normalize)
-        return vectors[0] if single else vectors
+        if ids:
+            with Progress(len(ids), enabled=show_progress) as progress:
+                vectors = self.run(ids, lambda last: last[:, :dim].float(), batch_tokens, progress)
+            vectors = self.finish(vectors, normalize)
+        else:
+            vectors = torch.empty(0, dim)
+        vectors = vectors[0] if single else vectors
+        return vectors.numpy() if convert_to_numpy else vectors
+
+    def encode_query(self, texts: str | Sequence[str], **options) -> torch.Tensor | np.ndarray:
+        """`encode` for queries: with the given instruction or prompt_name, else the checkpoint's "query" prompt, else
+        the model card's web-search instruction (the same text)."""
+        if options.get("instruction") is None and options.get("prompt_name") is None:
+            if "query" in self.prompts:
+                options["prompt_name"] = "query"
+            else:
+                options["instruction"] = DEFAULT_INSTRUCTION
+        return self.encode(texts, **options)
+
+    def encode_document(self, texts: str | Sequence[str], **options) -> torch.Tensor | np.ndarray:
+        """`encode` for documents: the checkpoint's "document" prompt when it has one (empty for the released
+        models), else no prompt."""
+        if options.get("instruction") is None and options.get("prompt_name") is None and "document" in self.prompts:
+            options["prompt_name"] = "document"
+        return self.encode(texts, **options)
 
     def tokenize(
         self,
@@ -94,12 +135,9 @@ class Embedder(Pipeline):
         return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn)
 
     def check_dim(self, dim: int | None) -> int:
-        """The output dimensions: 1..hidden, default hidden."""
+        """The output dimensions: an integer in 1..hidden, default hidden."""
         hidden = self.config.hidden_size
-        dim = hidden if dim is None else dim
-        if not 1 <= dim <= hidden:
-            raise ValueError(f"dim={dim} is outside 1..{hidden}, the model's hidden size")
-        return dim
+        return hidden if dim is None else check_int("dim", dim, 1, hidden, "the model's hidden size")
 
     def finish(self, vectors: torch.Tensor, normalize: bool) -> torch.Tensor:
         """Pooled vectors [n, dim] -> L2-normalized (when asked); non-finite rows are an error naming them."""
@@ -112,12 +150,15 @@ class Embedder(Pipeline):
         return F.normalize(vectors, dim=-1) if normalize else vectors
 
     @staticmethod
-    def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of every row of `a` with every row of `b`: [n, m] (a 1-D input counts as one row)."""
-        a, b = torch.atleast_2d(a), torch.atleast_2d(b)
+    def similarity(a: torch.Tensor | np.ndarray | Sequence, b: torch.Tensor | np.ndarray | Sequence) -> torch.Tensor:
+        """Cosine similarity of every row of `a` with every row of `b`: [n, m] (a 1-D input counts as one row).
+        Tensors, numpy arrays and (nested) lists of numbers are accepted."""
+        a, b = (torch.atleast_2d(torch.as_tensor(x)).float() for x in (a, b))
+        if a.dim() != 2 or b.dim() != 2:
+            raise ValueError(f"similarity takes vectors or matrices of vectors, not {a.dim()}-D and {b.dim()}-D inputs")
         if a.shape[-1] != b.shape[-1]:
             raise ValueError(f"cannot compare vectors of {a.shape[-1]} and {b.shape[-1]} dimensions")
-        return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+        return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
 
     def _apply_prompt(self, texts: list[str], instruction: str | None, prompt_name: str | None) -> list[str]:
         if instruction is not None and prompt_name is not None:

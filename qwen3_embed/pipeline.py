@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -14,10 +15,24 @@ from .config import Qwen3Config
 from .model import Qwen3Model
 from .tokenize import Tokenizer, batches
 
+# The model cards' task: for the embedding models' queries, and the rerankers' default instruction.
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 DEFAULT_MAX_LENGTH = 8192  # what the official evaluation uses
 # Tokens per forward pass. On CPU, 2048 keeps the activations in cache and measured fastest (benchmarks/);
 # on CUDA, larger batches keep the GPU busy.
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None, high_is: str = "") -> int:
+    """An integer option's value (an int or a numpy integer), checked to lie in low..high."""
+    bounds = f"{low}..{high}" if high is not None else f"at least {low}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}={value!r} must be an integer ({bounds})")
+    if high is None and value < low:
+        raise ValueError(f"{name}={value} must be at least {low}")
+    if high is not None and not low <= value <= high:
+        raise ValueError(f"{name}={value} is outside {bounds}" + (f", {high_is}" if high_is else ""))
+    return int(value)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -61,38 +76,39 @@ class Pipeline:
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
 
-    @staticmethod
+    KIND = ""  # "embedding" or "reranker": the checkpoints a subclass loads
+
+    @classmethod
     def load(
+        cls,
         name_or_path: str | os.PathLike,
         device: str | torch.device | None,
         dtype: str | torch.dtype | None,
+        check_kind: bool = True,
         skip: frozenset[str] = frozenset(),
     ):
         """(folder, model, tokenizer) of a local folder or hub id; default: CUDA in bf16 when available, else CPU
-        in float32."""
+        in float32. A checkpoint of the other kind is an error unless `check_kind` is False."""
         device = resolve_device(device)
+        dtype = checkpoint.resolve_dtype(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
         folder = checkpoint.resolve(name_or_path)
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         config = Qwen3Config.from_json(folder / "config.json")
-        model = checkpoint.load_model(folder, config, checkpoint.resolve_dtype(dtype), device, skip)
-        return folder, model, Tokenizer(folder / "tokenizer.json", config.vocab_size)
+        tokenizer = Tokenizer(folder / "tokenizer.json", config.vocab_size)
+        if check_kind:
+            checkpoint.check_kind(folder, cls.KIND)
+        return folder, checkpoint.load_model(folder, config, dtype, device, skip), tokenizer
 
     def max_length(self, max_length: int | None) -> int:
         """The token limit per sequence: default 8192, at most the model's maximum."""
         limit = self.config.max_position_embeddings
         if max_length is None:
             return min(DEFAULT_MAX_LENGTH, limit)
-        if not 2 <= max_length <= limit:
-            raise ValueError(f"max_length={max_length} is outside 2..{limit}, the model's maximum sequence length")
-        return max_length
+        return check_int("max_length", max_length, 2, limit, "the model's maximum sequence length")
 
     def batch_tokens(self, batch_tokens: int | None) -> int:
         if batch_tokens is None:
             return DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
-        if batch_tokens < 1:
-            raise ValueError(f"batch_tokens={batch_tokens} must be at least 1")
-        return batch_tokens
+        return check_int("batch_tokens", batch_tokens, 1)
 
     def run(
         self,

@@ -14,7 +14,7 @@ import torch
 
 from . import checkpoint
 from .model import Qwen3Model
-from .pipeline import Pipeline, Progress
+from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress, check_int
 from .tokenize import Tokenizer
 
 PREFIX = (
@@ -22,7 +22,6 @@ PREFIX = (
     'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
 )
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
 
 def format_pair(instruction: str, query: str, document: str) -> str:
@@ -31,6 +30,8 @@ def format_pair(instruction: str, query: str, document: str) -> str:
 
 
 class Reranker(Pipeline):
+    KIND = "reranker"
+
     def __init__(self, model: Qwen3Model, tokenizer: Tokenizer, no_yes: torch.Tensor):
         super().__init__(model, tokenizer)
         self.no_yes = no_yes  # [2, hidden]: the output projection's rows for "no" and "yes"
@@ -44,9 +45,12 @@ class Reranker(Pipeline):
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        check_kind: bool = True,
     ) -> Reranker:
-        """Load a local folder or hub id (default: CUDA in bf16 when available, else CPU in float32)."""
-        folder, model, tokenizer = cls.load(name_or_path, device, dtype, skip=frozenset({"lm_head.weight"}))
+        """Load a local folder or hub id (default: CUDA in bf16 when available, else CPU in float32); a checkpoint
+        whose files say it is an embedding model is an error unless `check_kind` is False."""
+        skip = frozenset({"lm_head.weight"})
+        folder, model, tokenizer = cls.load(name_or_path, device, dtype, check_kind, skip)
         config, weight = model.config, model.embed_tokens.weight
         rows = [tokenizer.token_id("no"), tokenizer.token_id("yes")]
         shape = (config.vocab_size, config.hidden_size)
@@ -89,8 +93,8 @@ class Reranker(Pipeline):
         self, query: str, documents: Sequence[str], *, top_k: int | None = None, **score_options
     ) -> list[tuple[int, float]]:
         """(index, score) of the documents, best first (ties in input order); the first `top_k` when given."""
-        if top_k is not None and top_k < 0:
-            raise ValueError(f"top_k={top_k} must not be negative")
+        if top_k is not None:
+            check_int("top_k", top_k, 0)
         scores = self.score(query, documents, **score_options).tolist()
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
         return [(i, scores[i]) for i in order[:top_k]]

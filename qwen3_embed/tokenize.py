@@ -18,7 +18,16 @@ class Tokenizer:
     """A checkpoint's `tokenizer.json`, for a model whose embedding table has `vocab_size` rows."""
 
     def __init__(self, path: str | Path, vocab_size: int):
-        self._tokenizer = _HFTokenizer.from_file(str(path))
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path.parent} has no tokenizer.json; copy the model's tokenizer.json there (it is in the model's hub "
+                "repository beside config.json)"
+            )
+        try:
+            self._tokenizer = _HFTokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a broken file
+            raise ValueError(f"{path} could not be read as a tokenizer ({e}); download it again") from None
         # Settings stored in tokenizer.json must not cut or pad behind our back.
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
@@ -66,8 +75,8 @@ class Tokenizer:
             if warn:  # stacklevel: the user's call of Embedder.encode or Reranker.score
                 warnings.warn(
                     f"{len(too_long)} of {len(ids)} text(s) were longer than max_length={max_length} tokens and were "
-                    f"cut to fit (indices {_some(too_long)}; the longest had {longest}); pass truncate=False to get "
-                    "an error instead",
+                    f"cut to fit (indices {_some(too_long)}; the longest had {longest}); pass truncate=False "
+                    "(--no-truncate) to get an error instead",
                     stacklevel=4,
                 )
             for i in too_long:

@@ -166,3 +166,65 @@ def test_resolve_dtype():
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype(torch.float16) is torch.float16
     with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
         resolve_dtype("int8")
+
+
+def test_missing_tokenizer_names_the_folder_and_the_fix(copy):
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{copy} has no tokenizer.json; copy the model's tokenizer.json"):
+        Embedder.from_pretrained(copy)
+
+
+def test_broken_tokenizer_names_the_file(copy):
+    (copy / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"tokenizer.json could not be read as a tokenizer .*download it again"):
+        Embedder.from_pretrained(copy)
+
+
+def test_empty_folder_says_what_a_checkpoint_holds(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no config.json: is it a checkpoint folder"):
+        Embedder.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [("{broken", "is not valid JSON"), ("[1]", "holds a JSON list")])
+def test_broken_config_names_the_file(copy, text, message):
+    (copy / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=f"{copy / 'config.json'} {message}"):
+        Embedder.from_pretrained(copy)
+
+
+def test_foreign_config_names_the_file(copy):
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    with pytest.raises(ValueError, match=r"config.json: model_type is 'llama'"):
+        Embedder.from_pretrained(copy)
+
+
+def test_a_reranker_is_not_loaded_as_an_embedder_and_back(tiny, tmp_path):
+    from checkpoints import TINY_SHAPES, make_reranker_checkpoint
+    from qwen3_embed import Reranker
+
+    reranker_folder = tmp_path / "reranker"
+    make_reranker_checkpoint(reranker_folder, TINY_SHAPES["gqa2"], tied=True)
+    with pytest.raises(ValueError, match=r"looks like a Qwen3-Reranker checkpoint .* load it with Reranker"):
+        Embedder.from_pretrained(reranker_folder)
+    with pytest.raises(ValueError, match=r"looks like a Qwen3-Embedding checkpoint .* load it with Embedder"):
+        Reranker.from_pretrained(tiny[0])
+    assert Embedder.from_pretrained(reranker_folder, check_kind=False).encode("a").shape == (96,)
+    assert Reranker.from_pretrained(tiny[0], check_kind=False).score("q", ["a"]).shape == (1,)
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("gpu", "device 'gpu' is not a device name; use 'cpu', 'cuda' or 'cuda:N'"),
+        ("mps", "device 'mps' is not supported; use 'cpu' or 'cuda'"),
+        pytest.param(
+            "cuda",
+            "device 'cuda' was asked for, but torch sees no CUDA GPU here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here"),
+        ),
+    ],
+)
+def test_bad_device_is_named_before_loading(tmp_path, device, message):
+    with pytest.raises(ValueError, match=message):
+        Embedder.from_pretrained(tmp_path / "not even a checkpoint", device=device)

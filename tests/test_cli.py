@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from qwen3_embed.cli import CARD_DOCUMENTS, CARD_QUERIES, CARD_TASK, main
+from qwen3_embed.cli import CARD_DOCUMENTS, CARD_QUERIES, main
+from qwen3_embed.pipeline import DEFAULT_INSTRUCTION
 
 
 def test_similarity_prints_the_card_example_scores(tiny, embedder, capsys):
@@ -21,7 +22,7 @@ def test_similarity_prints_the_card_example_scores(tiny, embedder, capsys):
     rows = [line.split()[1:] for line in out.splitlines() if re.match(r"q\d +-?\d", line)]
     printed = torch.tensor([[float(x) for x in row] for row in rows])
     expected = embedder.similarity(
-        embedder.encode(CARD_QUERIES, instruction=CARD_TASK), embedder.encode(CARD_DOCUMENTS)
+        embedder.encode(CARD_QUERIES, instruction=DEFAULT_INSTRUCTION), embedder.encode(CARD_DOCUMENTS)
     )
     assert printed.shape == (2, 2)
     torch.testing.assert_close(printed, expected, rtol=0, atol=6e-5)
@@ -156,3 +157,136 @@ def test_encode_names_the_bad_line(tiny, tmp_path, line, message, capsys):
 def test_bad_model_is_a_clean_error(tmp_path):
     with pytest.raises(SystemExit, match="qwen3-embed: error: .* is not a checkpoint folder"):
         main(["similarity", "--model", str(tmp_path / "missing")])
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading any weights fails the test: for checks that must come before the model loads."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr("qwen3_embed.checkpoint.load_model", fail)
+
+
+def error_of(argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    return str(exit.value)
+
+
+@pytest.fixture(scope="module")
+def reranker_folder(tmp_path_factory):
+    from checkpoints import TINY_SHAPES, make_reranker_checkpoint
+
+    folder = tmp_path_factory.mktemp("cli-reranker")
+    make_reranker_checkpoint(folder, TINY_SHAPES["gqa2"], tied=True)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["similarity", "--dim", "5000"], "--dim=5000 is outside 1..96, the model's hidden size"),
+        (["similarity", "--max-length", "1"], "--max-length=1 is outside 2..32768"),
+        (["similarity", "--device", "gpu"], "device 'gpu' is not a device name; use 'cpu', 'cuda' or 'cuda:N'"),
+        (["rerank", "--query", "q"], "no documents: give them with --document TEXT .* or --input FILE"),
+        (["rerank", "--query", "q", "--document", "d", "--input", "x"], "--document or with --input FILE, not both"),
+        (["rerank", "--query", "q", "--document", "d", "--id-field", "id"], "--id-field read fields of an --input"),
+        (["rerank", "--query", "q", "--input", "missing.txt"], "--input missing.txt: there is no such file"),
+    ],
+)
+def test_bad_options_are_named_before_the_model_loads(tiny, no_loading, argv, message):
+    assert re.search(f"^qwen3-embed: error: .*{message}", error_of([*argv, "--model", str(tiny[0])]))
+
+
+def test_cuda_on_a_machine_without_one(tiny, no_loading):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    message = error_of(["similarity", "--model", str(tiny[0]), "--device", "cuda"])
+    assert "torch sees no CUDA GPU here" in message and "use device 'cpu'" in message
+
+
+def test_a_checkpoint_of_the_other_kind(tiny, reranker_folder, capsys):
+    message = error_of(["rerank", "--model", str(tiny[0]), "--query", "q", "--document", "d"])
+    assert "looks like a Qwen3-Embedding checkpoint" in message and "--ignore-kind" in message
+    main(["rerank", "--model", str(tiny[0]), "--query", "q", "--document", "d", "--ignore-kind"])
+    assert re.fullmatch(r"\d\.\d{4}  d0  d\n", capsys.readouterr().out)
+
+
+def test_debug_shows_the_error_itself(tiny):
+    with pytest.raises(ValueError, match="--dim=5000"):
+        main(["similarity", "--model", str(tiny[0]), "--dim", "5000", "--debug"])
+
+
+def test_ctrl_c_is_one_line(tiny, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("qwen3_embed.embedder.Embedder.encode", interrupt)
+    with pytest.raises(SystemExit) as exit:
+        main(["similarity", "--model", str(tiny[0])])
+    assert exit.value.code == 130 and capsys.readouterr().err == "qwen3-embed: interrupted\n"
+
+
+def test_an_unexpected_error_says_it_is_a_bug(tiny, monkeypatch):
+    def bug(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr("qwen3_embed.embedder.Embedder.encode", bug)
+    assert "KeyError: 'oops' (this looks like a bug: rerun with --debug" in error_of(
+        ["similarity", "--model", str(tiny[0])]
+    )
+
+
+def test_similarity_json(tiny, embedder, capsys):
+    main(["similarity", "--model", str(tiny[0]), "--json", "--query", "q", "--document", "a", "--document", "b"])
+    printed = json.loads(capsys.readouterr().out)
+    expected = embedder.similarity(embedder.encode(["q"], instruction=DEFAULT_INSTRUCTION), embedder.encode(["a", "b"]))
+    assert printed["queries"] == ["q"] and printed["documents"] == ["a", "b"]
+    torch.testing.assert_close(torch.tensor(printed["scores"]), expected)
+
+
+def test_rerank_a_file_as_json_with_ids(reranker_folder, tmp_path, capsys):
+    from qwen3_embed import Reranker
+
+    documents = ["The capital of China is Beijing.", "Gravity is a force.", "中文"]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps({"body": d, "key": f"k{i}"}) for i, d in enumerate(documents)))
+    argv = ["rerank", "--model", str(reranker_folder), "--query", "capital", "--input", str(source)]
+    main([*argv, "--text-field", "body", "--id-field", "key", "--json", "--raw", "--top-k", "2"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    raw = Reranker.from_pretrained(reranker_folder).score("capital", documents, raw=True)
+    best = raw.argsort(descending=True)[:2].tolist()
+    assert [line["index"] for line in lines] == best and [line["rank"] for line in lines] == [1, 2]
+    assert [line["id"] for line in lines] == [f"k{i}" for i in best]
+    assert [line["document"] for line in lines] == [documents[i] for i in best]
+    torch.testing.assert_close(torch.tensor([line["score"] for line in lines]), raw[best])
+
+
+def test_rerank_no_truncate(reranker_folder):
+    argv = ["rerank", "--model", str(reranker_folder), "--query", "q", "--document", "word " * 200]
+    assert "longer than max_length=200" in error_of([*argv, "--max-length", "200", "--no-truncate"])
+
+
+def test_truncation_warning_is_one_line(tiny, capsys):
+    main(["similarity", "--model", str(tiny[0]), "--max-length", "8", "--query", "gravity " * 30, "--document", "d"])
+    err = capsys.readouterr().err
+    assert re.match(r"qwen3-embed: warning: 1 of 1 text\(s\) were longer than max_length=8 .*--no-truncate", err)
+
+
+def test_help_shows_defaults_and_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["encode", "--help"])
+    assert "(default: Qwen/Qwen3-Embedding-0.6B)" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert re.fullmatch(r"qwen3-embed \d+\.\d+\.\d+\n", capsys.readouterr().out)
+
+
+def test_python_dash_m(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "qwen3_embed", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("qwen3-embed ")

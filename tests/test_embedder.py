@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -170,3 +171,53 @@ def test_fp16_overflow_names_the_texts(tiny, tmp_path):
 
 def test_defaults_on_cpu(embedder):
     assert embedder.device.type == "cpu" and embedder.dtype == torch.float32
+
+
+@pytest.mark.parametrize("value", [256.0, "8", True])
+def test_dim_must_be_an_integer(embedder, value):
+    with pytest.raises(TypeError, match=r"dim=.* must be an integer \(1\.\.96\)"):
+        embedder.encode(["a"], dim=value)
+
+
+def test_numpy_integers_are_integers(embedder):
+    assert embedder.encode(["a"], dim=np.int64(8), max_length=np.int32(64)).shape == (1, 8)
+
+
+def test_sentence_transformers_names(tiny, embedder):
+    """encode_query, encode_document, truncate_dim and convert_to_numpy agree with sentence-transformers' own."""
+    st = sentence_transformer(tiny[0])
+    queries = st.encode_query(QUERIES, truncate_dim=24)
+    documents = st.encode_document(DOCUMENTS, truncate_dim=24)
+    ours_q = embedder.encode_query(QUERIES, truncate_dim=24, convert_to_numpy=True)
+    ours_d = embedder.encode_document(DOCUMENTS, truncate_dim=24, convert_to_numpy=True)
+    assert isinstance(ours_q, np.ndarray) and ours_q.shape == queries.shape == (3, 24)
+    assert cosine(torch.from_numpy(ours_q), torch.from_numpy(queries)).min() >= 0.99999
+    assert cosine(torch.from_numpy(ours_d), torch.from_numpy(documents)).min() >= 0.99999
+    np.testing.assert_allclose(
+        embedder.similarity(ours_q, ours_d).numpy(), st.similarity(queries, documents).numpy(), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="dim=16 and truncate_dim=24 are the same option"):
+        embedder.encode(["a"], dim=16, truncate_dim=24)
+
+
+def test_encode_query_without_sentence_transformers_prompts_uses_the_card_instruction(embedder):
+    plain = Embedder(embedder.model, embedder.tokenizer)  # a checkpoint without config_sentence_transformers.json
+    torch.testing.assert_close(plain.encode_query(QUERIES), embedder.encode(QUERIES, instruction=TASK))
+    torch.testing.assert_close(plain.encode_document(DOCUMENTS), embedder.encode(DOCUMENTS))
+    other = embedder.encode_query(QUERIES, instruction="Retrieve semantically similar text")
+    torch.testing.assert_close(other, embedder.encode(QUERIES, instruction="Retrieve semantically similar text"))
+
+
+def test_batch_size_warns_and_names_batch_tokens(embedder):
+    with pytest.warns(UserWarning, match=r"batch_size=32 is not used: .* pass batch_tokens= .*now 2048 on cpu"):
+        vectors = embedder.encode(QUERIES, batch_size=32)
+    torch.testing.assert_close(vectors, embedder.encode(QUERIES))
+
+
+def test_similarity_takes_numpy_and_lists(embedder):
+    q, d = embedder.encode(QUERIES), embedder.encode(DOCUMENTS)
+    expected = embedder.similarity(q, d)
+    torch.testing.assert_close(embedder.similarity(q.numpy(), d.numpy().astype(np.float64)), expected)
+    torch.testing.assert_close(embedder.similarity(q.tolist(), d[0].tolist()), expected[:, :1])
+    with pytest.raises(ValueError, match="not 3-D and 2-D"):
+        embedder.similarity(q[None], d)

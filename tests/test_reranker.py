@@ -174,3 +174,13 @@ def test_real_tokenizer_with_or_without_an_eos_post_processor(tmp_path):
     assert with_eos.prefix == without.prefix and with_eos.suffix == without.suffix
     documents = ["中文 document", "The capital of China is Beijing."]
     torch.testing.assert_close(with_eos.score(QUERY, documents), without.score(QUERY, documents), rtol=0, atol=0)
+
+
+def test_rank_takes_numpy_and_tuples(reranker):
+    import numpy as np
+
+    ranked = reranker.rank(QUERY, DOCUMENTS)
+    assert reranker.rank(QUERY, np.array(DOCUMENTS)) == ranked
+    assert reranker.rank(QUERY, tuple(DOCUMENTS), top_k=np.int64(2)) == ranked[:2]
+    with pytest.raises(TypeError, match=r"top_k=1.5 must be an integer"):
+        reranker.rank(QUERY, DOCUMENTS, top_k=1.5)
