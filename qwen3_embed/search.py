@@ -1,0 +1,486 @@
+"""Search: exact inner-product top-k over vectors in memory or over a folder of shards (memory-mapped, streamed in
+blocks), vectors quantized exactly as sentence-transformers' `quantize_embeddings` quantizes them (int8, uint8,
+binary, ubinary) and searched with rescoring, and retrieve-then-rerank with Qwen3-Reranker.
+
+An Index holds its *stored* vectors (float, or quantized) and searches at a *precision* no higher than theirs. At the
+stored precision the first stage streams the stored vectors themselves; at a lower one it runs over a quantized copy
+held in memory (n x dim/8 bytes for binary). Float search is exact. Quantized search takes `rescore_multiplier x
+top_k` candidates by the quantized score (the integer dot product of the codes; for binary, the number of equal bits,
+i.e. minus the Hamming distance), then scores them with the float query against the stored vectors (int8 and uint8
+dequantized, binary unpacked to 0/1 as sentence-transformers does, float as they are) and keeps the best `top_k`.
+Every result is ordered by score, ties by position in the index.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .corpus.shards import DamagedShard, read_manifest, verify_corpus
+from .pipeline import check_int, resolve_device
+
+PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+FLOATS = ("float32", "float16", "bfloat16")  # bfloat16: vectors a caller hands over, searched in float32
+# Lower is coarser; a search runs at its stored vectors' rank or below.
+RANK = {"binary": 0, "ubinary": 0, "int8": 1, "uint8": 1, "float16": 2, "bfloat16": 2, "float32": 3}
+DEFAULT_BLOCK_ROWS = 16384  # rows scored at once: with 1024 dims, a 64 MiB float32 block
+
+
+# Quantization, bit for bit as sentence_transformers.quantization.quantize_embeddings.
+
+
+def quantization_ranges(calibration: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[2, dim]: the minimum and maximum of each dimension over calibration vectors [n, dim]."""
+    calibration = _numpy(calibration)
+    if calibration.ndim != 2 or len(calibration) < 2:
+        raise ValueError(
+            f"int8/uint8 ranges need at least 2 calibration vectors [n, dim], not an array of shape "
+            f"{list(calibration.shape)}; use a representative sample of the corpus (a thousand vectors or more)"
+        )
+    return np.vstack((calibration.min(axis=0), calibration.max(axis=0)))
+
+
+def quantize(
+    vectors: torch.Tensor | np.ndarray,
+    precision: str,
+    *,
+    ranges: np.ndarray | None = None,
+    calibration: torch.Tensor | np.ndarray | None = None,
+) -> np.ndarray:
+    """Float vectors [n, dim] in `precision`, bit for bit as sentence-transformers' `quantize_embeddings`.
+
+    int8 and uint8 cut each dimension's range into 256 steps: `ranges` [2, dim] (minimum, maximum), else those of
+    `calibration` vectors, else those of `vectors` themselves. binary and ubinary keep the sign bits (x > 0), packed 8
+    per byte [n, ceil(dim / 8)], first dimension in the highest bit; binary is the ubinary byte minus 128, as int8.
+    """
+    _check_precision(precision)
+    vectors = _numpy(vectors)
+    if vectors.dtype.kind != "f":
+        raise TypeError(f"quantize takes float vectors, not {vectors.dtype}: these look quantized already")
+    if precision in FLOATS:
+        return vectors.astype(precision)
+    if precision in ("int8", "uint8"):
+        ranges = quantization_ranges(vectors if calibration is None else calibration) if ranges is None else ranges
+        starts, steps = _steps(ranges, vectors.shape[-1])
+        codes = np.clip(np.floor((vectors - starts) / steps), 0, 255)
+        return codes.astype(np.uint8) if precision == "uint8" else (codes - 128).astype(np.int8)
+    bits = np.packbits(vectors > 0, axis=-1)
+    return bits if precision == "ubinary" else (bits - 128).astype(np.int8)
+
+
+def _steps(ranges: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, steps) [dim] float32 of int8/uint8 ranges, as sentence-transformers computes them."""
+    ranges = np.asarray(ranges).astype(np.float32, copy=False)
+    if ranges.shape != (2, dim):
+        raise ValueError(f"ranges must be [2, {dim}] (each dimension's minimum and maximum), not {list(ranges.shape)}")
+    starts = ranges[0, :]
+    steps = (ranges[1, :] - starts) / 255
+    return starts, np.where(steps == 0, 1, steps)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return (x.float() if x.dtype == torch.bfloat16 else x).detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# The index.
+
+
+class Hits(NamedTuple):
+    """Search results, best first: [queries, k] (or [k] for one query given as a 1-D vector)."""
+
+    scores: torch.Tensor  # float32
+    positions: torch.Tensor  # int64: rows of the index
+    ids: list  # the rows' ids
+
+
+class Index:
+    """Exact (or quantized, with rescoring) inner-product top-k over vectors, streamed in blocks of `block_rows`.
+
+    vectors: [n, dim] float vectors (a tensor or array; used in place, never copied whole), or vectors already
+    quantized by `quantize` (then `precision` says which, and int8/uint8 need their `ranges`). ids: one per row
+    (default: the positions 0..n-1). precision: search at a lower precision than the vectors' own, over a copy
+    quantized with `ranges`, else those of `calibration` vectors, else those of the vectors themselves, then rescore
+    against the vectors. device: where scores are computed (default: the vectors' device); blocks held elsewhere are
+    copied to it one at a time.
+    """
+
+    def __init__(
+        self,
+        vectors: torch.Tensor | np.ndarray,
+        ids: Sequence | None = None,
+        *,
+        precision: str | None = None,
+        ranges: np.ndarray | None = None,
+        calibration: torch.Tensor | np.ndarray | None = None,
+        device: str | torch.device | None = None,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+    ):
+        vectors = vectors if isinstance(vectors, torch.Tensor) else torch.from_numpy(np.asarray(vectors))
+        if vectors.dim() != 2:
+            raise ValueError(f"vectors must be a matrix [n, dim], not of shape {list(vectors.shape)}")
+        if vectors.is_floating_point():
+            stored, dim = str(vectors.dtype).removeprefix("torch."), vectors.shape[1]
+            if not all(torch.isfinite(vectors[s : s + block_rows]).all() for s in range(0, len(vectors), block_rows)):
+                raise ValueError("vectors hold NaN or infinite values; embed them again (or drop those rows)")
+        else:
+            if precision is None:
+                raise ValueError(
+                    f"{vectors.dtype} vectors are quantized: say which way with precision='int8', 'uint8', 'binary' "
+                    "or 'ubinary' (and give the ranges of int8 and uint8 vectors)"
+                )
+            stored, dim = precision, vectors.shape[1] * (8 if precision.endswith("binary") else 1)
+            expected = torch.int8 if precision in ("int8", "binary") else torch.uint8
+            if precision not in PRECISIONS or vectors.dtype != expected:
+                raise ValueError(f"{precision} vectors are {expected}, not {vectors.dtype}")
+        if ids is None:
+            ids = range(len(vectors))
+        elif len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors: give one id per row")
+        self._setup([vectors], ids, stored, dim, precision, ranges, calibration, device, block_rows)
+        self.texts = None
+
+    @classmethod
+    def open(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        precision: str | None = None,
+        ranges: np.ndarray | None = None,
+        calibration: torch.Tensor | np.ndarray | None = None,
+        verify: bool = True,
+        device: str | torch.device | None = None,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+    ) -> Index:
+        """An index over a folder written by `qwen3-embed encode --output DIR`, its vectors memory-mapped. Every shard
+        is checked against the manifest first (sizes, counts, dtypes and shapes; sha256 checksums unless
+        `verify=False`). precision, ranges, calibration, device, block_rows: as for Index()."""
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        problems = verify_corpus(folder, checksums=verify)
+        if problems:
+            listed = "\n  ".join(problems)
+            raise DamagedShard(
+                f"{folder} fails verification ({len(problems)} problem(s)):\n  {listed}\nrerun the encode command "
+                "that wrote it: a rerun embeds the damaged shards again"
+            )
+        settings = manifest["settings"]
+        records = [record for record in manifest["shards"] if record["rows"] > 0]
+        parts = [torch.from_numpy(map_vectors(folder / record["files"]["vectors"]["name"])) for record in records]
+        if ranges is None:
+            ranges = settings.get("ranges")
+        index = cls.__new__(cls)
+        starts = np.cumsum([0] + [record["rows"] for record in records])
+        ids = ShardColumn(folder, records, starts, "ids")
+        index._setup(parts, ids, settings["vector_dtype"], manifest["dim"], precision, ranges, calibration, device,
+                     block_rows)  # fmt: skip
+        stored_texts = all("texts" in record["files"] for record in records)
+        index.texts = ShardColumn(folder, records, starts, "texts") if stored_texts else None
+        return index
+
+    def _setup(self, parts, ids, stored, dim, precision, ranges, calibration, device, block_rows) -> None:
+        self.block_rows = check_int("block_rows", block_rows, 1)
+        self.dim, self.ids, self.stored = dim, ids, stored
+        self.precision = stored if precision is None else precision
+        _check_precision(self.precision)
+        if RANK[self.precision] > RANK[stored] or (self.precision != stored and RANK[self.precision] == RANK[stored]):
+            raise ValueError(
+                f"{stored} vectors cannot be searched at precision {self.precision!r}: choose {stored} or a coarser "
+                f"one ({', '.join(p for p in PRECISIONS if RANK[p] < RANK[stored])})"
+            )
+        default = parts[0].device if parts else torch.device("cpu")
+        self.device = resolve_device(device) if device is not None else default
+        self._parts = parts
+        self._starts = np.cumsum([0] + [len(p) for p in parts])
+        self.ranges = None
+        if stored in ("int8", "uint8"):
+            if ranges is None:
+                raise ValueError(f"{stored} vectors need the ranges they were quantized with ([2, dim])")
+            self.ranges = np.asarray(ranges, np.float32)
+            _steps(self.ranges, dim)
+        if self.precision == stored:
+            self._first = parts
+        else:  # a coarser copy in memory, quantized block by block
+            if self.precision in ("int8", "uint8") and ranges is None:
+                ranges = self._ranges_of_stored() if calibration is None else quantization_ranges(calibration)
+            if self.precision in ("int8", "uint8"):
+                self.ranges = np.asarray(ranges, np.float32)
+            copy = [quantize(self._float(block), self.precision, ranges=self.ranges) for block in self._blocks(parts)]
+            self._first = [torch.from_numpy(np.concatenate(copy)) if copy else torch.empty(0, dim)]
+        self._buffer = None
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def search(self, queries: torch.Tensor | np.ndarray, top_k: int = 10, *, rescore_multiplier: int = 4) -> Hits:
+        """The `top_k` rows of largest inner product with each query [Q, dim] (or [dim]), best first, ties by
+        position. Float precisions are exact; quantized ones rescore `rescore_multiplier x top_k` candidates."""
+        queries = torch.as_tensor(queries)
+        single = queries.dim() == 1
+        queries = torch.atleast_2d(queries).to(self.device, torch.float32)
+        if len(self) == 0:
+            raise ValueError("the index is empty: it holds no vectors (was its input empty, or every record skipped?)")
+        if queries.dim() != 2 or queries.shape[1] != self.dim:
+            raise ValueError(
+                f"queries of shape {list(queries.shape)} do not match the index's {self.dim} dimensions: embed them "
+                f"with the model that embedded the corpus, at dim={self.dim}"
+            )
+        if not torch.isfinite(queries).all():
+            raise ValueError("queries hold NaN or infinite values")
+        top_k = check_int("top_k", top_k, 1, len(self), f"the {len(self)} vectors of the index")
+        if self.precision == self.stored and self.precision in FLOATS:
+            scores, positions = self._scan(queries, top_k)
+        else:
+            rescore_multiplier = check_int("rescore_multiplier", rescore_multiplier, 1)
+            _, candidates = self._scan(queries, min(top_k * rescore_multiplier, len(self)))
+            scores, positions = self._rescore(queries, candidates, top_k)
+        scores, positions = scores.cpu(), positions.cpu()
+        ids = [[self.ids[p] for p in row] for row in positions.tolist()]
+        return Hits(scores[0], positions[0], ids[0]) if single else Hits(scores, positions, ids)
+
+    def _scan(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """First stage: (scores, positions) [Q, k] of the best rows at the search precision, block by block."""
+        queries = self._prepare(queries)
+        best = None
+        start = 0
+        for part in self._first:
+            for s in range(0, len(part), self.block_rows):
+                block = part[s : s + self.block_rows]
+                values, columns = _top(self._block_scores(queries, block), min(k, len(block)))
+                found = values, columns + start + s
+                best = found if best is None else _best(*(torch.cat(x, 1) for x in zip(best, found)), k)
+            start += len(part)
+        return best
+
+    def _prepare(self, queries: torch.Tensor) -> torch.Tensor:
+        """The queries as the first stage scores them: float32, int8 codes (centred), or +-1 bits."""
+        if self.precision in FLOATS:
+            return queries
+        if self.precision in ("int8", "uint8"):
+            return torch.from_numpy(quantize(queries.cpu(), "int8", ranges=self.ranges)).to(self.device)
+        signs = torch.where(queries > 0, 1, -1).to(torch.int8)
+        pad = -self.dim % 8  # packbits pads with zero bits, in queries and rows alike
+        return torch.cat([signs, signs.new_full((len(queries), pad), -1)], 1)
+
+    def _block_scores(self, queries: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """[Q, len(block)] first-stage scores: float32 dot products, or int32 dot products of codes (for binary,
+        equal bits minus unequal bits)."""
+        if self.precision in FLOATS:
+            if block.dtype != torch.float32 or block.device != self.device:
+                block = self._buffer_for(block, torch.float32).copy_(block)
+            return queries @ block.T
+        if self.precision == "uint8":
+            block = self._buffer_for(block, torch.int8).copy_(block).bitwise_xor_(-128)  # centred, as int8 codes
+        elif self.precision.endswith("binary"):
+            block = _unpack(block.to(self.device), self.precision, signs=True)
+        elif block.device != self.device:
+            block = self._buffer_for(block, torch.int8).copy_(block)
+        if self.device.type == "cpu":
+            return torch._int_mm(queries, block.T)
+        return (queries.float() @ block.float().T).to(torch.int32)  # exact below 2**24
+
+    def _buffer_for(self, block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A reused block-sized buffer on the device, so that memory stays bounded by the block size."""
+        shape = (self.block_rows, block.shape[1])
+        if self._buffer is None or self._buffer.dtype != dtype or self._buffer.shape != shape:
+            self._buffer = torch.empty(shape, dtype=dtype, device=self.device)
+        return self._buffer[: len(block)]
+
+    def _rescore(self, queries: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, positions) [Q, k]: the candidates scored with the float queries against the stored vectors."""
+        chunk = max(1, self.block_rows // candidates.shape[1])  # queries at a time: a block's worth of vectors
+        scores = []
+        for i in range(0, len(queries), chunk):
+            rows = candidates[i : i + chunk]
+            vectors = self._float(self._gather(rows.flatten())).to(self.device).view(*rows.shape, self.dim)
+            scores.append(torch.einsum("qd,qcd->qc", queries[i : i + chunk], vectors))
+        return _best(torch.cat(scores), candidates, k)
+
+    def _gather(self, positions: torch.Tensor) -> torch.Tensor:
+        """The stored rows at `positions`, from whichever parts hold them."""
+        positions = positions.cpu()
+        part_of = torch.from_numpy(np.searchsorted(self._starts, positions.numpy(), side="right") - 1)
+        out = torch.empty(len(positions), self._parts[0].shape[1], dtype=self._parts[0].dtype)
+        for p in part_of.unique().tolist():
+            mask = part_of == p
+            out[mask] = self._parts[p][positions[mask] - int(self._starts[p])].cpu()
+        return out
+
+    def _float(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Stored vectors as float32 [n, dim]: int8/uint8 dequantized, binary unpacked to 0/1."""
+        if self.stored in FLOATS:
+            return vectors.float()
+        if self.stored.endswith("binary"):
+            return _unpack(vectors, self.stored, signs=False)[:, : self.dim].float()
+        starts, steps = (torch.from_numpy(x).to(vectors.device) for x in _steps(self.ranges, self.dim))
+        return (vectors.float() + (128 if self.stored == "int8" else 0)) * steps + starts
+
+    def _blocks(self, parts: list[torch.Tensor]):
+        for part in parts:
+            for s in range(0, len(part), self.block_rows):
+                yield part[s : s + self.block_rows]
+
+    def _ranges_of_stored(self) -> np.ndarray:
+        """[2, dim] minimum and maximum over every stored vector, as quantize would take them from all of them."""
+        low = high = None
+        for block in self._blocks(self._parts):
+            v = self._float(block)
+            low = v.min(0).values if low is None else torch.minimum(low, v.min(0).values)
+            high = v.max(0).values if high is None else torch.maximum(high, v.max(0).values)
+        if low is None or len(self) < 2:
+            raise ValueError("int8/uint8 ranges need at least 2 vectors: pass ranges= or calibration=")
+        return torch.stack([low, high]).numpy()
+
+
+def _unpack(packed: torch.Tensor, precision: str, signs: bool) -> torch.Tensor:
+    """Packed bits [n, bytes] -> [n, 8 * bytes] int8: +1/-1 when `signs`, else 1/0."""
+    if precision == "binary":
+        packed = packed.view(torch.uint8) ^ 0x80  # back to the packbits byte
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    bits = ((packed.unsqueeze(-1) >> shifts) & 1).view(len(packed), -1).view(torch.int8)
+    return bits * 2 - 1 if signs else bits
+
+
+def _top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, columns) [Q, k] of each row's k largest scores, ties by the lower column."""
+    values, columns = scores.topk(k, dim=1)
+    if ((scores >= values[:, -1:]).sum(1) > k).any():  # a tie across the cut: topk may keep either side of it
+        values, columns = scores.sort(dim=1, descending=True, stable=True)
+        values, columns = values[:, :k], columns[:, :k]
+    return values, columns
+
+
+def _best(scores: torch.Tensor, positions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best (score, position) pairs of each row: by score, then by the lower position."""
+    positions, order = positions.sort(dim=1)
+    scores, order = scores.gather(1, order).sort(dim=1, descending=True, stable=True)
+    return scores[:, :k], positions.gather(1, order)[:, :k]
+
+
+# Shard folders.
+
+
+def map_vectors(path: Path) -> np.ndarray:
+    """The vectors of a shard file (.npy or .safetensors), memory-mapped copy-on-write: pages are read on use and the
+    file is never written."""
+    if path.suffix == ".npy":
+        return np.load(path, mmap_mode="c")
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(length))["vectors"]
+    dtype = {"F32": np.float32, "F16": np.float16, "I8": np.int8, "U8": np.uint8}[entry["dtype"]]
+    begin, _ = entry["data_offsets"]
+    return np.memmap(path, dtype=dtype, mode="c", offset=8 + length + begin, shape=tuple(entry["shape"]))
+
+
+class ShardColumn(Sequence):
+    """A per-row JSON list of a shard folder (ids, or texts kept by `encode --store-text`) as one sequence over the
+    index's positions; each shard's file is read when a row of it is first asked for."""
+
+    def __init__(self, folder: Path, records: list[dict], starts: np.ndarray, role: str):
+        self.folder, self.records, self.starts, self.role = folder, records, starts.tolist(), role
+        self.loaded: dict[int, list] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, position: int):
+        if not 0 <= position < len(self):
+            raise IndexError(f"position {position} is outside 0..{len(self) - 1}")
+        shard = bisect.bisect_right(self.starts, position) - 1
+        if shard not in self.loaded:
+            record = self.records[shard]
+            path = self.folder / record["files"][self.role]["name"]
+            values = json.loads(path.read_bytes())
+            if len(values) != record["rows"]:
+                raise DamagedShard(
+                    f"{path} holds {len(values)} {self.role}, not {record['rows']}: it changed after it was verified; "
+                    f"check the folder with `qwen3-embed verify {self.folder}`"
+                )
+            self.loaded[shard] = values
+        return self.loaded[shard][position - self.starts[shard]]
+
+
+# Retrieve, then rerank.
+
+
+class Hit(NamedTuple):
+    id: object
+    score: float  # the reranker's when reranked, else the inner product
+    text: str | None  # None when the index keeps no texts and none were given
+
+
+class Retriever:
+    """Queries -> the nearest documents of an index, reranked with Qwen3-Reranker when a reranker is given.
+
+    texts: the documents' texts by id (a dict, or a list when the ids are the positions); default: those the index
+    keeps (`encode --store-text`). A reranker needs them.
+    """
+
+    def __init__(self, embedder, index: Index, reranker=None, texts: Mapping | Sequence | None = None):
+        if index.dim > embedder.config.hidden_size:
+            raise ValueError(
+                f"the index holds {index.dim}-dimensional vectors, more than the embedder's hidden size "
+                f"{embedder.config.hidden_size}: use the model that embedded the corpus"
+            )
+        if reranker is not None and texts is None and index.texts is None:
+            raise ValueError(
+                "a reranker reads the documents' texts, and this index keeps none: encode the corpus with "
+                "--store-text, or pass texts= (a mapping from id to text)"
+            )
+        self.embedder, self.index, self.reranker, self.texts = embedder, index, reranker, texts
+
+    def search(
+        self,
+        queries: str | Sequence[str],
+        top_k: int = 10,
+        *,
+        candidates: int = 100,
+        instruction: str | None = None,
+        rescore_multiplier: int = 4,
+    ) -> list[Hit] | list[list[Hit]]:
+        """The best `top_k` documents for each query, best first. The queries are embedded with the instruction (the
+        model card's web-search task by default) by `Embedder.encode_query`; with a reranker, the `candidates`
+        nearest (all, in a smaller index) are scored by `Reranker.score` with the same instruction and reordered
+        (ties in retrieval order)."""
+        single = isinstance(queries, str)
+        queries = [queries] if single else list(queries)
+        top_k = check_int("top_k", top_k, 1, len(self.index), f"the {len(self.index)} vectors of the index")
+        if self.reranker is not None:
+            candidates = check_int("candidates", candidates, top_k, None)
+        vectors = self.embedder.encode_query(queries, instruction=instruction, dim=self.index.dim)
+        n = top_k if self.reranker is None else min(candidates, len(self.index))
+        found = self.index.search(vectors, n, rescore_multiplier=rescore_multiplier)
+        results = []
+        for query, scores, positions, ids in zip(queries, found.scores.tolist(), found.positions.tolist(), found.ids):
+            texts = [self._text(p, i) for p, i in zip(positions, ids)]
+            if self.reranker is not None:
+                scores = self.reranker.score(query, texts, instruction=instruction).tolist()
+                order = sorted(range(n), key=lambda j: -scores[j])[:top_k]
+                scores, ids, texts = ([x[j] for j in order] for x in (scores, ids, texts))
+            results.append([Hit(*hit) for hit in zip(ids, scores, texts)])
+        return results[0] if single else results
+
+    def _text(self, position: int, id) -> str | None:
+        if self.texts is not None:
+            try:
+                return self.texts[id]
+            except (KeyError, IndexError):
+                raise KeyError(f"no text for document id {id!r} in the texts given to the Retriever") from None
+        return self.index.texts[position] if self.index.texts is not None else None
+
+
+__all__ = ["Hit", "Hits", "Index", "Retriever", "quantization_ranges", "quantize"]
