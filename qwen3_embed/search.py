@@ -151,7 +151,7 @@ class Index:
         elif len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors: give one id per row")
         self._setup([vectors], ids, stored, dim, precision, ranges, calibration, device, block_rows)
-        self.texts = None
+        self.texts = self.manifest = None
 
     @classmethod
     def open(
@@ -189,6 +189,7 @@ class Index:
                      block_rows)  # fmt: skip
         stored_texts = all("texts" in record["files"] for record in records)
         index.texts = ShardColumn(folder, records, starts, "texts") if stored_texts else None
+        index.manifest = manifest
         return index
 
     def _setup(self, parts, ids, stored, dim, precision, ranges, calibration, device, block_rows) -> None:
