@@ -151,14 +151,16 @@ def test_rescoring_recovers_the_exact_top_k_of_a_planted_set(precision):
         assert [set(row) for row in hits.positions.tolist()] == [set(row) for row in exact.indices.tolist()]
 
 
-def test_quantized_scores_are_the_codes_dot_products():
-    """The first stage alone (rescore_multiplier 1 keeps its candidates): int8 codes' dot products, and for binary
-    the number of equal bits, as numpy computes them from sentence-transformers' codes."""
+def test_first_stage_scores():
+    """The integer scores that pick the candidates: int8 codes against the query weighted by each dimension's step
+    and rounded to int8; for binary, equal bits less unequal ones; computed here with numpy from the codes
+    sentence-transformers makes."""
     vectors, queries = planted(n=100, dim=21)
     ranges = quantization_ranges(vectors)
     index = Index(vectors, precision="int8", ranges=ranges)
     codes = quantize_embeddings(vectors, "int8", ranges=ranges).astype(np.int64)
-    q = quantize_embeddings(queries, "int8", ranges=ranges).astype(np.int64)
+    weights = queries.numpy() * ((ranges[1] - ranges[0]) / 255)
+    q = np.round(weights * (127 / np.abs(weights).max(1, keepdims=True))).astype(np.int64)
     assert np.array_equal(index._scan(queries, 100)[0].numpy(), -np.sort(-(q @ codes.T), axis=1))
     index = Index(vectors, precision="ubinary")
     bits = np.unpackbits(quantize_embeddings(vectors, "ubinary"), axis=1).astype(np.int64)
