@@ -1,5 +1,5 @@
-"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` embeds a file (streamed into shards, or
-one .npy), `rerank` orders documents for a query, `serve` runs the HTTP server."""
+"""The `qwen3-embed` command: `similarity` prints a score matrix, `encode` embeds a corpus (into a folder of shards,
+or one file), `verify` checks such a folder, `rerank` orders documents for a query, `serve` runs the HTTP server."""
 
 from __future__ import annotations
 
@@ -134,7 +134,11 @@ def run_engine(args: argparse.Namespace, options: dict) -> corpus.Summary | None
             )
         from .corpus.ray_data import encode_corpus_ray
 
-        return encode_corpus_ray(args.model, args.input, args.output, workers=args.workers, dtype=args.dtype, **options)
+        if args.device not in (None, "cpu", "cuda"):
+            raise ValueError(f"--device {args.device}: Ray places its actors on GPUs itself; give cpu or cuda")
+        gpus = None if args.device is None else int(args.device == "cuda")  # None: GPUs when the cluster has them
+        return encode_corpus_ray(args.model, args.input, args.output, workers=args.workers, gpus_per_worker=gpus,
+                                 dtype=args.dtype, **options)  # fmt: skip
     if not torchrun.launched():
         return corpus.encode_corpus(args.model, args.input, args.output, device=args.device, dtype=args.dtype,
                                     **options)  # fmt: skip

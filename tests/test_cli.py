@@ -93,6 +93,8 @@ def test_encode_reads_standard_input_and_a_prompt_name(tiny, embedder, tmp_path,
         (["--input", "{txt}", "--output", "{out}", "--workers", "2"], r"--workers .* applies only with --engine ray"),
         (["--input", "{txt}", "--output", "{out}", "--format", "parquet"], r"in.txt is not a Parquet file"),
         (["--input", "{txt}", "--output", "{dir}.npy"], r"output .*.npy is a folder; give a file name ending in .npy"),
+        (["--input", "{tmp}", "--output", "{out}"], r"output .*out is inside the input folder .*; put the output"),
+        (["--input", "{txt}", "--output", "{out}.npy", "--device", "gpu"], r"device 'gpu' is not a device name"),
     ],
 )  # fmt: skip
 def test_encode_checks_everything_before_the_model_loads(tmp_path, capsys, args, message):
@@ -100,12 +102,8 @@ def test_encode_checks_everything_before_the_model_loads(tmp_path, capsys, args,
     reached, and no output folder is left behind."""
     (tmp_path / "in.txt").write_text("a\nb\n")
     (tmp_path / "d.npy").mkdir()
-    paths = {
-        "missing": tmp_path / "missing",
-        "out": tmp_path / "out",
-        "txt": tmp_path / "in.txt",
-        "dir": tmp_path / "d",
-    }
+    paths = dict(missing=tmp_path / "missing", out=tmp_path / "out", txt=tmp_path / "in.txt", dir=tmp_path / "d")
+    paths["tmp"] = tmp_path
     args = [a.format(**paths) for a in args]
     with pytest.raises(SystemExit) as exit:
         main(["encode", "--model", str(tmp_path / "no-model"), *args])

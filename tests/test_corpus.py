@@ -163,10 +163,14 @@ def test_the_model_and_the_input_are_identified_by_content(tiny, embedder, corpu
     again = encode_corpus(tiny[0].name, corpus, tmp_path / "out", chunk_size=20, show_progress=False)  # relative
     assert (again.embedded, again.verified) == (0, 3) and files_of(tmp_path / "out") == before
 
+    with pytest.raises(
+        ValueError, match=r"input corpus.jsonl: (\d+) bytes of jsonl, sha256 \w{12} then; \1 bytes of text"
+    ):
+        encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=20, input_format="text")  # another reading
     stat = corpus.stat()
     corpus.write_text(corpus.read_text().replace('"d1"', '"D1"'))  # the same size, and the old mtime
     os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    with pytest.raises(ValueError, match=r"input corpus.jsonl: changed: (\d+) bytes, sha256 \w{12} then; \1 bytes"):
+    with pytest.raises(ValueError, match=r"input corpus.jsonl: (\d+) bytes of jsonl, sha256 (\w{12}) then; \1 bytes"):
         encode(tiny, embedder, corpus, tmp_path / "out", chunk_size=20)
 
 
@@ -227,6 +231,23 @@ def test_a_missing_record_means_the_shard_is_redone_and_orphans_are_removed(tiny
     assert files_of(out) == intact
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(dim=500), r"dim=500 is outside 1..96"),
+        (dict(batch_tokens=0), r"batch_tokens=0 must be at least 1"),
+        (dict(max_length=1), r"max_length=1 is outside 2..32768"),
+        (dict(prompt_name="nope"), r"prompt_name='nope' is not among the checkpoint's prompts"),
+        (dict(chunk_size=0), r"chunk_size=0 must be at least 1"),
+    ],
+)
+def test_options_are_checked_before_the_model_loads(tiny, corpus, tmp_path, monkeypatch, options, message):
+    monkeypatch.setattr("qwen3_embed.Embedder.from_pretrained", None)  # reaching it would be a TypeError
+    with pytest.raises(ValueError, match=message):
+        encode_corpus(tiny[0], corpus, tmp_path / "out", show_progress=False, **options)
+    assert not (tmp_path / "out").exists()
+
+
 def test_finished_folders_only(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no manifest.json: .* rerun the same encode command to finish"):
         load_corpus(tmp_path)
@@ -281,3 +302,24 @@ def test_a_full_disk_is_said_plainly_and_leaves_no_temporary_file(tiny, corpus, 
     assert "shard-00000.npy: the disk is full, or a quota or file-size limit was reached" in done.stderr
     assert "make room and rerun the same command to resume" in done.stderr
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_ray_stages_without_a_cluster(tiny, tmp_path):
+    """The Ray engine's two stages, called in this process: a bad record travels to the driver as data (raised in a
+    worker, only its traceback's text would arrive), and a shard goes through both stages into the folder."""
+    import torch
+
+    from qwen3_embed.corpus.job import Options
+    from qwen3_embed.corpus.ray_data import Embed, Tokenize
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a"}\n{broken\n{"text": "b"}\n')
+    job = Job(tiny[0], path, tmp_path / "out", Options(chunk_size=2), torch.float32)
+    assert Tokenize(job)({"index": 0})["error"].startswith("ValueError\nin.jsonl:2: not valid JSON")
+    job = Job(tiny[0], path, tmp_path / "out", Options(chunk_size=2, skip_bad=True), torch.float32)
+    embed = Embed(job, "cpu", torch.float32, 1)
+    rows = [embed(Tokenize(job)({"index": k})) for k in range(2)]
+    assert [(r["problem"], r["error"], r["records"]) for r in rows] == [("missing", "", 2), ("missing", "", 1)]
+    assert [Tokenize(job)({"index": k})["problem"] for k in range(2)] == ["", ""]  # sound now: no work
+    assert json.loads((tmp_path / "out" / "shard-00000.json").read_text())["skipped"][0].startswith("in.jsonl:2")
+    assert json.loads((tmp_path / "out" / "shard-00001.ids.json").read_text()) == [2]

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -43,10 +44,12 @@ class InputFile:
     compression: str | None = None  # 'gzip' or 'zstd'
     data: bytes | None = None  # standard input, read whole
 
-    def open(self) -> BinaryIO:
-        """The file's (decompressed) bytes."""
-        raw = io.BytesIO(self.data) if self.data is not None else open(self.path, "rb")
-        return decompress(raw, self.compression, self.name)
+    @contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        """The file's (decompressed) bytes; closed, with the file under them, on leaving the block."""
+        with io.BytesIO(self.data) if self.data is not None else open(self.path, "rb") as raw:
+            with decompress(raw, self.compression, self.name) as stream:
+                yield stream
 
 
 @dataclass(frozen=True)

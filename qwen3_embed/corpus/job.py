@@ -113,15 +113,15 @@ class Solo:
     def claims(self, n: int) -> Iterator[int]:
         return iter(range(n))
 
-    def wait_for_all(self) -> None:
-        pass
+    def wait_for_all(self, counts: dict[str, int]) -> dict[str, int]:
+        return counts
 
 
 def default_dtype(device: str | None, dtype: str | torch.dtype | None) -> torch.dtype:
-    """The dtype a model will run in: the one asked for, else bfloat16 on CUDA and float32 elsewhere."""
-    if dtype is not None:
-        return checkpoint.resolve_dtype(dtype)
-    return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
+    """The dtype a model will run in on `device` (checked to exist here): the one asked for, else bfloat16 on CUDA
+    and float32 elsewhere."""
+    cuda = resolve_device(device).type == "cuda"
+    return checkpoint.resolve_dtype(dtype) if dtype is not None else torch.bfloat16 if cuda else torch.float32
 
 
 def tokenizer_only(folder: Path) -> Embedder:
@@ -177,11 +177,18 @@ class Job:
                 "standard input can be encoded only into one file (--output FILE.npy or FILE.safetensors): a folder "
                 "of shards is resumable, which needs an input that can be read again"
             )
+        root = Path(self.source.spec).resolve()
+        if self.source.many and root.is_dir() and self.output.resolve().is_relative_to(root):
+            raise ValueError(
+                f"output {self.output} is inside the input folder {root}, whose every file is read as input; put the "
+                "output elsewhere"
+            )
         check_fields(self.source, options.text_field, options.id_field, options.skip_bad)
         self.checkpoint, self.model_name = checkpoint.resolve(model), str(model)
         tokenizer = self.tokenizer
         self.dim = tokenizer.check_dim(options.dim)
         self.max_length = tokenizer.max_length(options.max_length)
+        tokenizer.batch_tokens(options.batch_tokens)
         tokenizer.tokenize([""], options.instruction, options.prompt_name, self.max_length)  # a bad prompt fails now
         self.settings = {
             "model": model_fingerprint(self.checkpoint),
@@ -226,20 +233,19 @@ class Job:
     def tokenizer(self) -> Embedder:
         return tokenizer_only(self.checkpoint)
 
+    def _input(self, i: int) -> dict:
+        index = self.indexes[i]
+        return {"file": index.name, "bytes": index.bytes, "sha256": index.sha256, "format": self.source.files[i].format}
+
     def identity(self, task: ShardTask) -> dict:
         """What a shard's record must say of its input."""
-        index, file = self.indexes[task.file], self.source.files[task.file]
-        return {
-            "input": {"file": index.name, "bytes": index.bytes, "sha256": index.sha256, "format": file.format},
-            "first": task.first,
-            "records": task.records,
-        }
+        return {"input": self._input(task.file), "first": task.first, "records": task.records}
 
     def _check_folder(self) -> set[int]:
         """The shards already in the output folder whose records match this run; a record of other settings or of
         another input is an error listing every difference."""
         differences: dict[str, str] = {}
-        by_name = {index.name: index for index in self.indexes}
+        inputs = {index.name: self._input(i) for i, index in enumerate(self.indexes)}
         matching = set()
         for k, record in sorted(shard_records(self.output).items()):
             try:
@@ -254,15 +260,12 @@ class Job:
                         for value, model in ((then.get(key), name), (self.settings.get(key), self.model_name))
                     ]
                     differences[key] = f"{key}: {shown[0]} then, {shown[1]} now"  # fmt: skip
-            current = by_name.get(source["file"])
+            current = inputs.get(source["file"])
             key = f"input {source['file']}"
             if current is None:
                 differences.setdefault(key, f"{key}: in the input then, not now")
-            elif (current.bytes, current.sha256) != (source["bytes"], source["sha256"]):
-                differences.setdefault(
-                    key, f"{key}: changed: {source['bytes']} bytes, sha256 {source['sha256'][:12]} then; "
-                    f"{current.bytes} bytes, sha256 {current.sha256[:12]} now"
-                )  # fmt: skip
+            elif current != source:
+                differences.setdefault(key, f"{key}: {_file(source)} then; {_file(current)} now")
             elif then == self.settings and (k >= len(self.plan) or where != self._where(k)):
                 now = _lines(*self._where(k)) if k < len(self.plan) else "nothing"
                 differences.setdefault(
@@ -333,10 +336,7 @@ class Job:
             "format": FORMAT,
             "model_name": self.model_name,
             "settings": self.settings,
-            "inputs": [
-                {"file": i.name, "bytes": i.bytes, "sha256": i.sha256, "format": f.format, "records": i.records}
-                for i, f in zip(self.indexes, self.source.files)
-            ],
+            "inputs": [{**self._input(i), "records": index.records} for i, index in enumerate(self.indexes)],
             "rows": sum(s["rows"] for s in shards),
             "dim": self.dim,
             "shards": shards,
@@ -349,6 +349,10 @@ class Job:
 
 def _show(value, name: str | None) -> str:
     return f"{name} (content {value[:12]})" if name is not None else json.dumps(value)
+
+
+def _file(entry: dict) -> str:
+    return f"{entry.get('bytes')} bytes of {entry.get('format')}, sha256 {str(entry.get('sha256'))[:12]}"
 
 
 def _lines(name: str, first: int, records: int) -> str:

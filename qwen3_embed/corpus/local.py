@@ -88,9 +88,10 @@ def encode_corpus(
     finally:
         progress.close()
     warn_cut(cut, job.max_length)
-    group.wait_for_all()
+    totals = group.wait_for_all({"embedded": done.embedded, "verified": done.verified})
     if group.rank != 0:
         return None
+    done.embedded, done.verified = totals["embedded"], totals["verified"]
     done.manifest = job.finish()
     return done
 
@@ -127,6 +128,7 @@ def encode_file(
         raise IsADirectoryError(f"output {output} is a folder; give a file name ending in .{fmt}, or drop the suffix")
     if vector_dtype not in VECTOR_DTYPES:
         raise ValueError(f"vector_dtype={vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
+    dtype = embedder.dtype if embedder else default_dtype(device, dtype)  # the device checked too
     source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, input_format)
     check_fields(source, text_field, id_field, skip_bad)
     folder = checkpoint.resolve(model)
@@ -135,6 +137,7 @@ def encode_file(
                       batch_tokens=batch_tokens, skip_bad=skip_bad)  # fmt: skip
     checks = embedder or tokenizer_only(folder)
     dim, max_length = checks.check_dim(dim), checks.max_length(max_length)
+    checks.batch_tokens(batch_tokens)
     checks.tokenize([""], instruction, prompt_name, max_length)
     records, skipped = read_all(source, text_field, id_field, skip_bad)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +158,8 @@ def encode_file(
             "ids_file": ids_file}  # fmt: skip
 
 
-def report(skipped: list[str], what: str = "malformed record(s)") -> None:
-    """Print skipped records' messages on stderr, ten at most."""
+def report(skipped: list[str]) -> None:
+    """Print the messages of skipped records on stderr, ten at most."""
     if skipped:
         shown = "\n  ".join(skipped[:10]) + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        print(f"skipped {len(skipped)} {what}:\n  {shown}", file=sys.stderr)
+        print(f"skipped {len(skipped)} bad record(s):\n  {shown}", file=sys.stderr)

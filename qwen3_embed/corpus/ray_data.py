@@ -41,6 +41,16 @@ class Cluster(Solo):
         return ray.get([remote.remote(item) for item in items])
 
 
+ERRORS = {"ValueError": ValueError, "OSError": OSError, "FloatingPointError": FloatingPointError}
+
+
+def failure(row: dict, error: Exception) -> dict:
+    """A row that carries an error the user can act on (a bad record, a full disk) to the driver, which raises it:
+    raised in a worker, only its traceback's text would reach the driver."""
+    kind = next(name for name, kind in ERRORS.items() if isinstance(error, kind))
+    return {**row, "error": f"{kind}\n{error}"}
+
+
 class Tokenize:
     """CPU stage: a shard that is sound passes with no work; any other is read and tokenized."""
 
@@ -49,9 +59,14 @@ class Tokenize:
 
     def __call__(self, row: dict) -> dict:
         task = self.job.plan[row["index"]]
-        problem = self.job.problem(task)
-        prepared = None if problem is None else self.job.prepare(self.job.tokenizer, task)
-        return {"index": task.index, "problem": problem or "", "prepared": pickle.dumps(prepared)}
+        out = {"index": task.index, "problem": "", "prepared": b"", "error": ""}
+        try:
+            problem = self.job.problem(task)
+            if problem is not None:
+                out.update(problem=problem, prepared=pickle.dumps(self.job.prepare(self.job.tokenizer, task)))
+        except tuple(ERRORS.values()) as e:
+            return failure(out, e)
+        return out
 
 
 class Embed:
@@ -64,11 +79,15 @@ class Embed:
         self.embedder = Embedder.from_pretrained(job.checkpoint, device=device, dtype=dtype)
 
     def __call__(self, row: dict) -> dict:
-        prepared = pickle.loads(row["prepared"])
         task = self.job.plan[row["index"]]
-        out = {"index": task.index, "problem": row["problem"], "records": task.records, "tokens": 0, "cut": []}
-        if prepared is not None:
-            self.job.write(task, self.job.embed(self.embedder, prepared, None), prepared)
+        out = {"index": task.index, "problem": row["problem"], "records": task.records, "tokens": 0, "cut": [],
+               "error": row["error"]}  # fmt: skip
+        if row["prepared"] and not row["error"]:
+            prepared = pickle.loads(row["prepared"])
+            try:
+                self.job.write(task, self.job.embed(self.embedder, prepared, None), prepared)
+            except tuple(ERRORS.values()) as e:
+                return failure(out, e)
             out.update(tokens=sum(map(len, prepared.tokens)), cut=prepared.cut)
         return out
 
@@ -122,6 +141,9 @@ def encode_corpus_ray(
     try:
         with Progress(todo, enabled=show_progress) as progress:
             for row in shards.iter_rows():
+                if row["error"]:
+                    kind, message = row["error"].split("\n", 1)
+                    raise ERRORS[kind](message)
                 if row["problem"] == "":
                     done.verified += 1
                     continue
@@ -136,15 +158,6 @@ def encode_corpus_ray(
             f"interrupted after {done.embedded + done.verified} of {len(job.plan)} shards; rerun the same command to "
             "resume"
         ) from None
-    except Exception as e:
-        raise _cause(e) from None
     warn_cut(cut, job.max_length)
     done.manifest = job.finish()
     return done
-
-
-def _cause(error: BaseException) -> BaseException:
-    """The error raised in a task (a bad record, say), from under Ray's wrappers."""
-    while type(error).__module__.startswith("ray") and error.__cause__ is not None:
-        error = error.__cause__
-    return getattr(error, "cause", None) or error if type(error).__module__.startswith("ray") else error

@@ -27,6 +27,8 @@ FORMAT = "qwen3-embed-shards/1"
 VECTOR_FORMATS = ("npy", "safetensors")
 VECTOR_DTYPES = ("float32", "float16")
 MANIFEST = "manifest.json"
+# safetensors' dtype codes by numpy's names, for the headers of vectors files (quantized ones included)
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8"}
 REDO = "rerun the encode command that wrote it: a rerun embeds the damaged shards again"
 
 
@@ -70,7 +72,7 @@ def vectors_header(path: Path, fmt: str) -> tuple[str, list[int]]:
             return np.dtype(dtype).name, list(shape)
         length = int.from_bytes(f.read(8), "little")
         entry = json.loads(f.read(length))["vectors"]
-    return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(entry["dtype"], entry["dtype"]), entry["shape"]
+    return SAFETENSORS_DTYPES.get(entry["dtype"], entry["dtype"]), entry["shape"]
 
 
 def file_entry(name: str, data: bytes, **array) -> dict:
@@ -165,26 +167,27 @@ def _vector_format(entry: dict) -> str:
 
 def check_shard(folder: Path, record: dict, checksums: bool = True) -> str | None:
     """What is wrong with a shard's files against its record (None when nothing is): sizes, the ids' count and the
-    vectors' dtype and shape always; the sha256 of every file when `checksums`."""
+    vectors' dtype and shape always; the sha256 of every file when `checksums` (of the ids, which are read anyway,
+    always)."""
     try:
-        for entry in record["files"].values():
+        files, data = record["files"], {}
+        for role, entry in files.items():
             path = folder / entry["name"]
             if not path.is_file():
                 return f"{entry['name']} is missing"
-            size = path.stat().st_size
-            if size != entry["bytes"]:
-                return f"{entry['name']} has {size} bytes, its record says {entry['bytes']}"
-            if checksums or entry is record["files"]["ids"]:
-                data = path.read_bytes()
-                if sha256(data) != entry["sha256"]:
+            if path.stat().st_size != entry["bytes"]:
+                return f"{entry['name']} has {path.stat().st_size} bytes, its record says {entry['bytes']}"
+            if checksums or role == "ids":
+                data[role] = path.read_bytes()
+                if sha256(data[role]) != entry["sha256"]:
                     return f"{entry['name']} does not match its sha256 checksum"
-        ids = read_json(folder / record["files"]["ids"]["name"])
-        vectors = record["files"]["vectors"]
-        dtype, shape = vectors_header(folder / vectors["name"], _vector_format(vectors))
+        ids = json.loads(data["ids"])
+        dtype, shape = vectors_header(folder / files["vectors"]["name"], _vector_format(files["vectors"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"cannot be read ({type(e).__name__}: {e})"
+    vectors = files["vectors"]
     if not isinstance(ids, list) or len(ids) != record["rows"]:
-        return f"{record['files']['ids']['name']} holds {len(ids)} ids, its record says {record['rows']} rows"
+        return f"{files['ids']['name']} does not hold a list of {record['rows']} ids, as its record says"
     if [dtype, shape] != [vectors["dtype"], vectors["shape"]] or shape[:1] != [record["rows"]]:
         return (
             f"{vectors['name']} holds {dtype} {shape}, its record says {vectors['dtype']} {vectors['shape']} "

@@ -59,13 +59,16 @@ class Group:
         while (k := self.store.add(key, 1) - 1) < n:
             yield k
 
-    def wait_for_all(self) -> None:
-        """Rank 0 returns once every rank has finished its shards; the others at once. A poll of the store, not a
-        barrier, so that no collective times out while the last shards finish."""
+    def wait_for_all(self, counts: dict[str, int]) -> dict[str, int]:
+        """Once every rank has finished its shards, the sum of every rank's counts on rank 0 (the others return at
+        once). A poll of the store, not a barrier, so that no collective times out while the last shards finish."""
         key = f"{self.run}/done/{self.rounds}"
+        for name, count in counts.items():
+            self.store.add(f"{key}/{name}", count)
         self.store.add(key, 1)
         while self.rank == 0 and self.store.add(key, 0) < self.world_size:
             time.sleep(0.2)
+        return {name: self.store.add(f"{key}/{name}", 0) for name in counts}
 
     def close(self) -> None:
         self.dist.destroy_process_group()
