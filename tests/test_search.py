@@ -16,6 +16,7 @@ from checkpoints import TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
 from qwen3_embed import Reranker
 from qwen3_embed.corpus import encode_corpus, load_corpus
 from qwen3_embed.search import Index, Retriever, quantization_ranges, quantize
+from qwen3_embed.search import index as index_module
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -54,8 +55,10 @@ def folders(tiny, embedder, tmp_path_factory):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("block_rows", [3, 8, 1000])
-def test_exact_search_over_shards_equals_brute_force(folders, device, block_rows):
+@pytest.mark.parametrize("block_rows, piece_bytes", [(3, None), (8, 192), (1000, 192)])  # 192: pieces of 2 to 6 rows
+def test_exact_search_over_shards_equals_brute_force(folders, device, block_rows, piece_bytes, monkeypatch):
+    if piece_bytes is not None:
+        monkeypatch.setattr(index_module, "PIECE_BYTES", piece_bytes)
     for folder, options in folders:
         vectors, ids = load_corpus(folder)
         queries = unit(5, vectors.shape[1], seed=1)
@@ -253,5 +256,5 @@ def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders
     manifest = json.loads((damaged / "manifest.json").read_text())
     manifest["shards"][0]["rows"] += 1
     (damaged / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="shard-00000: shard-00000.ids.json holds 7 ids, its record says 8 rows"):
+    with pytest.raises(ValueError, match="shard-00000: shard-00000.ids.json does not hold a list of 8 ids"):
         Index.open(damaged, verify=False)

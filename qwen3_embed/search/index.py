@@ -1,6 +1,6 @@
-"""Search: exact inner-product top-k over vectors in memory or over a folder of shards (memory-mapped, streamed in
-blocks), vectors quantized exactly as sentence-transformers' `quantize_embeddings` quantizes them (int8, uint8,
-binary, ubinary) and searched with rescoring, and retrieve-then-rerank with Qwen3-Reranker.
+"""Index: the top-k inner products of queries over vectors in memory or over a folder of shards (memory-mapped,
+streamed in blocks of rows, each cut to its top k before the next), exact for float vectors, with rescoring for
+quantized ones.
 
 An Index holds its *stored* vectors (float, or quantized) and searches at a *precision* no higher than theirs. At the
 stored precision the first stage streams the stored vectors themselves; at a lower one it runs over a quantized copy
@@ -20,88 +20,21 @@ from __future__ import annotations
 import bisect
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .corpus.shards import DamagedShard, read_manifest, verify_corpus
-from .pipeline import check_int, resolve_device
+from ..corpus.shards import SAFETENSORS_DTYPES, DamagedShard, read_manifest, verify_corpus
+from ..pipeline import check_int, resolve_device
+from .quantize import FLOATS, PRECISIONS, check_precision, code_grid, quantization_ranges, quantize
 
-PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
-FLOATS = ("float32", "float16", "bfloat16")  # bfloat16: vectors a caller hands over, searched in float32
 # Lower is coarser; a search runs at its stored vectors' rank or below.
 RANK = {"binary": 0, "ubinary": 0, "int8": 1, "uint8": 1, "float16": 2, "bfloat16": 2, "float32": 3}
 DEFAULT_BLOCK_ROWS = 65536  # rows scored, then cut to the top k, at a time
 PIECE_BYTES = 1 << 20  # x 4 for float32: the rows converted at a time on the CPU, to stay in the cache
-
-
-# Quantization, bit for bit as sentence_transformers.quantization.quantize_embeddings.
-
-
-def quantization_ranges(calibration: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[2, dim]: the minimum and maximum of each dimension over calibration vectors [n, dim]."""
-    calibration = _numpy(calibration)
-    if calibration.ndim != 2 or len(calibration) < 2:
-        raise ValueError(
-            f"int8/uint8 ranges need at least 2 calibration vectors [n, dim], not an array of shape "
-            f"{list(calibration.shape)}; use a representative sample of the corpus (a thousand vectors or more)"
-        )
-    return np.vstack((calibration.min(axis=0), calibration.max(axis=0)))
-
-
-def quantize(
-    vectors: torch.Tensor | np.ndarray,
-    precision: str,
-    *,
-    ranges: np.ndarray | None = None,
-    calibration: torch.Tensor | np.ndarray | None = None,
-) -> np.ndarray:
-    """Float vectors [n, dim] in `precision`, bit for bit as sentence-transformers' `quantize_embeddings`.
-
-    int8 and uint8 cut each dimension's range into 256 steps: `ranges` [2, dim] (minimum, maximum), else those of
-    `calibration` vectors, else those of `vectors` themselves. binary and ubinary keep the sign bits (x > 0), packed 8
-    per byte [n, ceil(dim / 8)], first dimension in the highest bit; binary is the ubinary byte minus 128, as int8.
-    """
-    _check_precision(precision)
-    vectors = _numpy(vectors)
-    if vectors.dtype.kind != "f":
-        raise TypeError(f"quantize takes float vectors, not {vectors.dtype}: these look quantized already")
-    if precision in FLOATS:
-        return vectors.astype(precision)
-    if precision in ("int8", "uint8"):
-        ranges = quantization_ranges(vectors if calibration is None else calibration) if ranges is None else ranges
-        starts, steps = _steps(ranges, vectors.shape[-1])
-        codes = np.clip(np.floor((vectors - starts) / steps), 0, 255)
-        return codes.astype(np.uint8) if precision == "uint8" else (codes - 128).astype(np.int8)
-    bits = np.packbits(vectors > 0, axis=-1)
-    return bits if precision == "ubinary" else (bits - 128).astype(np.int8)
-
-
-def _steps(ranges: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, steps) [dim] float32 of int8/uint8 ranges, as sentence-transformers computes them."""
-    ranges = np.asarray(ranges).astype(np.float32, copy=False)
-    if ranges.shape != (2, dim):
-        raise ValueError(f"ranges must be [2, {dim}] (each dimension's minimum and maximum), not {list(ranges.shape)}")
-    starts = ranges[0, :]
-    steps = (ranges[1, :] - starts) / 255
-    return starts, np.where(steps == 0, 1, steps)
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
-
-
-def _numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return (x.float() if x.dtype == torch.bfloat16 else x).detach().cpu().numpy()
-    return np.asarray(x)
-
-
-# The index.
 
 
 class Hits(NamedTuple):
@@ -201,7 +134,7 @@ class Index:
         self.block_rows = check_int("block_rows", block_rows, 1)
         self.dim, self.ids, self.stored = dim, ids, stored
         self.precision = stored if precision is None else precision
-        _check_precision(self.precision)
+        check_precision(self.precision)
         if RANK[self.precision] > RANK[stored] or (self.precision != stored and RANK[self.precision] == RANK[stored]):
             raise ValueError(
                 f"{stored} vectors cannot be searched at precision {self.precision!r}: choose {stored} or a coarser "
@@ -216,7 +149,7 @@ class Index:
             if ranges is None:
                 raise ValueError(f"{stored} vectors need the ranges they were quantized with ([2, dim])")
             self.ranges = np.asarray(ranges, np.float32)
-            _steps(self.ranges, dim)
+            code_grid(self.ranges, dim)
         if self.precision == stored:
             self._first = parts
         else:  # a coarser copy in memory, quantized block by block
@@ -276,7 +209,7 @@ class Index:
         if self.precision in FLOATS:
             return queries
         if self.precision in ("int8", "uint8"):  # the query weighted by each dimension's step, rounded to int8
-            weights = queries * torch.from_numpy(_steps(self.ranges, self.dim)[1]).to(self.device)
+            weights = queries * torch.from_numpy(code_grid(self.ranges, self.dim)[1]).to(self.device)
             scale = 127 / weights.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
             return torch.round(weights * scale).to(torch.int8)
         signs = torch.where(queries > 0, 1, -1).to(torch.int8)
@@ -342,7 +275,7 @@ class Index:
             return vectors.float()
         if self.stored.endswith("binary"):
             return _unpack(vectors, self.stored, signs=False)[:, : self.dim].float()
-        starts, steps = (torch.from_numpy(x).to(vectors.device) for x in _steps(self.ranges, self.dim))
+        starts, steps = (torch.from_numpy(x).to(vectors.device) for x in code_grid(self.ranges, self.dim))
         return (vectors.float() + (128 if self.stored == "int8" else 0)) * steps + starts
 
     def _blocks(self, parts: list[torch.Tensor]):
@@ -400,9 +333,6 @@ def _best(scores: torch.Tensor, positions: torch.Tensor, k: int) -> tuple[torch.
     return scores[:, :k], positions.gather(1, order)[:, :k]
 
 
-# Shard folders.
-
-
 def map_vectors(path: Path) -> np.ndarray:
     """The vectors of a shard file (.npy or .safetensors), memory-mapped copy-on-write: pages are read on use and the
     file is never written."""
@@ -411,7 +341,7 @@ def map_vectors(path: Path) -> np.ndarray:
     with open(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little")
         entry = json.loads(f.read(length))["vectors"]
-    dtype = {"F32": np.float32, "F16": np.float16, "I8": np.int8, "U8": np.uint8}[entry["dtype"]]
+    dtype = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]])
     begin, _ = entry["data_offsets"]
     return np.memmap(path, dtype=dtype, mode="c", offset=8 + length + begin, shape=tuple(entry["shape"]))
 
@@ -442,75 +372,3 @@ class ShardColumn(Sequence):
                 )
             self.loaded[shard] = values
         return self.loaded[shard][position - self.starts[shard]]
-
-
-# Retrieve, then rerank.
-
-
-class Hit(NamedTuple):
-    id: object
-    score: float  # the reranker's when reranked, else the inner product
-    text: str | None  # None when the index keeps no texts and none were given
-
-
-class Retriever:
-    """Queries -> the nearest documents of an index, reranked with Qwen3-Reranker when a reranker is given.
-
-    texts: the documents' texts by id (a dict, or a list when the ids are the positions); default: those the index
-    keeps (`encode --store-text`). A reranker needs them.
-    """
-
-    def __init__(self, embedder, index: Index, reranker=None, texts: Mapping | Sequence | None = None):
-        if index.dim > embedder.config.hidden_size:
-            raise ValueError(
-                f"the index holds {index.dim}-dimensional vectors, more than the embedder's hidden size "
-                f"{embedder.config.hidden_size}: use the model that embedded the corpus"
-            )
-        if reranker is not None and texts is None and index.texts is None:
-            raise ValueError(
-                "a reranker reads the documents' texts, and this index keeps none: encode the corpus with "
-                "--store-text, or pass texts= (a mapping from id to text)"
-            )
-        self.embedder, self.index, self.reranker, self.texts = embedder, index, reranker, texts
-
-    def search(
-        self,
-        queries: str | Sequence[str],
-        top_k: int = 10,
-        *,
-        candidates: int = 100,
-        instruction: str | None = None,
-        rescore_multiplier: int = 4,
-    ) -> list[Hit] | list[list[Hit]]:
-        """The best `top_k` documents for each query, best first. The queries are embedded with the instruction (the
-        model card's web-search task by default) by `Embedder.encode_query`; with a reranker, the `candidates`
-        nearest (all, in a smaller index) are scored by `Reranker.score` with the same instruction and reordered
-        (ties in retrieval order)."""
-        single = isinstance(queries, str)
-        queries = [queries] if single else list(queries)
-        top_k = check_int("top_k", top_k, 1, len(self.index), f"the {len(self.index)} vectors of the index")
-        if self.reranker is not None:
-            candidates = check_int("candidates", candidates, top_k, None)
-        vectors = self.embedder.encode_query(queries, instruction=instruction, dim=self.index.dim)
-        n = top_k if self.reranker is None else min(candidates, len(self.index))
-        found = self.index.search(vectors, n, rescore_multiplier=rescore_multiplier)
-        results = []
-        for query, scores, positions, ids in zip(queries, found.scores.tolist(), found.positions.tolist(), found.ids):
-            texts = [self._text(p, i) for p, i in zip(positions, ids)]
-            if self.reranker is not None:
-                scores = self.reranker.score(query, texts, instruction=instruction).tolist()
-                order = sorted(range(n), key=lambda j: -scores[j])[:top_k]
-                scores, ids, texts = ([x[j] for j in order] for x in (scores, ids, texts))
-            results.append([Hit(*hit) for hit in zip(ids, scores, texts)])
-        return results[0] if single else results
-
-    def _text(self, position: int, id) -> str | None:
-        if self.texts is not None:
-            try:
-                return self.texts[id]
-            except (KeyError, IndexError):
-                raise KeyError(f"no text for document id {id!r} in the texts given to the Retriever") from None
-        return self.index.texts[position] if self.index.texts is not None else None
-
-
-__all__ = ["Hit", "Hits", "Index", "Retriever", "quantization_ranges", "quantize"]
