@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, checkpoint, corpus
@@ -73,7 +74,7 @@ def similarity(args: argparse.Namespace) -> None:
 
 
 FOLDER_ONLY = {"chunk_size": "--chunk-size", "vector_format": "--vector-format", "no_verify": "--no-verify",
-               "workers": "--workers"}  # fmt: skip
+               "workers": "--workers", "store_text": "--store-text"}  # fmt: skip
 
 
 def encode(args: argparse.Namespace) -> None:
@@ -82,7 +83,8 @@ def encode(args: argparse.Namespace) -> None:
     options = dict(text_field=args.text_field, id_field=args.id_field, input_format=args.format,
                    skip_bad=args.skip_bad, vector_dtype=args.vector_dtype, instruction=args.instruction,
                    prompt_name=args.prompt_name, dim=args.dim, max_length=args.max_length,
-                   truncate=not args.no_truncate, batch_tokens=args.batch_tokens)  # fmt: skip
+                   truncate=not args.no_truncate, batch_tokens=args.batch_tokens,
+                   calibration=np.load(args.calibration) if args.calibration else None)  # fmt: skip
     if to_file:
         given = [flag for key, flag in FOLDER_ONLY.items() if getattr(args, key) not in (None, False)]
         if args.engine != "local":
@@ -102,7 +104,7 @@ def encode(args: argparse.Namespace) -> None:
         print(f"wrote {result['rows']} vectors of {result['dim']} dimensions to {args.output}{ids}", file=sys.stderr)
         return
     options.update(chunk_size=args.chunk_size or 10_000, vector_format=args.vector_format or "npy",
-                   verify=not args.no_verify)  # fmt: skip
+                   verify=not args.no_verify, store_text=args.store_text)  # fmt: skip
     if str(args.input) == "-":
         raise ValueError(
             "--input - (standard input) can be encoded only into one file (--output FILE.npy or FILE.safetensors); "
@@ -323,7 +325,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--id-field", help="field of the id (default: the position in the input; name:line for a folder)")
     e.add_argument("--chunk-size", type=int, help="records per shard (default: 10000); shards never span files")
     e.add_argument("--vector-format", choices=VECTOR_FORMATS, help="the shards' vector files (default: npy)")
-    e.add_argument("--vector-dtype", choices=VECTOR_DTYPES, default="float32", help="dtype of the stored vectors")
+    e.add_argument("--precision", "--vector-dtype", dest="vector_dtype", choices=VECTOR_DTYPES, default="float32",
+                   help="the stored vectors: float, or quantized as sentence-transformers' quantize_embeddings does "
+                   "(int8 and uint8 need --calibration; binary packs 8 dimensions per byte)")  # fmt: skip
+    e.add_argument("--calibration", type=Path, help="a .npy of float vectors [n, dim] (a representative sample "
+                   "embedded alike) whose per-dimension ranges int8 and uint8 quantize with; kept in the "
+                   "manifest")  # fmt: skip
+    e.add_argument("--store-text", action="store_true", help="keep each shard's texts beside its vectors, for "
+                   "`qwen3-embed search --reranker`")  # fmt: skip
     e.add_argument("--skip-bad", action="store_true",
                    help="skip bad records (bad JSON or UTF-8, no text field, text the tokenizer refuses) and report "
                    "them, instead of stopping at the first")  # fmt: skip

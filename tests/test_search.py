@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from checkpoints import TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
 from qwen3_embed import Reranker
-from qwen3_embed.corpus import encode_corpus, load_corpus
+from qwen3_embed.corpus import encode_corpus, load_corpus, read_manifest
 from qwen3_embed.search import Index, Retriever, quantization_ranges, quantize
 from qwen3_embed.search import index as index_module
 
@@ -258,3 +258,65 @@ def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders
     (damaged / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="shard-00000: shard-00000.ids.json does not hold a list of 8 ids"):
         Index.open(damaged, verify=False)
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_quantized_shards_equal_sentence_transformers_and_search_as_in_memory(tiny, embedder, folders, precision):
+    source = folders[0][0]  # float32 shards of 7 rows, 96 dimensions
+    floats, ids = load_corpus(source)
+    calibration = floats[:20] if precision.endswith("int8") else None
+    out = source.parent / f"quantized-{precision}"
+    encode_corpus(tiny[0], source.parent / "corpus.txt", out, embedder=embedder, chunk_size=7, show_progress=False,
+                  vector_dtype=precision, calibration=calibration,
+                  vector_format="safetensors" if precision in ("uint8", "binary") else "npy")  # fmt: skip
+    vectors, same_ids = load_corpus(out)
+    expected = quantize_embeddings(floats, precision, calibration_embeddings=calibration)
+    assert same_ids == ids and vectors.dtype == expected.dtype and np.array_equal(vectors, expected)
+    ranges = quantization_ranges(calibration) if calibration is not None else None
+    assert read_manifest(out)["settings"].get("ranges") == (ranges.tolist() if ranges is not None else None)
+    index = Index.open(out, block_rows=5)
+    assert (index.precision, index.dim, len(index)) == (precision, 96, len(TEXTS))
+    queries = torch.from_numpy(floats[[3, 30]])
+    hits = index.search(queries, 5)
+    in_memory = Index(vectors, ids, precision=precision, ranges=ranges).search(queries, 5)
+    assert hits.positions.tolist() == in_memory.positions.tolist() and torch.equal(hits.scores, in_memory.scores)
+    assert hits.positions[:, 0].tolist() == [3, 30] and hits.ids == in_memory.ids  # each query's own row first
+    if precision.endswith("int8"):  # a coarser search of the int8 shards, rescored against them
+        assert Index.open(out, precision="binary").search(queries, 5).positions[:, 0].tolist() == [3, 30]
+
+
+def test_quantized_and_stored_text_options_are_checked(tiny, embedder, folders, tmp_path):
+    source = folders[0][0]
+    floats, _ = load_corpus(source)
+    corpus = source.parent / "corpus.txt"
+
+    def encode(out="out", **options):
+        return encode_corpus(tiny[0], corpus, tmp_path / out, embedder=embedder, show_progress=False, **options)
+
+    for options, message in [
+        ({"vector_dtype": "int8"}, "int8 vectors need calibration vectors .* with --calibration calibration.npy"),
+        ({"vector_dtype": "uint8", "calibration": floats[:, :32]}, r"must be float \[n, 96\] .*not float32 \[45, 32\]"),
+        ({"vector_dtype": "binary", "calibration": floats}, "set the ranges of int8 and uint8, not of binary"),
+        ({"vector_dtype": "int4"}, "vector_dtype='int4' is not one of float32, float16, int8, uint8, binary, ubinary"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            encode(**options)
+    encode(vector_dtype="int8", calibration=floats[:20], chunk_size=20)
+    with pytest.raises(ValueError, match=r"other settings.*\n  ranges: \[\[.*\.\.\. \(\d+ characters\) then"):
+        encode(vector_dtype="int8", calibration=floats[:30], chunk_size=20)  # other ranges: not the same shards
+
+
+def test_stored_texts_feed_the_reranker(tiny, embedder, reranker, folders, tmp_path):
+    corpus = folders[0][0].parent / "corpus.txt"
+    out = tmp_path / "with-text"
+    encode_corpus(tiny[0], corpus, out, embedder=embedder, chunk_size=10, store_text=True, show_progress=False)
+    index = Index.open(out, block_rows=4)
+    assert [index.texts[p] for p in (0, 9, 10, 44)] == [TEXTS[p] for p in (0, 9, 10, 44)]
+    assert read_manifest(out)["settings"]["store_text"] is True
+    queries = ["capital of China", "gravity"]
+    got = Retriever(embedder, index, reranker).search(queries, top_k=3, candidates=6)
+    by_hand = Retriever(embedder, Index(load_corpus(out)[0]), reranker, texts=TEXTS).search(queries, 3, candidates=6)
+    assert got == by_hand and all(hit.text == TEXTS[hit.id] for hits in got for hit in hits)
+    (out / "shard-00001.texts.json").write_text("[]")
+    with pytest.raises(ValueError, match="shard-00001: shard-00001.texts.json has 2 bytes, its record says"):
+        Index.open(out)
