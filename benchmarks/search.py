@@ -5,7 +5,8 @@ vectors (normal draws, normalized: speed does not depend on their values) held i
 vectors; int8 search (int8 first stage, rescoring 4 x top_k candidates against the int8 vectors); binary search
 (packed bits, rescoring 4 x top_k against the bits as 0/1, as sentence-transformers rescores). Against FAISS
 IndexFlatIP over float32 copies of the same vectors and IndexBinaryFlat over the same bits (top_k only, no
-rescoring). Top 10, batches of 1 and of --queries queries; each the best of 3 timed calls after a warm-up. Memory: the
+rescoring). Top 10, batches of 1 and of --queries queries; each the best of --repeats rounds after a warm-up, the
+systems taking turns within each round. Memory: the
 bytes each index holds, and the process's peak resident memory during its searches above what it held before
 (VmHWM reset through /proc/self/clear_refs, after malloc_trim).
 
@@ -67,15 +68,18 @@ def peak_during(fn) -> int:
     return status("VmHWM") - before
 
 
-def best_seconds(fn, device: str, repeats: int = 3) -> float:
-    fn()
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
+def best_seconds(calls: list, device: str, repeats: int) -> list[float]:
+    """The best time of each call over `repeats` rounds after a warm-up, the calls taking turns within each round
+    (on a shared machine, a slow spell then hits every system alike)."""
+    best = [float("inf")] * len(calls)
+    for round in range(repeats + 1):
+        for i, call in enumerate(calls):
+            sync(device)
+            start = time.perf_counter()
+            call()
+            sync(device)
+            if round:
+                best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -90,6 +94,7 @@ def speed(args, device: str) -> tuple[list[dict], list[str]]:
     if not args.no_faiss:
         import faiss
 
+        faiss.omp_set_num_threads(torch.get_num_threads())  # the same threads as torch
         faiss_flat, faiss_binary = faiss.IndexFlatIP(dim), faiss.IndexBinaryFlat(dim)
     for s in range(0, n, CHUNK):
         chunk = F.normalize(torch.randn(min(CHUNK, n - s), dim, generator=g), dim=-1)
@@ -115,21 +120,19 @@ def speed(args, device: str) -> tuple[list[dict], list[str]]:
     for batch in (1, args.queries):
         queries = F.normalize(torch.randn(batch, dim, generator=g), dim=-1)
         qbits = quantize(queries, "ubinary")
+        calls = []
+        for system, _, index, _ in systems:
+            q = queries.to(device) if isinstance(index, Index) else qbits if "Binary" in system else queries.numpy()
+            calls.append(lambda index=index, q=q: index.search(q, 10))
+        seconds = best_seconds(calls, device, args.repeats)
         faiss_qps = {}
-        for system, kind, index, held in systems:
-            if isinstance(index, Index):
-                q = queries.to(device)
-                call = lambda index=index, q=q: index.search(q, 10)  # noqa: E731
-            else:
-                q = qbits if "Binary" in system else queries.numpy()
-                call = lambda index=index, q=q: index.search(q, 10)  # noqa: E731
-            seconds = best_seconds(call, device)
+        for (system, kind, _, held), call, t in zip(systems, calls, seconds):
             peak = peak_during(call) if device == "cpu" else None
-            qps = batch / seconds
+            r = {"system": system, "kind": kind, "rows": n, "batch": batch, "queries_per_s": batch / t,
+                 "index_bytes": held, "search_peak_bytes": peak}  # fmt: skip
+            results.append(r)
             if "FAISS" in system:
-                faiss_qps["binary" if "Binary" in system else "float"] = qps
-            results.append({"system": system, "kind": kind, "rows": n, "batch": batch, "queries_per_s": qps,
-                            "index_bytes": held, "search_peak_bytes": peak})  # fmt: skip
+                faiss_qps["binary" if "Binary" in system else "float"] = r["queries_per_s"]
         for r in results[-len(systems) :]:
             ref = faiss_qps.get("binary" if "binary" in r["kind"] else "float")
             versus = f"{r['queries_per_s'] / ref:.2f}x" if ref and r["system"] == "qwen3-embed" else "-"
@@ -197,6 +200,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_000_000, help="vectors searched for speed")
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--queries", type=int, default=64, help="the larger query batch")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds (the best counts)")
+    p.add_argument("--threads", type=int, help="CPU threads of torch and FAISS alike (default: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda: vectors held on the GPU (FAISS stays off)")
     p.add_argument("--no-faiss", action="store_true", help="skip FAISS (it runs on the CPU only here)")
     p.add_argument("--recall-docs", type=int, default=5000, help="documents embedded for recall")
@@ -206,6 +211,8 @@ def main() -> None:
     args = p.parse_args()
     if args.device != "cpu":
         args.no_faiss = True
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         import faiss  # noqa: F401
     except ImportError:
@@ -213,10 +220,11 @@ def main() -> None:
             sys.exit("FAISS is not installed: pip install faiss-cpu (for this benchmark only), or pass --no-faiss")
 
     m = machine()
-    results = {"machine": m, "rows": args.rows, "dim": args.dim, "device": args.device}
+    results = {"machine": m, "rows": args.rows, "dim": args.dim, "device": args.device,
+               "threads": torch.get_num_threads()}  # fmt: skip
     results["speed"], speed_rows = speed(args, args.device)
     results["recall"], recall_rows = recall(args)
-    where = m.get("gpu", m["cpu"]) if args.device != "cpu" else f"{m['cpu']} ({m['cores']} cores)"
+    where = m.get("gpu", m["cpu"]) if args.device != "cpu" else f"{m['cpu']} ({torch.get_num_threads()} threads)"
     table = markdown_table(
         f"Search over {args.rows:,} x {args.dim} unit vectors on {where}, top 10:",
         ["system", "vectors", "queries per call", "queries/s", "vs FAISS", "index holds", "search peak"],
@@ -229,7 +237,7 @@ def main() -> None:
         recall_rows,
     )  # fmt: skip
     print("\n" + table)
-    write_results(f"search-{args.device.split(':')[0]}", results, table)
+    write_results(f"search-{args.device.split(':')[0]}-{torch.get_num_threads()}threads", results, table)
 
 
 if __name__ == "__main__":

@@ -77,10 +77,9 @@ def test_one_query_arrays_and_ids():
     vectors = unit(50, 16, seed=2)
     ids = [f"doc-{i}" for i in range(50)]
     query = unit(16, seed=3)
-    expected = brute_force(query[None], vectors, 4)
-    for given in (vectors, vectors.numpy(), vectors.half()):
+    for given in (vectors, vectors.numpy(), vectors.half(), vectors.bfloat16(), vectors.double().numpy()):
         hits = Index(given, ids, block_rows=16).search(query.numpy(), 4)
-        exact = expected if given.dtype != torch.float16 else brute_force(query[None], vectors.half(), 4)
+        exact = brute_force(query[None], torch.as_tensor(given).float(), 4)
         assert hits.positions.tolist() == exact.indices[0].tolist()
         assert hits.ids == [ids[i] for i in exact.indices[0].tolist()] and hits.scores.shape == (4,)
     none = Index(vectors).search(torch.empty(0, 16), 3)

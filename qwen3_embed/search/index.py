@@ -32,8 +32,8 @@ from ..pipeline import check_int, resolve_device
 from .quantize import FLOATS, PRECISIONS, check_precision, code_grid, quantization_ranges, quantize
 
 # Lower is coarser; a search runs at its stored vectors' rank or below.
-RANK = {"binary": 0, "ubinary": 0, "int8": 1, "uint8": 1, "float16": 2, "bfloat16": 2, "float32": 3}
-DEFAULT_BLOCK_ROWS = 65536  # rows scored, then cut to the top k, at a time
+RANK = {"binary": 0, "ubinary": 0, "int8": 1, "uint8": 1, "float16": 2, "bfloat16": 2, "float32": 3, "float64": 4}
+DEFAULT_BLOCK_ROWS = 16384  # rows scored, then cut to the top k, at a time
 PIECE_BYTES = 1 << 20  # x 4 for float32: the rows converted at a time on the CPU, to stay in the cache
 
 
@@ -133,8 +133,9 @@ class Index:
     def _setup(self, parts, ids, stored, dim, precision, ranges, calibration, device, block_rows) -> None:
         self.block_rows = check_int("block_rows", block_rows, 1)
         self.dim, self.ids, self.stored = dim, ids, stored
+        if precision is not None:
+            check_precision(precision)
         self.precision = stored if precision is None else precision
-        check_precision(self.precision)
         if RANK[self.precision] > RANK[stored] or (self.precision != stored and RANK[self.precision] == RANK[stored]):
             raise ValueError(
                 f"{stored} vectors cannot be searched at precision {self.precision!r}: choose {stored} or a coarser "
@@ -157,8 +158,13 @@ class Index:
                 ranges = self._ranges_of_stored() if calibration is None else quantization_ranges(calibration)
             if self.precision in ("int8", "uint8"):
                 self.ranges = np.asarray(ranges, np.float32)
-            copy = [quantize(self._float(block), self.precision, ranges=self.ranges) for block in self._blocks(parts)]
-            self._first = [torch.from_numpy(np.concatenate(copy)) if copy else torch.empty(0, dim)]
+            copy, start = None, 0
+            for block in self._blocks(parts):
+                codes = quantize(self._float(block), self.precision, ranges=self.ranges)
+                copy = np.empty((len(self), codes.shape[1]), codes.dtype) if copy is None else copy
+                copy[start : start + len(codes)] = codes
+                start += len(codes)
+            self._first = [torch.from_numpy(copy) if copy is not None else torch.empty(0, dim)]
         self._buffer = None
 
     def __len__(self) -> int:
@@ -218,14 +224,18 @@ class Index:
 
     def _block_scores(self, queries: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         """[Q, len(block)] first-stage scores: float32 dot products, or int32 dot products of codes (for binary,
-        equal bits minus unequal bits). On the CPU a block is scored a cache-sized piece at a time, so that its rows
-        converted to float32 (or unpacked) are read back from the cache, not from memory."""
-        piece = self._piece_rows()
+        equal bits minus unequal bits). On the CPU, rows that must be converted first (float16 to float32, uint8 to
+        centred int8, bits to +-1) are scored a cache-sized piece at a time, so that the converted rows are read back
+        from the cache, not from memory."""
+        piece = self._piece_rows(block)
         pieces = [self._piece_scores(queries, block[s : s + piece]) for s in range(0, len(block), piece)]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
 
-    def _piece_rows(self) -> int:
-        return self.block_rows if self.device.type != "cpu" else min(self.block_rows, max(1, PIECE_BYTES // self.dim))
+    def _piece_rows(self, block: torch.Tensor) -> int:
+        as_is = block.dtype in (torch.float32, torch.int8) and self.precision not in ("binary", "ubinary")
+        if self.device.type != "cpu" or (as_is and block.device == self.device):
+            return self.block_rows
+        return min(self.block_rows, max(1, PIECE_BYTES // self.dim))
 
     def _piece_scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if self.precision in FLOATS:
@@ -244,7 +254,7 @@ class Index:
 
     def _buffer_for(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """A reused buffer on the device for a piece of a block, so that memory stays bounded."""
-        shape = (self._piece_rows(), rows.shape[1])
+        shape = (self._piece_rows(rows), rows.shape[1])
         if self._buffer is None or self._buffer.dtype != dtype or self._buffer.shape != shape:
             self._buffer = torch.empty(shape, dtype=dtype, device=self.device)
         return self._buffer[: len(rows)]

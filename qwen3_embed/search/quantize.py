@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
-FLOATS = ("float32", "float16", "bfloat16")  # bfloat16: vectors a caller hands over, searched in float32
+FLOATS = ("float32", "float16", "bfloat16", "float64")  # the last two: vectors a caller hands over, scored in float32
 
 
 def quantization_ranges(calibration: torch.Tensor | np.ndarray) -> np.ndarray:
