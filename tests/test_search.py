@@ -221,6 +221,7 @@ def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders
         (lambda: Index(vectors[None]), ValueError, r"must be a matrix \[n, dim\]"),
         (lambda: Index(vectors * float("inf")), ValueError, "NaN or infinite"),
         (lambda: Index(torch.zeros(4, 2, dtype=torch.int8)), ValueError, "say which way with precision="),
+        (lambda: Index(torch.zeros(4, 2, dtype=torch.int8), precision="float32"), ValueError, "not 'float32'"),
         (lambda: Index(torch.zeros(4, 2, dtype=torch.int8), precision="int8"), ValueError, "need the ranges"),
         (lambda: Index(torch.zeros(4, 2, dtype=torch.int8), precision="ubinary"), ValueError, "are torch.uint8"),
         (lambda: Index(vectors.half(), precision="float32"), ValueError, "cannot be searched at precision 'float32'"),
@@ -282,6 +283,8 @@ def test_quantized_shards_equal_sentence_transformers_and_search_as_in_memory(ti
     assert hits.positions[:, 0].tolist() == [3, 30] and hits.ids == in_memory.ids  # each query's own row first
     if precision.endswith("int8"):  # a coarser search of the int8 shards, rescored against them
         assert Index.open(out, precision="binary").search(queries, 5).positions[:, 0].tolist() == [3, 30]
+        with pytest.raises(ValueError, match="quantized with the ranges in its manifest; ranges= applies to"):
+            Index.open(out, ranges=ranges)
 
 
 def test_quantized_and_stored_text_options_are_checked(tiny, embedder, folders, tmp_path):
