@@ -10,16 +10,19 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, checkpoint, corpus
 from .corpus import torchrun
 from .corpus.inputs import INPUT_FORMATS
+from .corpus.job import model_fingerprint
 from .corpus.local import report
 from .corpus.shards import VECTOR_DTYPES, VECTOR_FORMATS
 from .embedder import Embedder
 from .pipeline import DEFAULT_INSTRUCTION, check_int, resolve_device
 from .reranker import Reranker
+from .search import PRECISIONS, Index, Retriever
 
 CARD_QUERIES = ["What is the capital of China?", "Explain gravity"]
 CARD_DOCUMENTS = [
@@ -72,7 +75,7 @@ def similarity(args: argparse.Namespace) -> None:
 
 
 FOLDER_ONLY = {"chunk_size": "--chunk-size", "vector_format": "--vector-format", "no_verify": "--no-verify",
-               "workers": "--workers"}  # fmt: skip
+               "workers": "--workers", "store_text": "--store-text"}  # fmt: skip
 
 
 def encode(args: argparse.Namespace) -> None:
@@ -81,7 +84,8 @@ def encode(args: argparse.Namespace) -> None:
     options = dict(text_field=args.text_field, id_field=args.id_field, input_format=args.format,
                    skip_bad=args.skip_bad, vector_dtype=args.vector_dtype, instruction=args.instruction,
                    prompt_name=args.prompt_name, dim=args.dim, max_length=args.max_length,
-                   truncate=not args.no_truncate, batch_tokens=args.batch_tokens)  # fmt: skip
+                   truncate=not args.no_truncate, batch_tokens=args.batch_tokens,
+                   calibration=np.load(args.calibration) if args.calibration else None)  # fmt: skip
     if to_file:
         given = [flag for key, flag in FOLDER_ONLY.items() if getattr(args, key) not in (None, False)]
         if args.engine != "local":
@@ -101,7 +105,7 @@ def encode(args: argparse.Namespace) -> None:
         print(f"wrote {result['rows']} vectors of {result['dim']} dimensions to {args.output}{ids}", file=sys.stderr)
         return
     options.update(chunk_size=args.chunk_size or 10_000, vector_format=args.vector_format or "npy",
-                   verify=not args.no_verify)  # fmt: skip
+                   verify=not args.no_verify, store_text=args.store_text)  # fmt: skip
     if str(args.input) == "-":
         raise ValueError(
             "--input - (standard input) can be encoded only into one file (--output FILE.npy or FILE.safetensors); "
@@ -188,6 +192,45 @@ def rerank(args: argparse.Namespace) -> None:
             print(json.dumps(line, ensure_ascii=False))
         else:
             print(f"{score:.4f}  {ids[index] if args.id_field else f'd{index}'}  {documents[index]}")
+
+
+def search(args: argparse.Namespace) -> None:
+    """Open (and verify) the index and check every option before any model loads, then one Retriever call."""
+    resolve_device(args.device)
+    index = Index.open(args.index, precision=args.precision, verify=not args.no_verify, device=args.device)
+    embedded_by = index.manifest["model_name"]
+    model = args.model or embedded_by
+    check_int("--top-k", args.top_k, 1, len(index), f"the {len(index)} vectors of the index")
+    if args.reranker is not None:
+        check_int("--candidates", args.candidates, args.top_k, None)
+        if index.texts is None:
+            raise ValueError(f"--reranker reads the documents' texts, and {args.index} keeps none: encode the corpus "
+                             "again with --store-text")  # fmt: skip
+    folder = checkpoint.resolve(model)
+    config = checkpoint.read_config(folder)
+    if index.dim > config.hidden_size:
+        raise ValueError(f"{args.index} holds {index.dim}-dimensional vectors, more than {model} makes "
+                         f"({config.hidden_size}): search it with {embedded_by}, which embedded it")  # fmt: skip
+    if model_fingerprint(folder) != index.manifest["settings"]["model"]:
+        warnings.warn(f"{model} is not the model that embedded {args.index} ({embedded_by}, by content): its scores "
+                      "against these vectors mean little", stacklevel=2)  # fmt: skip
+    embedder = Embedder.from_pretrained(folder, device=args.device, dtype=args.dtype, check_kind=not args.ignore_kind)
+    reranker = None
+    if args.reranker is not None:
+        reranker = Reranker.from_pretrained(args.reranker, device=args.device, dtype=args.dtype,
+                                            check_kind=not args.ignore_kind)  # fmt: skip
+    retriever = Retriever(embedder, index, reranker)
+    found = retriever.search(args.query, args.top_k, candidates=args.candidates, instruction=args.instruction,
+                             rescore_multiplier=args.rescore_multiplier)  # fmt: skip
+    for query, hits in zip(args.query, found):
+        if not args.json and len(args.query) > 1:
+            print(f"query: {query}")
+        for rank, hit in enumerate(hits, start=1):
+            if args.json:
+                line = {"query": query, "rank": rank, "id": hit.id, "score": hit.score, "text": hit.text}
+                print(json.dumps(line, ensure_ascii=False))
+            else:
+                print(f"{rank:>3}  {hit.score:.4f}  {hit.id}" + (f"  {hit.text}" if hit.text is not None else ""))
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -294,7 +337,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--id-field", help="field of the id (default: the position in the input; name:line for a folder)")
     e.add_argument("--chunk-size", type=int, help="records per shard (default: 10000); shards never span files")
     e.add_argument("--vector-format", choices=VECTOR_FORMATS, help="the shards' vector files (default: npy)")
-    e.add_argument("--vector-dtype", choices=VECTOR_DTYPES, default="float32", help="dtype of the stored vectors")
+    e.add_argument("--precision", "--vector-dtype", dest="vector_dtype", choices=VECTOR_DTYPES, default="float32",
+                   help="the stored vectors: float, or quantized as sentence-transformers' quantize_embeddings does "
+                   "(int8 and uint8 need --calibration; binary packs 8 dimensions per byte)")  # fmt: skip
+    e.add_argument("--calibration", type=Path, help="a .npy of float vectors [n, dim] (a representative sample "
+                   "embedded alike) whose per-dimension ranges int8 and uint8 quantize with; kept in the "
+                   "manifest")  # fmt: skip
+    e.add_argument("--store-text", action="store_true", help="keep each shard's texts beside its vectors, for "
+                   "`qwen3-embed search --reranker`")  # fmt: skip
     e.add_argument("--skip-bad", action="store_true",
                    help="skip bad records (bad JSON or UTF-8, no text field, text the tokenizer refuses) and report "
                    "them, instead of stopping at the first")  # fmt: skip
@@ -339,6 +389,26 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object per document: rank, index, id, score, "
                    "document")  # fmt: skip
     r.set_defaults(run=rerank)
+
+    q = commands.add_parser(
+        "search", parents=[device], formatter_class=HelpFormatter, help="find the documents of an encoded corpus "
+        "nearest to queries, optionally reranked"
+    )  # fmt: skip
+    q.add_argument("--index", type=Path, required=True, help="a folder written by `qwen3-embed encode --output DIR`")
+    q.add_argument("--query", action="append", required=True, help="a query (repeat for several)")
+    q.add_argument("--model", help="embedding model (default: the one that embedded the corpus, from its manifest)")
+    q.add_argument("--instruction", help="task for the queries (default: the checkpoint's query prompt, the card's)")
+    q.add_argument("--top-k", type=int, default=10, help="documents to print per query")
+    q.add_argument("--reranker", help="rerank the candidates with this reranker (hub id or local folder); needs the "
+                   "texts kept by encode --store-text")  # fmt: skip
+    q.add_argument("--candidates", type=int, default=100, help="nearest documents the reranker scores")
+    q.add_argument("--precision", choices=PRECISIONS, help="search at a coarser precision than the stored vectors' "
+                   "(a quantized copy in memory), then rescore (default: the stored precision)")  # fmt: skip
+    q.add_argument("--rescore-multiplier", type=int, default=4, help="a quantized search rescores this many times "
+                   "--top-k candidates")  # fmt: skip
+    q.add_argument("--no-verify", action="store_true", help="check the shards by size and count, not by checksum")
+    q.add_argument("--json", action="store_true", help="print one JSON object per result: query, rank, id, score, text")
+    q.set_defaults(run=search)
 
     v = commands.add_parser(
         "serve", parents=[device], formatter_class=HelpFormatter,

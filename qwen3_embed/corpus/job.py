@@ -29,6 +29,7 @@ from ..config import Qwen3Config
 from ..embedder import Embedder, read_prompts
 from ..model import Qwen3Model
 from ..pipeline import Progress
+from ..search.quantize import quantization_ranges, quantize
 from ..tokenize import Tokenizer
 from .inputs import (
     BadRecord,
@@ -78,6 +79,8 @@ class Options:
     batch_tokens: int | None = None
     skip_bad: bool = False
     verify: bool = True  # check the sha256 of the shards a rerun skips (their sizes and counts always)
+    calibration: np.ndarray | None = None  # vectors [n, dim] whose ranges int8 and uint8 quantize with
+    store_text: bool = False  # keep each shard's texts beside its vectors (for reranking search results)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Prepared:
 
     ids: list = field(default_factory=list)
     tokens: list[list[int]] = field(default_factory=list)
+    texts: list[str] | None = None  # with store_text
     skipped: list[str] = field(default_factory=list)
     cut: list[str] = field(default_factory=list)
 
@@ -157,8 +161,6 @@ class Job:
             raise ValueError(f"chunk_size={options.chunk_size} must be at least 1")
         if options.vector_format not in VECTOR_FORMATS:
             raise ValueError(f"vector_format={options.vector_format!r} is not one of {', '.join(VECTOR_FORMATS)}")
-        if options.vector_dtype not in VECTOR_DTYPES:
-            raise ValueError(f"vector_dtype={options.vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
         if self.output.exists() and not self.output.is_dir():
             raise FileExistsError(
                 f"output {self.output} is a file; give a folder for the shards (or a path ending in .npy or "
@@ -180,6 +182,7 @@ class Job:
         self.checkpoint, self.model_name = checkpoint.resolve(model), str(model)
         tokenizer = self.tokenizer
         self.dim = tokenizer.check_dim(options.dim)
+        ranges = quantization_of(options, self.dim)
         self.max_length = tokenizer.max_length(options.max_length)
         tokenizer.batch_tokens(options.batch_tokens)
         tokenizer.tokenize([""], options.instruction, options.prompt_name, self.max_length)  # a bad prompt fails now
@@ -197,6 +200,8 @@ class Job:
             "chunk_size": options.chunk_size,
             "vector_format": options.vector_format,
             "vector_dtype": options.vector_dtype,
+            **({"ranges": ranges.tolist()} if ranges is not None else {}),
+            **({"store_text": True} if options.store_text else {}),
         }
         self.indexes: list[FileIndex] = group.map(lambda f: index_file(f, options.chunk_size), list(self.source.files))
         self.plan: list[ShardTask] = []
@@ -305,7 +310,8 @@ class Job:
 
     def write(self, task: ShardTask, vectors: np.ndarray, prepared: Prepared) -> dict:
         return write_shard(
-            self.output, task.index, vectors, prepared.ids, self.options.vector_format, **self.identity(task),
+            self.output, task.index, vectors, prepared.ids, self.options.vector_format, prepared.texts,
+            **self.identity(task),
             model_name=self.model_name, settings=self.settings, tokens=sum(map(len, prepared.tokens)),
             skipped=prepared.skipped, cut=prepared.cut,
         )  # fmt: skip
@@ -341,7 +347,10 @@ class Job:
 
 
 def _show(value, name: str | None) -> str:
-    return f"{name} (content {value[:12]})" if name is not None else json.dumps(value)
+    if name is not None:
+        return f"{name} (content {value[:12]})"
+    shown = json.dumps(value)
+    return shown if len(shown) <= 60 else f"{shown[:40]}... ({len(shown)} characters)"  # int8 ranges: dim x 2 numbers
 
 
 def _file(entry: dict) -> str:
@@ -383,6 +392,7 @@ def prepare(embedder: Embedder, records: Iterable[Record | BadRecord], options: 
             except ValueError:
                 out.cut.append(record.where)
     out.ids, out.tokens = [r.id for r in good], tokens
+    out.texts = [r.text for r in good] if options.store_text else None
     return out
 
 
@@ -395,11 +405,38 @@ def _bad(record: BadRecord, options: Options, out: Prepared) -> None:
 def embed(
     embedder: Embedder, tokens: list[list[int]], dim: int, options: Options, progress: Progress | None
 ) -> np.ndarray:
-    """Vectors [len(tokens), dim] in `options.vector_dtype`, as Embedder.encode computes them."""
-    if not tokens:
-        return np.empty((0, dim), options.vector_dtype)
-    vectors = embedder.run(tokens, lambda last: last[:, :dim].float(), options.batch_tokens, progress)
-    return embedder.finish(vectors, True).to(getattr(torch, options.vector_dtype)).numpy()
+    """Vectors [len(tokens), dim] as Embedder.encode computes them, in `options.vector_dtype` (quantized by
+    search.quantize, int8 and uint8 with the ranges of `options.calibration`)."""
+    vectors = np.empty((0, dim), np.float32)
+    if tokens:
+        vectors = embedder.run(tokens, lambda last: last[:, :dim].float(), options.batch_tokens, progress)
+        vectors = embedder.finish(vectors, True).numpy()
+    return quantize(vectors, options.vector_dtype, calibration=options.calibration)
+
+
+def quantization_of(options: Options, dim: int) -> np.ndarray | None:
+    """The int8/uint8 ranges [2, dim] of `options.calibration` (None for the other dtypes); a missing, misshapen or
+    needless calibration is an error saying what to give."""
+    if options.vector_dtype not in VECTOR_DTYPES:
+        raise ValueError(f"vector_dtype={options.vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
+    if options.vector_dtype not in ("int8", "uint8"):
+        if options.calibration is not None:
+            raise ValueError(f"calibration vectors set the ranges of int8 and uint8, not of {options.vector_dtype}")
+        return None
+    if options.calibration is None:
+        raise ValueError(
+            f"{options.vector_dtype} vectors need calibration vectors (each dimension's range over them is cut into "
+            "256 steps): embed a representative sample of the corpus, a thousand texts or more, into one file "
+            "(`qwen3-embed encode --input sample.txt --output calibration.npy`) and pass it with --calibration "
+            "calibration.npy (calibration= in Python)"
+        )
+    calibration = np.asarray(options.calibration)
+    if calibration.ndim != 2 or calibration.shape[1] != dim or calibration.dtype.kind != "f":
+        raise ValueError(
+            f"calibration vectors must be float [n, {dim}] (this run's dim), not {calibration.dtype} "
+            f"{list(calibration.shape)}: embed them with the same model and dim"
+        )
+    return quantization_ranges(calibration)
 
 
 def warn_cut(cut: list[str], max_length: int) -> None:

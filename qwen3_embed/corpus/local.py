@@ -10,14 +10,26 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import checkpoint
 from ..embedder import Embedder
 from ..pipeline import Progress, resolve_device, resolve_dtype
 from .inputs import check_fields, read_all, resolve_inputs
-from .job import Interrupted, Job, Options, Prepared, Solo, embed, prepare, tokenizer_only, warn_cut
-from .shards import VECTOR_DTYPES, VECTOR_FORMATS, atomic_write, serialize_vectors, shard_name
+from .job import (
+    Interrupted,
+    Job,
+    Options,
+    Prepared,
+    Solo,
+    embed,
+    prepare,
+    quantization_of,
+    tokenizer_only,
+    warn_cut,
+)
+from .shards import VECTOR_FORMATS, atomic_write, serialize_vectors, shard_name
 
 
 @dataclass
@@ -110,6 +122,7 @@ def encode_file(
     input_format: str | None = None,
     skip_bad: bool = False,
     vector_dtype: str = "float32",
+    calibration: np.ndarray | None = None,
     instruction: str | None = None,
     prompt_name: str | None = None,
     dim: int | None = None,
@@ -127,17 +140,16 @@ def encode_file(
         raise ValueError(f"output {output} must end in .npy or .safetensors (or be a folder, for shards)")
     if output.is_dir():
         raise IsADirectoryError(f"output {output} is a folder; give a file name ending in .{fmt}, or drop the suffix")
-    if vector_dtype not in VECTOR_DTYPES:
-        raise ValueError(f"vector_dtype={vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
     dtype = embedder.dtype if embedder else resolve_dtype(resolve_device(device), dtype)  # the device checked too
     source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, input_format)
     check_fields(source, text_field, id_field, skip_bad)
     folder = checkpoint.resolve(model)
     options = Options(text_field=text_field, id_field=id_field, vector_dtype=vector_dtype, instruction=instruction,
                       prompt_name=prompt_name, dim=dim, max_length=max_length, truncate=truncate,
-                      batch_tokens=batch_tokens, skip_bad=skip_bad)  # fmt: skip
+                      batch_tokens=batch_tokens, skip_bad=skip_bad, calibration=calibration)  # fmt: skip
     checks = embedder or tokenizer_only(folder)
     dim, max_length = checks.check_dim(dim), checks.max_length(max_length)
+    quantization_of(options, dim)
     checks.batch_tokens(batch_tokens)
     checks.tokenize([""], instruction, prompt_name, max_length)
     records, skipped = read_all(source, text_field, id_field, skip_bad)

@@ -1,12 +1,14 @@
 """The output format every engine writes and `load_corpus`, `verify` and search read.
 
-A folder of shards. Shard k is three files: `shard-0000k.npy` (or `.safetensors`) with its vectors,
-`shard-0000k.ids.json` with the ids of its rows, and `shard-0000k.json`, its record, written last: the input file and
-record range it covers, its row count, and the size and sha256 of each of its files, with the dtype and shape of each
-array. Every file is written under a temporary name, fsynced, renamed, and the folder fsynced, so a shard whose
-record exists is complete on disk. `manifest.json`, written once every shard is, holds the settings, the inputs and
-every shard's record in input order. A reader trusts nothing it has not checked against the record: sizes and counts
-always, checksums unless told otherwise.
+A folder of shards. Shard k is three files: `shard-0000k.npy` (or `.safetensors`) with its vectors (float32,
+float16, or quantized as qwen3_embed.search.quantize does: the settings say which, and hold the int8 and uint8
+ranges), `shard-0000k.ids.json` with the ids of its rows (and `shard-0000k.texts.json` with their texts, when asked
+to keep them), and `shard-0000k.json`, its record, written last: the input file and record range it covers, its row
+count, and the size and sha256 of each of its files, with the dtype and shape of each array. Every file is written
+under a temporary name, fsynced, renamed, and the folder fsynced, so a shard whose record exists is complete on
+disk. `manifest.json`, written once every shard is, holds the settings, the inputs and every shard's record in input
+order. A reader trusts nothing it has not checked against the record: sizes and counts always, checksums unless told
+otherwise.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..search.quantize import PRECISIONS, quantize
+
 FORMAT = "qwen3-embed-shards/1"
 VECTOR_FORMATS = ("npy", "safetensors")
-VECTOR_DTYPES = ("float32", "float16")
+VECTOR_DTYPES = PRECISIONS  # float32, float16, and quantized: int8, uint8, binary, ubinary (see search.quantize)
 MANIFEST = "manifest.json"
 # safetensors' dtype codes by numpy's names, for the headers of vectors files (quantized ones included)
 SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8"}
@@ -143,16 +147,27 @@ def shard_records(folder: Path) -> dict[int, dict | None]:
     return records
 
 
-def write_shard(folder: Path, index: int, vectors: np.ndarray, ids: list, vector_format: str, **fields) -> dict:
-    """Write shard `index`: its vectors, its ids, then its record (with `fields`), which marks it complete."""
-    if len(ids) != len(vectors):
-        raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+def write_shard(
+    folder: Path,
+    index: int,
+    vectors: np.ndarray,
+    ids: list,
+    vector_format: str,
+    texts: list[str] | None = None,
+    **fields,
+) -> dict:
+    """Write shard `index`: its vectors, its ids (and its texts, when given), then its record (with `fields`), which
+    marks it complete."""
+    if len(ids) != len(vectors) or (texts is not None and len(texts) != len(ids)):
+        raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors and {len(texts or ids)} texts")
     name = shard_name(index)
     files = {}
     for role, file, data, array in (
         ("vectors", f"{name}.{vector_format}", serialize_vectors(vectors, vector_format),
          {"dtype": vectors.dtype.name, "shape": list(vectors.shape)}),
         ("ids", f"{name}.ids.json", json.dumps(ids).encode(), {}),
+        *([("texts", f"{name}.texts.json", json.dumps(texts, ensure_ascii=False).encode(), {})] if texts is not None
+          else []),
     ):  # fmt: skip
         atomic_write(folder / file, data)
         files[role] = file_entry(file, data, **array)
@@ -260,7 +275,9 @@ def load_corpus(folder: str | os.PathLike, verify: bool = True) -> tuple[np.ndar
         vectors.append(v)
         ids += i
     if not vectors:
-        return np.empty((0, manifest["dim"]), manifest["settings"]["vector_dtype"]), ids
+        settings = manifest["settings"]
+        empty = np.empty((0, manifest["dim"]), np.float32)
+        return quantize(empty, settings["vector_dtype"], ranges=settings.get("ranges")), ids
     return np.concatenate(vectors), ids
 
 

@@ -1,0 +1,324 @@
+"""Search: exact top-k equal to a brute-force torch.topk over shard folders and arrays, quantization bit for bit as
+sentence-transformers', rescoring that recovers planted neighbours, retrieve-then-rerank equal to the steps done by
+hand, and every bad input said plainly."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from checkpoints import TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
+from qwen3_embed import Reranker
+from qwen3_embed.corpus import encode_corpus, load_corpus, read_manifest
+from qwen3_embed.search import Index, Retriever, quantization_ranges, quantize
+from qwen3_embed.search import index as index_module
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from sentence_transformers.quantization import quantize_embeddings
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TEXTS = list(dict.fromkeys(texts_of_lengths(60, seed=5, max_words=12)))[:45]  # no duplicates, so no ties
+
+
+def unit(*shape, seed=0) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def brute_force(queries: torch.Tensor, vectors: torch.Tensor, k: int):
+    """torch.topk over every score, with equal scores (duplicate texts) in position order: a stable sort."""
+    values, indices = (queries.float() @ vectors.float().T).sort(dim=1, descending=True, stable=True)
+    return torch.return_types.topk((values[:, :k], indices[:, :k]))
+
+
+@pytest.fixture(scope="module")
+def folders(tiny, embedder, tmp_path_factory):
+    """Shard folders of several shapes written by the encoder: (folder, options)."""
+    root = tmp_path_factory.mktemp("shards")
+    (root / "corpus.txt").write_text("\n".join(TEXTS) + "\n", "utf-8")
+    made = []
+    for i, options in enumerate([
+        {"chunk_size": 7},
+        {"chunk_size": 1, "dim": 32, "vector_dtype": "float16"},
+        {"chunk_size": 20, "vector_format": "safetensors", "vector_dtype": "float16"},
+        {"chunk_size": 45, "vector_format": "safetensors", "dim": 48},
+    ]):  # fmt: skip
+        folder = root / f"out{i}"
+        encode_corpus(tiny[0], root / "corpus.txt", folder, embedder=embedder, show_progress=False, **options)
+        made.append((folder, options))
+    return made
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("block_rows, piece_bytes", [(3, None), (8, 192), (1000, 192)])  # 192: pieces of 2 to 6 rows
+def test_exact_search_over_shards_equals_brute_force(folders, device, block_rows, piece_bytes, monkeypatch):
+    if piece_bytes is not None:
+        monkeypatch.setattr(index_module, "PIECE_BYTES", piece_bytes)
+    for folder, options in folders:
+        vectors, ids = load_corpus(folder)
+        queries = unit(5, vectors.shape[1], seed=1)
+        index = Index.open(folder, device=device, block_rows=block_rows)
+        assert (len(index), index.dim, index.precision) == (len(TEXTS), vectors.shape[1], str(vectors.dtype))
+        for k in (1, 10, len(TEXTS)):
+            expected = brute_force(queries, torch.from_numpy(vectors), k)
+            hits = index.search(queries.to(device), k)
+            assert hits.positions.tolist() == expected.indices.tolist(), options
+            # One BLAS kernel per block shape: the same dot products, rounded in another order at worst.
+            torch.testing.assert_close(hits.scores, expected.values, rtol=0, atol=1e-6)
+            assert hits.ids == [[ids[p] for p in row] for row in expected.indices.tolist()]
+
+
+def test_one_query_arrays_and_ids():
+    vectors = unit(50, 16, seed=2)
+    ids = [f"doc-{i}" for i in range(50)]
+    query = unit(16, seed=3)
+    for given in (vectors, vectors.numpy(), vectors.half(), vectors.bfloat16(), vectors.double().numpy()):
+        hits = Index(given, ids, block_rows=16).search(query.numpy(), 4)
+        exact = brute_force(query[None], torch.as_tensor(given).float(), 4)
+        assert hits.positions.tolist() == exact.indices[0].tolist()
+        assert hits.ids == [ids[i] for i in exact.indices[0].tolist()] and hits.scores.shape == (4,)
+    none = Index(vectors).search(torch.empty(0, 16), 3)
+    assert none.scores.shape == (0, 3) and none.ids == []
+
+
+def test_ties_are_broken_by_position_across_blocks():
+    """Equal scores in position order, whichever blocks they fall in. (Integer-valued vectors: their dot products are
+    exact, so equal rows score equally; float dot products can round differently from one block shape to another.)"""
+    basis = torch.tensor([[1.0, 2, 0, 1], [2, 0, 1, 1], [0, 1, 1, 2]])
+    vectors = basis[torch.tensor([2, 0, 1, 0, 0, 2, 1, 0, 1, 0, 2, 0])]  # rows 1, 3, 4, 7, 9, 11 are basis[0]
+    for block_rows in (1, 2, 5, 12):
+        hits = Index(vectors, block_rows=block_rows).search(basis[0], 5)
+        assert hits.positions.tolist() == [1, 3, 4, 7, 9] and hits.scores.tolist() == [6.0] * 5
+    # Quantized scores are integers, so ties are common there: the first stage keeps the lowest positions too.
+    ranges = np.array([[-1.0] * 4, [1.0] * 4])
+    codes = torch.from_numpy(quantize(vectors / 3, "int8", ranges=ranges))
+    for block_rows in (1, 5):
+        index = Index(codes, precision="int8", ranges=ranges, block_rows=block_rows)
+        assert index._scan(basis[:1] / 3, 5)[1].tolist() == [[1, 3, 4, 7, 9]]
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_quantize_is_bit_exact_with_sentence_transformers(precision):
+    vectors = unit(300, 77, seed=5)  # 77 dims: binary pads its last byte
+    calibration = unit(500, 77, seed=6)
+    cases = [({}, {})]  # ranges from the vectors themselves
+    if precision.endswith("int8"):
+        ranges = quantization_ranges(calibration)
+        cases += [
+            ({"calibration": calibration}, {"calibration_embeddings": calibration.numpy()}),
+            ({"ranges": ranges}, {"ranges": ranges}),
+        ]
+    for ours, theirs in cases:
+        for given in (vectors, vectors.numpy(), vectors.bfloat16()):
+            expected = quantize_embeddings(given, precision, **theirs)
+            got = quantize(given, precision, **ours)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), (ours.keys(), given.dtype)
+
+
+def planted(n=400, dim=64, queries=6, seed=7):
+    """Random unit vectors, and for each query five planted neighbours at cosines of about 0.98, 0.94, 0.89, 0.84
+    and 0.78, where the rest lie below 0.45."""
+    g = torch.Generator().manual_seed(seed)
+    q = unit(queries, dim, seed=seed)
+    bulk = unit(n, dim, seed=seed + 1)
+    rows = torch.randperm(n, generator=g)[: queries * 5].view(queries, 5)
+    spread = torch.tensor([0.2, 0.35, 0.5, 0.65, 0.8])[:, None]
+    for i in range(queries):
+        bulk[rows[i]] = F.normalize(q[i] + spread * unit(5, dim, seed=seed + 2 + i), dim=-1)
+    return bulk, q
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_rescoring_recovers_the_exact_top_k_of_a_planted_set(precision):
+    vectors, queries = planted()
+    exact = brute_force(queries, vectors, 5)
+    # A copy quantized from float vectors, rescored against them: the exact scores.
+    hits = Index(vectors, precision=precision, block_rows=64).search(queries, 5, rescore_multiplier=4)
+    assert hits.positions.tolist() == exact.indices.tolist()
+    torch.testing.assert_close(hits.scores, exact.values, rtol=0, atol=1e-6)
+    # Vectors stored quantized, rescored against themselves: int8 dequantized keeps the ranking; binary's 0/1 bits
+    # (as sentence-transformers rescores them) find the neighbours, in a coarser order.
+    ranges = quantization_ranges(vectors) if precision.endswith("int8") else None
+    stored = torch.from_numpy(quantize(vectors, precision, ranges=ranges))
+    hits = Index(stored, precision=precision, ranges=ranges, block_rows=64).search(queries, 5, rescore_multiplier=4)
+    if precision.endswith("int8"):
+        assert hits.positions.tolist() == exact.indices.tolist()
+        torch.testing.assert_close(hits.scores, exact.values, rtol=0, atol=0.01)
+    else:
+        assert [set(row) for row in hits.positions.tolist()] == [set(row) for row in exact.indices.tolist()]
+
+
+def test_first_stage_scores():
+    """The integer scores that pick the candidates: int8 codes against the query weighted by each dimension's step
+    and rounded to int8; for binary, equal bits less unequal ones; computed here with numpy from the codes
+    sentence-transformers makes."""
+    vectors, queries = planted(n=100, dim=21)
+    ranges = quantization_ranges(vectors)
+    index = Index(vectors, precision="int8", ranges=ranges)
+    codes = quantize_embeddings(vectors, "int8", ranges=ranges).astype(np.int64)
+    weights = queries.numpy() * ((ranges[1] - ranges[0]) / 255)
+    q = np.round(weights * (127 / np.abs(weights).max(1, keepdims=True))).astype(np.int64)
+    assert np.array_equal(index._scan(queries, 100)[0].numpy(), -np.sort(-(q @ codes.T), axis=1))
+    index = Index(vectors, precision="ubinary")
+    bits = np.unpackbits(quantize_embeddings(vectors, "ubinary"), axis=1).astype(np.int64)
+    qbits = np.unpackbits(quantize_embeddings(queries, "ubinary"), axis=1).astype(np.int64)
+    equal = 24 - np.abs(qbits[:, None, :] - bits[None]).sum(-1)  # 21 bits padded to 24
+    assert np.array_equal(index._scan(queries, 100)[0].numpy(), -np.sort(-(2 * equal - 24), axis=1))
+
+
+def test_ranges_of_a_quantized_copy():
+    vectors, _ = planted()
+    assert np.array_equal(Index(vectors, precision="int8", calibration=vectors[:200]).ranges,
+                          quantization_ranges(vectors[:200]))  # fmt: skip
+    assert np.array_equal(Index(vectors, precision="uint8", block_rows=7).ranges, quantization_ranges(vectors))
+    ranges = quantization_ranges(vectors[:2])
+    assert np.array_equal(Index(vectors, precision="int8", ranges=ranges).ranges, ranges)
+
+
+@pytest.fixture(scope="module")
+def reranker(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reranker")
+    make_reranker_checkpoint(folder, TINY_SHAPES["gqa2"], tied=True)
+    return Reranker.from_pretrained(folder, device="cpu")
+
+
+def test_retrieve_then_rerank_equals_the_steps_by_hand(embedder, reranker):
+    documents = TEXTS[:30]
+    ids = [f"d{i}" for i in range(30)]
+    index = Index(embedder.encode_document(documents), ids)
+    texts = dict(zip(ids, documents))
+    queries = ["capital of China", "gravity attracts bodies"]
+    task = "Find the passage that answers the question"
+    results = Retriever(embedder, index, reranker, texts=texts).search(queries, top_k=3, candidates=8, instruction=task)
+    candidates = torch.topk(embedder.encode(queries, instruction=task) @ index._parts[0].T, 8).indices
+    for query, row, hits in zip(queries, candidates.tolist(), results):
+        scores = reranker.score(query, [documents[i] for i in row], instruction=task).tolist()
+        best = sorted(range(8), key=lambda j: -scores[j])[:3]
+        assert [(h.id, h.score, h.text) for h in hits] == [(ids[row[j]], scores[j], documents[row[j]]) for j in best]
+    # Without a reranker: the index's order and scores; the card's instruction by default.
+    hits = Retriever(embedder, index).search(queries[0], top_k=4)
+    expected = index.search(embedder.encode_query(queries[0]), 4)
+    assert [(h.id, h.score, h.text) for h in hits] == list(zip(expected.ids, expected.scores.tolist(), [None] * 4))
+
+
+def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders):
+    vectors = unit(20, 16)
+    index = Index(vectors)
+    for call, error, message in [
+        (lambda: index.search(unit(3, 8), 2), ValueError, r"queries of shape \[3, 8\] do not match the index's 16"),
+        (lambda: index.search(unit(8), 2), ValueError, r"\[1, 8\] do not match"),
+        (lambda: index.search(vectors, 0), ValueError, r"top_k=0 is outside 1..20, the 20 vectors of the index"),
+        (lambda: index.search(vectors, 21), ValueError, r"top_k=21 is outside 1..20"),
+        (lambda: index.search(vectors, 2.5), TypeError, r"top_k=2.5 must be an integer"),
+        (lambda: index.search(vectors * float("nan"), 2), ValueError, "queries hold NaN"),
+        (lambda: Index(torch.empty(0, 16)).search(vectors, 1), ValueError, "the index is empty"),
+        (lambda: Index(vectors, ["a"]), ValueError, "1 ids for 20 vectors"),
+        (lambda: Index(vectors[None]), ValueError, r"must be a matrix \[n, dim\]"),
+        (lambda: Index(vectors * float("inf")), ValueError, "NaN or infinite"),
+        (lambda: Index(torch.zeros(4, 2, dtype=torch.int8)), ValueError, "say which way with precision="),
+        (lambda: Index(torch.zeros(4, 2, dtype=torch.int8), precision="float32"), ValueError, "not 'float32'"),
+        (lambda: Index(torch.zeros(4, 2, dtype=torch.int8), precision="int8"), ValueError, "need the ranges"),
+        (lambda: Index(torch.zeros(4, 2, dtype=torch.int8), precision="ubinary"), ValueError, "are torch.uint8"),
+        (lambda: Index(vectors.half(), precision="float32"), ValueError, "cannot be searched at precision 'float32'"),
+        (lambda: Index(vectors, precision="int4"), ValueError, "precision='int4' is not one of"),
+        (lambda: Index(vectors, precision="int8").search(vectors, 2, rescore_multiplier=0), ValueError, "at least 1"),
+        (lambda: quantize(vectors, "int8", ranges=np.zeros((2, 3))), ValueError, r"ranges must be \[2, 16\]"),
+        (lambda: quantize(quantize(vectors, "int8"), "binary"), TypeError, "look quantized already"),
+        (lambda: quantization_ranges(vectors[:1]), ValueError, "at least 2 calibration vectors"),
+        (lambda: Retriever(embedder, index, reranker), ValueError, "encode the corpus with --store-text, or pass"),
+        (lambda: Retriever(embedder, Index(unit(3, 200))), ValueError, "more than the embedder's hidden size 96"),
+        (lambda: Retriever(embedder, Index(unit(5, 96)), reranker, texts=list("abcde")).search("q", 3, candidates=2),
+         ValueError, "candidates=2 is outside|candidates=2 must be at least 3"),
+        (lambda: Retriever(embedder, Index(unit(5, 96)), reranker, texts={}).search("q", 3), KeyError,
+         "no text for document id"),
+        (lambda: Index.open(tmp_path / "nothing"), FileNotFoundError, "does not exist"),
+    ]:  # fmt: skip
+        with pytest.raises(error, match=message):
+            call()
+    # A damaged shard is found before anything is searched.
+    folder = folders[0][0]
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for path in folder.iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes())
+    data = bytearray((damaged / "shard-00002.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (damaged / "shard-00002.npy").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"fails verification .*\n  shard-00002: shard-00002.npy does not match its "
+                       "sha256 checksum\nrerun the encode command"):  # fmt: skip
+        Index.open(damaged)
+    Index.open(damaged, verify=False)  # sizes, counts, dtypes and shapes still agree
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    manifest["shards"][0]["rows"] += 1
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="shard-00000: shard-00000.ids.json does not hold a list of 8 ids"):
+        Index.open(damaged, verify=False)
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_quantized_shards_equal_sentence_transformers_and_search_as_in_memory(tiny, embedder, folders, precision):
+    source = folders[0][0]  # float32 shards of 7 rows, 96 dimensions
+    floats, ids = load_corpus(source)
+    calibration = floats[:20] if precision.endswith("int8") else None
+    out = source.parent / f"quantized-{precision}"
+    encode_corpus(tiny[0], source.parent / "corpus.txt", out, embedder=embedder, chunk_size=7, show_progress=False,
+                  vector_dtype=precision, calibration=calibration,
+                  vector_format="safetensors" if precision in ("uint8", "binary") else "npy")  # fmt: skip
+    vectors, same_ids = load_corpus(out)
+    expected = quantize_embeddings(floats, precision, calibration_embeddings=calibration)
+    assert same_ids == ids and vectors.dtype == expected.dtype and np.array_equal(vectors, expected)
+    ranges = quantization_ranges(calibration) if calibration is not None else None
+    assert read_manifest(out)["settings"].get("ranges") == (ranges.tolist() if ranges is not None else None)
+    index = Index.open(out, block_rows=5)
+    assert (index.precision, index.dim, len(index)) == (precision, 96, len(TEXTS))
+    queries = torch.from_numpy(floats[[3, 30]])
+    hits = index.search(queries, 5)
+    in_memory = Index(vectors, ids, precision=precision, ranges=ranges).search(queries, 5)
+    assert hits.positions.tolist() == in_memory.positions.tolist() and torch.equal(hits.scores, in_memory.scores)
+    assert hits.positions[:, 0].tolist() == [3, 30] and hits.ids == in_memory.ids  # each query's own row first
+    if precision.endswith("int8"):  # a coarser search of the int8 shards, rescored against them
+        assert Index.open(out, precision="binary").search(queries, 5).positions[:, 0].tolist() == [3, 30]
+        with pytest.raises(ValueError, match="quantized with the ranges in its manifest; ranges= applies to"):
+            Index.open(out, ranges=ranges)
+
+
+def test_quantized_and_stored_text_options_are_checked(tiny, embedder, folders, tmp_path):
+    source = folders[0][0]
+    floats, _ = load_corpus(source)
+    corpus = source.parent / "corpus.txt"
+
+    def encode(out="out", **options):
+        return encode_corpus(tiny[0], corpus, tmp_path / out, embedder=embedder, show_progress=False, **options)
+
+    for options, message in [
+        ({"vector_dtype": "int8"}, "int8 vectors need calibration vectors .* with --calibration calibration.npy"),
+        ({"vector_dtype": "uint8", "calibration": floats[:, :32]}, r"must be float \[n, 96\] .*not float32 \[45, 32\]"),
+        ({"vector_dtype": "binary", "calibration": floats}, "set the ranges of int8 and uint8, not of binary"),
+        ({"vector_dtype": "int4"}, "vector_dtype='int4' is not one of float32, float16, int8, uint8, binary, ubinary"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            encode(**options)
+    encode(vector_dtype="int8", calibration=floats[:20], chunk_size=20)
+    with pytest.raises(ValueError, match=r"other settings.*\n  ranges: \[\[.*\.\.\. \(\d+ characters\) then"):
+        encode(vector_dtype="int8", calibration=floats[:30], chunk_size=20)  # other ranges: not the same shards
+
+
+def test_stored_texts_feed_the_reranker(tiny, embedder, reranker, folders, tmp_path):
+    corpus = folders[0][0].parent / "corpus.txt"
+    out = tmp_path / "with-text"
+    encode_corpus(tiny[0], corpus, out, embedder=embedder, chunk_size=10, store_text=True, show_progress=False)
+    index = Index.open(out, block_rows=4)
+    assert [index.texts[p] for p in (0, 9, 10, 44)] == [TEXTS[p] for p in (0, 9, 10, 44)]
+    assert read_manifest(out)["settings"]["store_text"] is True
+    queries = ["capital of China", "gravity"]
+    got = Retriever(embedder, index, reranker).search(queries, top_k=3, candidates=6)
+    by_hand = Retriever(embedder, Index(load_corpus(out)[0]), reranker, texts=TEXTS).search(queries, 3, candidates=6)
+    assert got == by_hand and all(hit.text == TEXTS[hit.id] for hits in got for hit in hits)
+    (out / "shard-00001.texts.json").write_text("[]")
+    with pytest.raises(ValueError, match="shard-00001: shard-00001.texts.json has 2 bytes, its record says"):
+        Index.open(out)
