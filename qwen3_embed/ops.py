@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -102,7 +101,7 @@ class AttentionPlan:
 
     Backend-neutral: `cu_seqlens` [B+1] int32 on the tokens' device, `bounds` (the same offsets on the host, for
     the torch backend), and `prepared(key, build)`, which keeps what a backend derives from them once per batch (the
-    Triton kernel's work table, the SDPA groups). The offsets' values are checked on the host: `bounds`, when the
+    Triton kernel's work table). The offsets' values are checked on the host: `bounds`, when the
     caller has them there (where the batch was packed), else read from `cu_seqlens` (a device sync on a GPU).
     `check=False` skips the check: for a CUDA graph, whose replays must not sync.
     """
@@ -161,83 +160,7 @@ def varlen_attention(
             work = plan.prepared(("triton work table", per_block),
                                  lambda: kernel.work_table(plan.cu_seqlens, plan.tokens, per_block))  # fmt: skip
             return kernel.varlen_attention(q, k, v, plan.cu_seqlens, scale, work=work)
-    return varlen_attention_sdpa(q, k, v, plan, scale)
-
-
-# The torch backend's grouping (measured on CPU, benchmarks/attention_cpu.py): a sequence this long runs alone, as
-# the overhead of its SDPA call is small beside its work; shorter ones run in groups whose padded work exceeds their
-# own by at most MAX_PADDING.
-ALONE_FROM = 256
-MAX_PADDING = 0.25
-
-
-@torch.compiler.disable  # a compiled layer calls it eagerly: its calls depend on the batch's lengths
-def varlen_attention_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, scale: float
-) -> torch.Tensor:
-    """The torch backend: SDPA's fused causal attention with one call per group of sequences instead of one per
-    sequence. A group's sequences are right-padded to its longest and run as one batch: causal attention never lets
-    a token see the padding after it, so each real row is its sequence's own result (to rounding). The groups and
-    their gather indices are made once per batch, in the plan."""
-    out = torch.empty_like(q)
-    for call in plan.prepared("sdpa groups", lambda: sdpa_groups(plan.bounds, q.device)):
-        if isinstance(call, PaddedGroup):
-            out[call.tokens] = call.unpad(causal_sdpa(call.pad(q), call.pad(k), call.pad(v), scale))
-        else:  # one sequence, alone
-            start, end = call
-            qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, L, D]
-            out[start:end] = causal_sdpa(qs, ks, vs, scale)[0].transpose(0, 1)
-    return out
-
-
-@dataclass
-class PaddedGroup:
-    """Sequences run as one batch, right-padded to the longest: `tokens` are their rows in the packed batch, `rows`
-    the same rows in the padded layout [count * longest]."""
-
-    tokens: torch.Tensor
-    rows: torch.Tensor
-    count: int
-    longest: int
-
-    def pad(self, t: torch.Tensor) -> torch.Tensor:
-        """[T, H, D] -> [count, H, longest, D], zeros after each sequence."""
-        padded = t.new_zeros(self.count * self.longest, *t.shape[1:])
-        padded[self.rows] = t[self.tokens]
-        return padded.view(self.count, self.longest, *t.shape[1:]).transpose(1, 2)
-
-    def unpad(self, o: torch.Tensor) -> torch.Tensor:
-        """[count, H, longest, D] -> the real rows [tokens, H, D]."""
-        return o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[3])[self.rows]
-
-
-def sdpa_groups(bounds: list[int], device: torch.device) -> list[PaddedGroup | tuple[int, int]]:
-    """The calls of `varlen_attention_sdpa` for a batch: (start, end) for a sequence that runs alone, else a
-    PaddedGroup of near-equal lengths."""
-    lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
-    order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
-    calls, members = [], []
-
-    def close() -> None:
-        if len(members) == 1:
-            calls.append((bounds[members[0]], bounds[members[0] + 1]))
-        elif members:
-            longest = lengths[members[0]]
-            tokens = torch.cat([torch.arange(bounds[i], bounds[i + 1]) for i in members])
-            rows = torch.cat([torch.arange(lengths[i]) + slot * longest for slot, i in enumerate(members)])
-            calls.append(PaddedGroup(tokens.to(device), rows.to(device), len(members), longest))
-        members.clear()
-
-    for i in order:
-        if lengths[i] >= ALONE_FROM:
-            calls.append((bounds[i], bounds[i + 1]))
-            continue
-        real = sum(lengths[j] ** 2 for j in members) + lengths[i] ** 2
-        if members and (len(members) + 1) * lengths[members[0]] ** 2 > (1 + MAX_PADDING) * real:
-            close()
-        members.append(i)
-    close()
-    return calls
+    return varlen_attention_reference(q, k, v, plan.bounds, scale)
 
 
 def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -250,10 +173,14 @@ def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=repeat == 1)
 
 
+@torch.compiler.disable  # a compiled layer calls it eagerly: its calls follow the batch's lengths
 def varlen_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float
 ) -> torch.Tensor:
-    """The oracle: SDPA's fused causal attention, one sequence at a time (host offsets `bounds`)."""
+    """SDPA's fused causal attention, one sequence at a time (host offsets `bounds`): memory stays linear in the
+    sequence length. The torch backend, and the oracle of the kernels. On the CPU one call per sequence measured
+    faster than one call per batch (padded groups, flex_attention with a document mask, one masked call:
+    benchmarks/attention_cpu.py)."""
     out = torch.empty_like(q)
     for start, end in zip(bounds[:-1], bounds[1:]):
         qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, L, D]
