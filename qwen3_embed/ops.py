@@ -160,6 +160,11 @@ def varlen_attention(
             work = plan.prepared(("triton work table", per_block),
                                  lambda: kernel.work_table(plan.cu_seqlens, plan.tokens, per_block))  # fmt: skip
             return kernel.varlen_attention(q, k, v, plan.cu_seqlens, scale, work=work)
+    return _per_sequence(q, k, v, plan, scale)
+
+
+@torch.compiler.disable  # a compiled layer runs it eagerly: its calls follow the batch's lengths, read on the host
+def _per_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, scale: float) -> torch.Tensor:
     return varlen_attention_reference(q, k, v, plan.bounds, scale)
 
 
@@ -173,7 +178,6 @@ def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=repeat == 1)
 
 
-@torch.compiler.disable  # a compiled layer calls it eagerly: its calls follow the batch's lengths
 def varlen_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float
 ) -> torch.Tensor:

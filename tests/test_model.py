@@ -90,3 +90,22 @@ def test_state_dict_speaks_the_checkpoint_keys(tiny, embedder):
         "layers.0.self_attn.qkv_proj.weight",
         "layers.0.mlp.gate_up_proj.weight",
     }
+
+
+@pytest.mark.slow
+def test_compiled_layers_agree_and_never_recompile_for_a_new_batch_shape(tiny):
+    """Qwen3Model.compile_layers: the same vectors as the eager path within float32 rounding, and one set of graphs
+    for every batch shape (token counts and sequence counts are dynamic)."""
+    import torch._dynamo.utils
+
+    eager = Embedder.from_pretrained(tiny[0], device="cpu")
+    compiled = Embedder.from_pretrained(tiny[0], device="cpu")
+    compiled.model.compile_layers()
+    warm_up = texts_of_lengths(9, seed=1, max_words=60)
+    compiled.encode(warm_up, batch_tokens=200)
+    compiled.encode(warm_up[:2], batch_tokens=200)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for seed, count in [(2, 3), (3, 17), (4, 1)]:
+        texts = texts_of_lengths(count, seed=seed, max_words=90)
+        torch.testing.assert_close(compiled.encode(texts, batch_tokens=250), eager.encode(texts), rtol=0, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, "a new batch shape compiled again"
