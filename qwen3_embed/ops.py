@@ -63,6 +63,29 @@ def rms_norm(
     return rms_norm_reference(x, weight, eps)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T: oneDNN's kernel for a weight packed by `pack_linear_weight`, else F.linear."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    return F.linear(x, weight)
+
+
+def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A CPU weight [out, in] in oneDNN's blocked layout for `linear` (float32 or bfloat16), packed once instead of
+    at every call; any other weight, or where this torch or CPU lacks oneDNN's kernel for its dtype, as it is."""
+    if weight.is_mkldnn or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return weight
+    bf16 = weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if weight.dtype != torch.float32 and not bf16:
+        return weight
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+
+
+def unpacked(weight: torch.Tensor) -> torch.Tensor:
+    """A weight packed by `pack_linear_weight` back in the plain layout (others as they are)."""
+    return weight.to_dense() if weight.is_mkldnn else weight
+
+
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)

@@ -7,7 +7,7 @@ import torch
 
 from checkpoints import texts_of_lengths
 from qwen3_embed import Embedder, ops
-from qwen3_embed.model import CudaGraphs, pad_to_bucket
+from qwen3_embed.model import CudaGraphs, Linear, pad_to_bucket
 from qwen3_embed.tokenize import pack
 
 
@@ -85,7 +85,7 @@ def test_state_dict_speaks_the_checkpoint_keys(tiny, embedder):
     copy = Qwen3Model(embedder.config)
     copy.load_state_dict(stored, strict=True)
     for name, param in embedder.model.named_parameters():
-        torch.testing.assert_close(copy.get_parameter(name), param, rtol=0, atol=0)
+        torch.testing.assert_close(copy.get_parameter(name), ops.unpacked(param), rtol=0, atol=0)
     assert {name for name, _ in copy.named_parameters() if "proj" in name} >= {
         "layers.0.self_attn.qkv_proj.weight",
         "layers.0.mlp.gate_up_proj.weight",
@@ -109,3 +109,18 @@ def test_compiled_layers_agree_and_never_recompile_for_a_new_batch_shape(tiny):
         texts = texts_of_lengths(count, seed=seed, max_words=90)
         torch.testing.assert_close(compiled.encode(texts, batch_tokens=250), eager.encode(texts), rtol=0, atol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, "a new batch shape compiled again"
+
+
+def test_weights_packed_for_the_cpu_give_the_plain_weights_results(tiny, embedder):
+    """A CPU model's projections hold oneDNN-packed weights (faster on the CPU); unpacked, it gives the same vectors
+    within float32 rounding, and packs back."""
+    packed = [m.weight for m in embedder.model.modules() if isinstance(m, Linear)]
+    assert packed and all(w.is_mkldnn for w in packed)
+    texts = texts_of_lengths(7, seed=2, max_words=90)
+    with_packed = embedder.encode(texts)
+    plain = Embedder.from_pretrained(tiny[0], device="cpu")
+    plain.model.pack_weights(False)
+    assert not any(m.weight.is_mkldnn for m in plain.model.modules() if isinstance(m, Linear))
+    torch.testing.assert_close(plain.encode(texts), with_packed, rtol=0, atol=1e-5)
+    plain.model.pack_weights()
+    torch.testing.assert_close(plain.encode(texts), with_packed, rtol=0, atol=0)
