@@ -8,7 +8,7 @@ logits, log-softmax over [no, yes], batches of 8 in input order).
 Each task runs on one random-weight checkpoint of a real shape (default: 0.6B), on the same texts (mixed lengths,
 real Qwen3 tokenizer) and in the same dtype for every system; each system's output is checked against ours. Also
 reported: model FLOP/s (2 x non-embedding parameters per token, plus causal attention) over the GFLOP/s of a large
-torch.mm in the same dtype, measured in the same run.
+matmul in the same dtype, measured in the same run (on a CPU the better of torch.mm and oneDNN on a packed weight).
 
     python benchmarks/throughput.py                                  # the README table (CPU: about 40 minutes)
     python benchmarks/throughput.py --layers 4 --texts 16 --tasks embed --dtype float32   # a quick look
@@ -261,7 +261,7 @@ def main() -> None:
         for dtype_name in args.rerank_dtype if reranking else args.dtype:
             dtype = getattr(torch, dtype_name)
             peak = matmul_gflops(dtype, args.device)
-            print(f"  {dtype_name}: torch.mm roofline {peak:.0f} GFLOP/s", flush=True)
+            print(f"  {dtype_name}: matmul roofline {peak:.0f} GFLOP/s", flush=True)
             ours, runs = None, []
             for system, fn in TASKS[task].items():
                 if args.systems and system not in args.systems and system != "qwen3-embed":
@@ -302,7 +302,7 @@ def main() -> None:
         f"reranking: one query against the first {args.documents} texts. On {m['cpu']}, {m['torch_threads']} "
         f"threads, torch {m['torch']}, transformers {m.get('transformers')}, sentence-transformers "
         f"{m.get('sentence_transformers')}.",
-        ["task", "dtype", "system", "texts/s", "tokens/s", "qwen3-embed is", "model GFLOP/s / torch.mm peak",
+        ["task", "dtype", "system", "texts/s", "tokens/s", "qwen3-embed is", "model GFLOP/s / matmul peak",
          "vs ours"],
         rows,
     )  # fmt: skip
