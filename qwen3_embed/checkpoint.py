@@ -261,6 +261,7 @@ def load_model(
     params = {name: p.shape for name, p in model.named_parameters()}
     state = read_state_dict(folder, model.checkpoint_layout(), params, dtype, device, skip)
     model.load_state_dict(state, strict=True, assign=True)
+    del state  # the model holds the only reference, so packing frees each plain weight as it goes
     if device.type == "cpu":
         model.pack_weights()
     return model.eval().requires_grad_(False)
