@@ -63,11 +63,20 @@ def rms_norm(
     return rms_norm_reference(x, weight, eps)
 
 
+LINEAR_ROWS = 64
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T: oneDNN's kernel for a weight packed by `pack_linear_weight`, else F.linear."""
+    """x [T, in] @ weight.T: oneDNN's kernel for a weight packed by `pack_linear_weight`, else F.linear. Where oneDNN
+    runs it on the CPU (a packed weight, or bfloat16), T is padded to a multiple of LINEAR_ROWS: oneDNN builds and
+    keeps a kernel per row count, and the memory of one per token count grows without bound (measured)."""
+    if x.device.type != "cpu" or not (weight.is_mkldnn or x.dtype == torch.bfloat16):
+        return F.linear(x, weight)
+    rows = x.shape[0]
+    x = F.pad(x, (0, 0, 0, -rows % LINEAR_ROWS))
     if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-    return F.linear(x, weight)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")[:rows]
+    return F.linear(x, weight)[:rows]
 
 
 def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:

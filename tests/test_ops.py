@@ -1,9 +1,11 @@
-"""The attention plan: a batch's offsets, checked once on the host, and what backends derive from them."""
+"""The ops seam: the attention plan (a batch's offsets, checked once on the host, and what backends derive from
+them) and the CPU linear."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qwen3_embed import ops
 
@@ -26,3 +28,24 @@ def test_pipeline_batches_carry_their_host_offsets():
     batch = pack([[1, 2, 3], [4], [5, 6]], [2, 0, 1])
     assert batch.bounds == batch.cu_seqlens.tolist() == [0, 3, 4, 6]
     assert batch.plan().bounds == [0, 3, 4, 6]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_on_the_cpu_pads_the_rows_oneDNN_sees_and_gives_F_linear(monkeypatch, dtype):
+    """oneDNN keeps a kernel per row count: ops.linear hands it multiples of LINEAR_ROWS only (memory stays
+    bounded), and returns the caller's rows, equal to F.linear's."""
+    seen = []
+    pointwise = torch.ops.mkldnn._linear_pointwise
+    record = lambda x, *args: seen.append(x.shape[0]) or pointwise(x, *args)  # noqa: E731
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", record)
+    weight = torch.randn(48, 40).to(dtype)
+    packed = ops.pack_linear_weight(weight)
+    for rows in (1, 5, 64, 70):
+        x = torch.randn(rows, 40).to(dtype)
+        expected = F.linear(x.double(), weight.double()).to(dtype)
+        for w in (weight, packed):
+            out = ops.linear(x, w)
+            assert out.shape == (rows, 48)
+            torch.testing.assert_close(out, expected, rtol=0.02 if dtype == torch.bfloat16 else 1e-5, atol=1e-4)
+    if packed.is_mkldnn:
+        assert seen and all(n % ops.LINEAR_ROWS == 0 for n in seen), seen
