@@ -184,6 +184,7 @@ class Qwen3Model(nn.Module):
         eagerly in between. The eager path is the one `forward` reads as; compiling changes no result beyond float
         rounding. Weights packed for oneDNN are unpacked first (the compiler reads plain tensors)."""
         self.pack_weights(False)
+        ops.attention_eager_when_compiled()
         for layer in self.layers:
             layer.compile(dynamic=True)
 

@@ -195,9 +195,17 @@ def varlen_attention(
     return _per_sequence(q, k, v, plan, scale)
 
 
-@torch.compiler.disable  # a compiled layer runs it eagerly: its calls follow the batch's lengths, read on the host
 def _per_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, scale: float) -> torch.Tensor:
     return varlen_attention_reference(q, k, v, plan.bounds, scale)
+
+
+def attention_eager_when_compiled() -> None:
+    """Make the per-sequence attention run eagerly inside compiled code (its calls follow the batch's lengths, read
+    on the host). Called by `Qwen3Model.compile_layers`, so that importing this module never imports the compiler
+    (about 1 s)."""
+    global _per_sequence
+    if not hasattr(_per_sequence, "_torchdynamo_disable"):
+        _per_sequence = torch.compiler.disable(_per_sequence)
 
 
 def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

@@ -3,6 +3,9 @@ them) and the CPU linear."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,3 +52,9 @@ def test_linear_on_the_cpu_pads_the_rows_oneDNN_sees_and_gives_F_linear(monkeypa
             torch.testing.assert_close(out, expected, rtol=0.02 if dtype == torch.bfloat16 else 1e-5, atol=1e-4)
     if packed.is_mkldnn:
         assert seen and all(n % ops.LINEAR_ROWS == 0 for n in seen), seen
+
+
+def test_importing_the_package_never_imports_the_compiler():
+    """torch's compiler takes about a second to import; only compile_layers needs it."""
+    code = "import sys, qwen3_embed; sys.exit('torch._dynamo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
