@@ -153,6 +153,7 @@ class Qwen3Model(nn.Module):
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.register_state_dict_post_hook(_split_stacked)  # state_dict(): the checkpoint's names
         self.register_load_state_dict_pre_hook(_stack_parts)  # load_state_dict(): from the checkpoint's names
+        self.register_load_state_dict_post_hook(_after_load)
 
     def checkpoint_layout(self) -> dict[str, tuple[str, int, torch.Size]]:
         """Where each checkpoint tensor lives: its name -> (parameter, first row, shape); a StackedLinear's
@@ -247,15 +248,41 @@ def _split_stacked(model: Qwen3Model, state_dict: dict, prefix: str, local_metad
         del state_dict[key]
 
 
-def _stack_parts(model: Qwen3Model, state_dict: dict, prefix: str, *args) -> None:
-    """load_state_dict hook: the checkpoint's tensors of each stacked parameter, stacked (when all are there)."""
-    parts: dict[str, list[str]] = {}
-    for name, (param, _, _) in model.checkpoint_layout().items():
+def _stacked_parts(model: Qwen3Model) -> dict[str, list[tuple[str, torch.Size]]]:
+    """Each stacked parameter -> the checkpoint's tensors it holds (name, shape), in order."""
+    parts: dict[str, list[tuple[str, torch.Size]]] = {}
+    for name, (param, _, shape) in model.checkpoint_layout().items():
         if name != param:
-            parts.setdefault(param, []).append(prefix + name)
-    for param, keys in parts.items():
-        if all(key in state_dict for key in keys):
-            state_dict[prefix + param] = torch.cat([state_dict.pop(key) for key in keys])
+            parts.setdefault(param, []).append((name, shape))
+    return parts
+
+
+def _stack_parts(model: Qwen3Model, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict hook: the checkpoint's tensors of each stacked parameter, checked for shape and stacked when
+    all are there (else the absent ones are noted for `_after_load`, and the present ones are unused: unexpected);
+    weights packed for oneDNN unpacked for the copy, packed again after."""
+    model._absent = {}
+    for param, names in _stacked_parts(model).items():
+        present = [(prefix + name, shape) for name, shape in names if prefix + name in state_dict]
+        for key, shape in present:
+            if state_dict[key].shape != shape:
+                raise ValueError(f"{key} has shape {tuple(state_dict[key].shape)}; this model takes {tuple(shape)}")
+        if len(present) == len(names):
+            state_dict[prefix + param] = torch.cat([state_dict.pop(key) for key, _ in present])
+        else:
+            model._absent[prefix + param] = [prefix + name for name, _ in names if prefix + name not in state_dict]
+    model._repack = any(p.is_mkldnn for p in model.parameters())
+    if model._repack:
+        model.pack_weights(False)
+
+
+def _after_load(model: Qwen3Model, incompatible) -> None:
+    """load_state_dict hook: a stacked parameter's absent tensors reported by the checkpoint's names; weights
+    packed again."""
+    missing = incompatible.missing_keys
+    missing[:] = [name for key in missing for name in model._absent.get(key, [key])]
+    if model._repack:
+        model.pack_weights()
 
 
 def pad_to_bucket(

@@ -92,6 +92,26 @@ def test_state_dict_speaks_the_checkpoint_keys(tiny, embedder):
     }
 
 
+def test_load_state_dict_into_the_loaded_model_and_its_errors_name_the_checkpoint_keys(tiny):
+    """The CPU model as loaded (weights packed) takes its checkpoint back and stays packed; a missing or misshapen
+    tensor is reported by the checkpoint's key, not the stacked parameter's."""
+    from safetensors.torch import load_file
+
+    loaded = Embedder.from_pretrained(tiny[0], device="cpu")
+    stored = load_file(tiny[0] / "model.safetensors")
+    texts = texts_of_lengths(3, seed=4, max_words=40)
+    before = loaded.encode(texts)
+    loaded.model.load_state_dict(stored, strict=True)
+    assert all(m.weight.is_mkldnn for m in loaded.model.modules() if isinstance(m, Linear))
+    torch.testing.assert_close(loaded.encode(texts), before, rtol=0, atol=0)
+    key = "layers.0.self_attn.q_proj.weight"
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "layers.0.self_attn.q_proj.weight"\.'):
+        loaded.model.load_state_dict({k: v for k, v in stored.items() if k != key})
+    with pytest.raises(ValueError, match=rf"{key} has shape \({stored[key].shape[0] - 1}, "):
+        loaded.model.load_state_dict({**stored, key: stored[key][:-1]})
+    torch.testing.assert_close(loaded.encode(texts), before, rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_compiled_layers_agree_and_never_recompile_for_a_new_batch_shape(tiny):
     """Qwen3Model.compile_layers: the same vectors as the eager path within float32 rounding, and one set of graphs
