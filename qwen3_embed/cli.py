@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -249,8 +250,8 @@ def serve(args: argparse.Namespace) -> None:
         keep_alive_s=args.keep_alive_s, read_timeout_s=args.read_timeout_s, max_connections=args.max_connections,
         graceful_shutdown_s=args.graceful_shutdown_s,
     )  # fmt: skip
-    if args.max_wait_ms < 0:
-        raise ValueError(f"--max-wait-ms {args.max_wait_ms:g} must not be negative")
+    if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
+        raise ValueError(f"--max-wait-ms {args.max_wait_ms:g} must be a finite number of at least 0")
     api_key = args.api_key if args.api_key is not None else os.environ.get("QWEN3_EMBED_API_KEY") or None
     server.check_api_key(api_key)
     server.check_port(args.host, args.port)

@@ -436,7 +436,10 @@ def test_serve_command(tiny, tmp_path):
     big = ["--max-input-length", "1000000", "--max-batch-tokens", "1000000", "--max-queue-tokens", "1000000"]
     for option, message in [
         (["--max-queue-tokens", "10"], "max_queue_tokens=10 must be at least max_batch_tokens=16384"),
-        (["--read-timeout-s", "0"], "read_timeout_s=0.0 must be positive"),
+        (["--read-timeout-s", "0"], "read_timeout_s=0.0 must be positive and finite"),
+        (["--keep-alive-s", "inf"], "keep_alive_s=inf must be positive and finite"),
+        (["--health-stall-s", "nan"], "health_stall_s=nan must be positive and finite"),
+        (["--max-wait-ms", "nan"], "--max-wait-ms nan must be a finite number of at least 0"),
         (["--api-key", "two words"], "the API key must be non-empty printable ASCII without spaces"),
         (["--device", "cuda:7"], "cuda:7"),
         (["--model", str(tiny[0]), *big], r"--max-input-length=1000000 is outside 2\.\.\d+, the model's maximum"),

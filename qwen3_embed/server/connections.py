@@ -12,6 +12,7 @@ import asyncio
 import copy
 import json
 import logging
+import math
 import resource
 import socket
 import time
@@ -38,8 +39,8 @@ class ConnectionLimits:
 
     def __post_init__(self):
         for name, value in vars(self).items():
-            if value <= 0:
-                raise ValueError(f"{name}={value} must be positive")
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name}={value} must be positive and finite")
 
 
 def check_port(host: str, port: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import uuid
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
@@ -35,8 +36,8 @@ class Limits:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{f.name}={value} must be positive")
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{f.name}={value} must be positive and finite")
         if self.max_input_length is not None and self.max_input_length < 2:
             raise ValueError(f"max_input_length={self.max_input_length} must be at least 2 (a token and the EOS)")
         if self.max_input_length is not None and self.max_batch_tokens < self.max_input_length:
