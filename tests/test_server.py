@@ -163,6 +163,9 @@ def test_embed_truncation(client, embedder):
         ({"inputs": []}, 400, "Empty"),
         ({"inputs": ["x"] * 33}, 413, "Validation"),
         ({"inputs": ["x"], "dimensions": 0}, 422, "Validation"),
+        ({"inputs": ["x"], "dimensions": True}, 422, "Validation"),  # no coercion: TEI's types
+        ({"inputs": ["x"], "dimensions": "8"}, 422, "Validation"),
+        ({"inputs": ["x"], "normalize": "yes"}, 422, "Validation"),
         ({"inputs": ["x"], "prompt_name": "nope"}, 422, "Tokenizer"),
     ],
 )
@@ -296,7 +299,7 @@ def test_openai_token_ids(client, embedder):
     assert len(one["data"]) == 1
     np.testing.assert_allclose(one["data"][0]["embedding"], batch["data"][0]["embedding"], atol=1e-5)
     rows = embedder.config.vocab_size
-    for bad, status in [([[1, rows]], 400), ([[-1]], 400), ([[]], 400), ([[1] * MAX_INPUT], 413)]:
+    for bad, status in [([[1, rows]], 400), ([[-1]], 400), ([[]], 400), ([[True]], 400), ([[1] * MAX_INPUT], 413)]:
         response = client.post("/v1/embeddings", json={"input": bad})
         assert response.status_code == status and response.json()["error"]["message"], bad
 

@@ -7,7 +7,7 @@ import uuid
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 router = APIRouter()
 
@@ -20,9 +20,9 @@ class RerankRequest(BaseModel):
     model: str | None = None  # any name: the served reranker answers
     query: str
     documents: list[str | Document]
-    top_n: int | None = Field(None, ge=1)
-    return_documents: bool = False
-    truncate: bool = False  # this server's addition: cut documents that are over max_input_length
+    top_n: StrictInt | None = Field(None, ge=1)
+    return_documents: StrictBool = False
+    truncate: StrictBool = False  # this server's addition: cut documents that are over max_input_length
     # Cohere options this server does not implement: refused when given, rather than silently ignored.
     max_tokens_per_doc: None = None
     max_chunks_per_doc: None = None

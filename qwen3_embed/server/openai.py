@@ -8,15 +8,15 @@ from typing import Literal
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictInt
 
 router = APIRouter()
 
 
 class EmbeddingRequest(BaseModel):
-    input: str | list[str] | list[int] | list[list[int]]  # texts, or token ids of the model's tokenizer
+    input: str | list[str] | list[StrictInt] | list[list[StrictInt]]  # texts, or token ids of the model's tokenizer
     model: str | None = None  # any name: the served model answers
-    dimensions: int | None = None
+    dimensions: StrictInt | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
 

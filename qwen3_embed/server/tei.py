@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool, StrictInt
 
 from .. import __version__
 from .limits import ApiError
@@ -16,18 +16,18 @@ router = APIRouter()
 
 class EmbedRequest(BaseModel):
     inputs: str | list[str]
-    normalize: bool = True
-    truncate: bool = False
+    normalize: StrictBool = True
+    truncate: StrictBool = False
     prompt_name: str | None = None
-    dimensions: int | None = None
+    dimensions: StrictInt | None = None
 
 
 class RerankRequest(BaseModel):
     query: str
     texts: list[str]
-    raw_scores: bool = False
-    return_text: bool = False
-    truncate: bool = False
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
+    truncate: StrictBool = False
 
 
 @router.post("/embed", summary="Embed texts (TEI)")
