@@ -24,6 +24,7 @@ from .embedder import Embedder
 from .pipeline import DEFAULT_INSTRUCTION, check_int, resolve_device
 from .reranker import Reranker
 from .search import PRECISIONS, Index, Retriever
+from .tokenize import TextTooLong
 
 CARD_QUERIES = ["What is the capital of China?", "Explain gravity"]
 CARD_DOCUMENTS = [
@@ -264,6 +265,12 @@ def serve(args: argparse.Namespace) -> None:
     loading = dict(device=args.device, dtype=args.dtype, check_kind=not args.ignore_kind)
     embedder = Embedder.from_pretrained(args.model, **loading)
     reranker = Reranker.from_pretrained(args.reranker, **loading) if args.reranker else None
+    if reranker is not None and args.max_input_length is not None:
+        try:
+            reranker.tokenize_query("", [""], max_length=args.max_input_length)
+        except TextTooLong:
+            raise ValueError(f"--max-input-length {args.max_input_length} leaves no room for a document in the "
+                             "reranker's prompt, even with an empty query; raise it") from None  # fmt: skip
     names = {"served_model_name": args.served_model_name or server.served_name(args.model)}
     if reranker is not None:
         names["served_reranker_name"] = args.served_reranker_name or server.served_name(args.reranker)

@@ -425,6 +425,13 @@ def test_schema_fuzzing_gives_no_server_errors(url):
     assert len(calls) >= 5 * len(operations) and not failures, failures[:5]
 
 
+def test_serve_refuses_a_max_input_length_the_reranker_prompt_does_not_fit(tiny, tmp_path):
+    make_reranker_checkpoint(tmp_path, TINY_SHAPES["gqa1"], tied=True)
+    arguments = ["serve", "--model", str(tiny[0]), "--reranker", str(tmp_path), "--port", str(free_port())]
+    with pytest.raises(SystemExit, match="--max-input-length 8 leaves no room for a document in the reranker's"):
+        main([*arguments, "--max-input-length", "8", "--max-batch-tokens", "64", "--max-queue-tokens", "64"])
+
+
 def test_serve_command(tiny, tmp_path):
     """The CLI: settings checked before the model loads, the API key from the environment, the folder's name
     served, and SIGTERM ending the process."""
