@@ -87,7 +87,7 @@ def encode(args: argparse.Namespace) -> None:
                    skip_bad=args.skip_bad, vector_dtype=args.vector_dtype, instruction=args.instruction,
                    prompt_name=args.prompt_name, dim=args.dim, max_length=args.max_length,
                    truncate=not args.no_truncate, batch_tokens=args.batch_tokens,
-                   calibration=np.load(args.calibration) if args.calibration else None)  # fmt: skip
+                   calibration=read_calibration(args.calibration) if args.calibration else None)  # fmt: skip
     if to_file:
         given = [flag for key, flag in FOLDER_ONLY.items() if getattr(args, key) not in (None, False)]
         if args.engine != "local":
@@ -129,6 +129,15 @@ def encode(args: argparse.Namespace) -> None:
     earlier = f"; {summary.verified} verified from an earlier run" if summary.verified else ""
     print(f"wrote {manifest['rows']} vectors of {manifest['dim']} dimensions in {len(manifest['shards'])} shard(s) "
           f"to {args.output} ({summary.embedded} embedded now{earlier})", file=sys.stderr)  # fmt: skip
+
+
+def read_calibration(path: Path) -> np.ndarray:
+    """The --calibration vectors: a .npy array (never pickled objects)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        why = f"--calibration {path} is not a .npy array of vectors ({e}); save one with numpy.save"
+        raise ValueError(why) from None
 
 
 def run_engine(args: argparse.Namespace, options: dict) -> corpus.Summary | None:

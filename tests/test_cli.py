@@ -95,6 +95,10 @@ def test_encode_reads_standard_input_and_a_prompt_name(tiny, embedder, tmp_path,
         (["--input", "{txt}", "--output", "{dir}.npy"], r"output .*.npy is a folder; give a file name ending in .npy"),
         (["--input", "{tmp}", "--output", "{out}"], r"output .*out is inside the input folder .*; put the output"),
         (["--input", "{txt}", "--output", "{out}.npy", "--device", "gpu"], r"device 'gpu' is not a device name"),
+        (["--input", "{txt}", "--output", "{out}", "--precision", "int8", "--calibration", "{txt}"],
+         r"--calibration .*in.txt is not a .npy array of vectors \(.*\); save one with numpy.save"),
+        (["--input", "{txt}", "--output", "{txt}/x.npy"], r"cannot write --output .*in.txt/x.npy \(.*in.txt: a file "
+         r"is in the way\); choose another place"),
     ],
 )  # fmt: skip
 def test_encode_checks_everything_before_the_model_loads(tmp_path, capsys, args, message):
@@ -171,6 +175,12 @@ def error_of(argv: list[str]) -> str:
     with pytest.raises(SystemExit) as exit:
         main(argv)
     return str(exit.value)
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_before_the_model_loads(tiny, no_loading, tmp_path):
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    argv = ["encode", "--model", str(tiny[0]), "--input", str(tmp_path / "in.txt"), "--output", "/proc/qwen3-shards"]
+    assert re.search(r"^qwen3-embed: error: cannot write --output /proc/qwen3-shards \(.*\); choose", error_of(argv))
 
 
 @pytest.fixture(scope="module")

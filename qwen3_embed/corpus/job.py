@@ -49,6 +49,7 @@ from .shards import (
     VECTOR_FORMATS,
     atomic_write,
     check_shard,
+    make_writable_folder,
     read_json,
     remove_orphans,
     shard_name,
@@ -212,7 +213,7 @@ class Job:
                 self.plan.append(ShardTask(len(self.plan), i, first, records, start))
         problem, self.existing = None, set()
         if group.rank == 0:
-            self.output.mkdir(parents=True, exist_ok=True)
+            make_writable_folder(self.output, self.output)
             remove_orphans(self.output)
             try:
                 self.existing = self._check_folder()

@@ -29,7 +29,7 @@ from .job import (
     tokenizer_only,
     warn_cut,
 )
-from .shards import VECTOR_FORMATS, atomic_write, serialize_vectors, shard_name
+from .shards import VECTOR_FORMATS, atomic_write, make_writable_folder, serialize_vectors, shard_name
 
 
 @dataclass
@@ -140,6 +140,7 @@ def encode_file(
         raise ValueError(f"output {output} must end in .npy or .safetensors (or be a folder, for shards)")
     if output.is_dir():
         raise IsADirectoryError(f"output {output} is a folder; give a file name ending in .{fmt}, or drop the suffix")
+    make_writable_folder(output.parent, output)
     dtype = embedder.dtype if embedder else resolve_dtype(resolve_device(device), dtype)  # the device checked too
     source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, input_format)
     check_fields(source, text_field, id_field, skip_bad)
@@ -153,7 +154,6 @@ def encode_file(
     checks.batch_tokens(batch_tokens)
     checks.tokenize([""], instruction, prompt_name, max_length)
     records, skipped = read_all(source, text_field, id_field, skip_bad)
-    output.parent.mkdir(parents=True, exist_ok=True)
     if embedder is None:
         embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
     prepared: Prepared = prepare(embedder, records, options, max_length)

@@ -100,6 +100,19 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_folder(path.parent)
 
 
+def make_writable_folder(folder: Path, output: Path) -> None:
+    """Create `folder` (with its parents) and check that a file can be written in it, before any work: else an
+    OSError naming `output`, the reason and the fix."""
+    probe = folder / f".write-check.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
+        raise OSError(f"cannot write --output {output} ({folder}: {why}); choose another place") from None
+
+
 def fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
