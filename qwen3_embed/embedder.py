@@ -190,7 +190,7 @@ def check_texts(texts: list, first: int = 0) -> None:
     """Every item a str, else a TypeError naming the first that is not (by its index plus `first`)."""
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{first + i}] is a {type(text).__name__}, not a str")
+            raise TypeError(f"texts[{first + i}] is {type(text).__name__}, not str")
 
 
 def read_prompts(folder: Path) -> tuple[dict[str, str], str | None]:

@@ -162,7 +162,7 @@ def pairs(query: str | Sequence[tuple[str, str]], documents: Sequence[str] | Non
             raise TypeError("pass a query and a list of documents, or a list of (query, document) pairs")
         for i, d in enumerate(documents):
             if not isinstance(d, str):
-                raise TypeError(f"documents[{i}] is a {type(d).__name__}, not a str")
+                raise TypeError(f"documents[{i}] is {type(d).__name__}, not str")
         return [(query, d) for d in documents]
     if documents is not None:
         raise TypeError("pass either a query with documents, or a list of (query, document) pairs, not both")

@@ -105,5 +105,5 @@ def test_ids_are_checked(tmp_path):
     path.write_text('{"text": "a", "id": [1]}\n{"text": "b", "id": "k"}\n')
     file = resolve_inputs(path).files[0]
     bad, good = read_records(file, id_field="id", positions=True)
-    assert str(bad) == 'in.jsonl:1: "id" is a list; an id is a string or an integer'
+    assert str(bad) == 'in.jsonl:1: "id" is list; an id is a string or an integer'
     assert good == Record("k", "b", "in.jsonl:2")

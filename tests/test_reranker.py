@@ -123,7 +123,7 @@ def test_empty_documents(reranker):
 
 
 def test_bad_input(reranker):
-    with pytest.raises(TypeError, match=r"documents\[1\] is a int, not a str"):
+    with pytest.raises(TypeError, match=r"documents\[1\] is int, not str"):
         reranker.score(QUERY, ["a", 1])
     with pytest.raises(TypeError, match=r"pairs\[0\] is not a \(query, document\) pair"):
         reranker.score([("a",)])

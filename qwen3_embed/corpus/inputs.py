@@ -265,7 +265,8 @@ def read_records(
     count: int | None = None,
 ) -> Iterator[Record | BadRecord]:
     """Records `first`.. of a file (all of them, or `count`), the first at byte `offset` of its decompressed
-    content; ids are positions (`positions`) or 'name:line' unless an id field is given."""
+    content; ids are positions (`positions`) or 'name:line' unless an id field is given. Records are lines; a blank
+    line of JSON lines is passed over (its number still counts), one of text lines is the empty text."""
     if file.format == "parquet":
         yield from _read_parquet(file, text_field, id_field, positions, first, count)
         return
@@ -281,7 +282,8 @@ def read_records(
                 return
             if index == 0:
                 line = line.removeprefix(BOM)
-            yield _record(file, index, line.rstrip(b"\n").removesuffix(b"\r"), text_field, id_field, positions)
+            if file.format != "jsonl" or line.strip():  # a blank line in JSON lines holds no record (text: "")
+                yield _record(file, index, line.rstrip(b"\n").removesuffix(b"\r"), text_field, id_field, positions)
             index += 1
 
 
@@ -313,12 +315,12 @@ def _record(
 
 def _fields(where: str, value, text_field: str, id_field: str | None, default_id) -> Record | BadRecord:
     if not isinstance(value, dict):
-        return BadRecord(f'{where}: expected an object with a "{text_field}" field, found a {type(value).__name__}')
+        return BadRecord(f'{where}: expected an object with a "{text_field}" field, found {type(value).__name__}')
     if text_field not in value:
         return BadRecord(f'{where}: no "{text_field}" field (its fields: {", ".join(map(str, value)) or "none"})')
     text = value[text_field]
     if not isinstance(text, str):
-        return BadRecord(f'{where}: "{text_field}" is a {type(text).__name__}, not a string')
+        return BadRecord(f'{where}: "{text_field}" is {type(text).__name__}, not a string')
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -329,7 +331,7 @@ def _fields(where: str, value, text_field: str, id_field: str | None, default_id
         return BadRecord(f'{where}: no "{id_field}" field')
     record_id = value[id_field]
     if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
-        return BadRecord(f'{where}: "{id_field}" is a {type(record_id).__name__}; an id is a string or an integer')
+        return BadRecord(f'{where}: "{id_field}" is {type(record_id).__name__}; an id is a string or an integer')
     return Record(record_id, text, where)
 
 
