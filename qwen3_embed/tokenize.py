@@ -75,7 +75,7 @@ class Tokenizer:
                 f"the prompt; use at least {len(prefix) + len(suffix) + 1}"
             )
         self._check_rows(prefix + suffix, "the prompt")
-        ids = [e.ids for e in self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+        ids = self._tokens(texts, first)
         too_long = [i for i, seq in enumerate(ids) if len(seq) > room]
         if too_long and not truncate:
             longest = max(len(ids[i]) for i in too_long) + len(prefix) + len(suffix)
@@ -121,7 +121,22 @@ class Tokenizer:
 
     def ids(self, text: str) -> list[int]:
         """The tokens of a text, without any special token added."""
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        return self._tokens([text])[0]
+
+    def _tokens(self, texts: Sequence[str], first: int = 0) -> list[list[int]]:
+        """The tokens of each text; a text that is not valid Unicode (a lone surrogate) is an error naming it."""
+        try:
+            return [e.ids for e in self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+        except TypeError:
+            for i, text in enumerate(texts):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError(
+                        f"text {first + i} is not valid Unicode: it holds the lone surrogate U+{ord(text[e.start]):04X}"
+                        f" at character {e.start}"
+                    ) from None
+            raise
 
     def _check_rows(self, seq: list[int], what: str) -> None:
         if seq and max(seq) >= self.vocab_size:

@@ -113,6 +113,8 @@ def test_non_string_item_is_named(embedder):
         embedder.encode(["a", "b", 3])
     with pytest.raises(TypeError, match=r"texts\[0\] is NoneType"):
         embedder.encode([None])
+    with pytest.raises(ValueError, match=r"text 1 is not valid Unicode: it holds the lone surrogate U\+D800 at "):
+        embedder.encode(["ok", "a\ud800"])
 
 
 @pytest.mark.parametrize("dim", [0, -1, 97])
