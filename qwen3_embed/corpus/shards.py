@@ -298,13 +298,19 @@ def verify_corpus(
     folder: str | os.PathLike, checksums: bool = True, progress: Callable[[int], None] | None = None
 ) -> list[str]:
     """The problems of a finished output folder, one line per damaged or missing shard (empty when it is sound):
-    every shard checked against the manifest, without a model."""
+    every shard checked against the manifest, and its record file (what a resumed run trusts) against the manifest's
+    record, without a model."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     problems = []
     rows = 0
+    records = shard_records(folder)
     for record in manifest["shards"]:
         problem = check_shard(folder, record, checksums)
+        stored = records.get(record["index"])
+        if problem is None and (stored is None or any(stored.get(k) != v for k, v in record.items())):
+            how = "is missing" if record["index"] not in records else "cannot be read" if stored is None else "differs"
+            problem = f"{shard_name(record['index'])}.json, its record, {how} (the manifest's is sound)"
         if problem is not None:
             problems.append(f"{shard_name(record['index'])}: {problem}")
         rows += record["rows"]
