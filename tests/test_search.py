@@ -258,6 +258,11 @@ def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders
     (damaged / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="shard-00000: shard-00000.ids.json does not hold a list of 8 ids"):
         Index.open(damaged, verify=False)
+    manifest["shards"][0]["rows"] -= 1
+    manifest["dim"] = 32  # an edited manifest: the shards' own shapes disagree with it
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="shard-00000: its vectors have 96 values a row where the manifest's dim 32"):
+        Index.open(damaged, verify=False)
 
 
 @pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])

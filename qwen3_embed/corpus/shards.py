@@ -305,8 +305,14 @@ def verify_corpus(
     problems = []
     rows = 0
     records = shard_records(folder)
+    packed = manifest["settings"].get("vector_dtype") in ("binary", "ubinary")  # 8 dimensions per byte
+    width = -(-manifest["dim"] // 8) if packed else manifest["dim"]
     for record in manifest["shards"]:
         problem = check_shard(folder, record, checksums)
+        shape = record["files"]["vectors"].get("shape")
+        if problem is None and shape and shape[-1] != width:
+            needs = f"the manifest's dim {manifest['dim']} needs {width}"
+            problem = f"its vectors have {shape[-1]} values a row where {needs}"
         stored = records.get(record["index"])
         if problem is None and (stored is None or any(stored.get(k) != v for k, v in record.items())):
             how = "is missing" if record["index"] not in records else "cannot be read" if stored is None else "differs"
