@@ -24,6 +24,7 @@ from .embedder import Embedder
 from .pipeline import DEFAULT_INSTRUCTION, check_int, resolve_device
 from .reranker import Reranker
 from .search import PRECISIONS, Index, Retriever
+from .search.quantize import FLOATS
 from .tokenize import TextTooLong
 
 CARD_QUERIES = ["What is the capital of China?", "Explain gravity"]
@@ -212,6 +213,12 @@ def search(args: argparse.Namespace) -> None:
     embedded_by = index.manifest["model_name"]
     model = args.model or embedded_by
     check_int("--top-k", args.top_k, 1, len(index), f"the {len(index)} vectors of the index")
+    rescoring = {}
+    if args.rescore_multiplier is not None:
+        if index.precision in FLOATS:
+            raise ValueError(f"--rescore-multiplier applies to a quantized search, and {args.index} is searched in "
+                             f"{index.precision}; drop it, or give --precision int8 or binary")  # fmt: skip
+        rescoring["rescore_multiplier"] = args.rescore_multiplier
     if args.reranker is not None:
         check_int("--candidates", args.candidates, args.top_k, None)
         if index.texts is None:
@@ -232,7 +239,7 @@ def search(args: argparse.Namespace) -> None:
                                             check_kind=not args.ignore_kind)  # fmt: skip
     retriever = Retriever(embedder, index, reranker)
     found = retriever.search(args.query, args.top_k, candidates=args.candidates, instruction=args.instruction,
-                             rescore_multiplier=args.rescore_multiplier)  # fmt: skip
+                             **rescoring)  # fmt: skip
     for query, hits in zip(args.query, found):
         if not args.json and len(args.query) > 1:
             print(f"query: {query}")
@@ -421,8 +428,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--candidates", type=int, default=100, help="nearest documents the reranker scores")
     q.add_argument("--precision", choices=PRECISIONS, help="search at a coarser precision than the stored vectors' "
                    "(a quantized copy in memory), then rescore (default: the stored precision)")  # fmt: skip
-    q.add_argument("--rescore-multiplier", type=int, default=4, help="a quantized search rescores this many times "
-                   "--top-k candidates")  # fmt: skip
+    q.add_argument("--rescore-multiplier", type=int, help="a quantized search rescores this many times --top-k "
+                   "candidates (default: 4)")  # fmt: skip
     q.add_argument("--no-verify", action="store_true", help="check the shards by size and count, not by checksum")
     q.add_argument("--json", action="store_true", help="print one JSON object per result: query, rank, id, score, text")
     q.set_defaults(run=search)

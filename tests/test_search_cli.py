@@ -99,6 +99,10 @@ def test_bad_search_options_are_named_before_any_model_loads(corpus, tiny, build
          "int8 vectors cannot be searched at precision 'float16': choose int8 or a coarser one"),
         (["search", "--index", str(tmp_path / "none"), "--query", "q"], "does not exist: it is not a finished encode"),
         ([*index, "--device", "gpu"], "device 'gpu' is not a device name"),
+        ([*index, "--rescore-multiplier", "4"], "--rescore-multiplier applies to a quantized search, and .* is "
+         "searched in float32; drop it, or give --precision int8 or binary"),
+        (["search", "--index", str(corpus / "int8"), "--query", "q", "--precision", "uint8"],
+         "int8 vectors cannot be searched at precision 'uint8': choose int8 or a coarser one \\(binary, ubinary\\)"),
         ([*index, "--model", str(narrower)], "holds 96-dimensional vectors, more than .* makes \\(64\\): search it "
          "with .*, which embedded it"),
     ]:  # fmt: skip

@@ -143,9 +143,10 @@ class Index:
             check_precision(precision)
         self.precision = stored if precision is None else precision
         if RANK[self.precision] > RANK[stored] or (self.precision != stored and RANK[self.precision] == RANK[stored]):
+            coarser = [p for p in PRECISIONS if RANK[p] < RANK[stored]]
             raise ValueError(
-                f"{stored} vectors cannot be searched at precision {self.precision!r}: choose {stored} or a coarser "
-                f"one ({', '.join(p for p in PRECISIONS if RANK[p] < RANK[stored])})"
+                f"{stored} vectors cannot be searched at precision {self.precision!r}: choose {stored}"
+                + (f" or a coarser one ({', '.join(coarser)})" if coarser else ", the coarsest there is")
             )
         default = parts[0].device if parts else torch.device("cpu")
         self.device = resolve_device(device) if device is not None else default
