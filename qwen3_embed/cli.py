@@ -186,6 +186,8 @@ def rerank(args: argparse.Namespace) -> None:
         raise ValueError("give the documents with --document or with --input FILE, not both")
     if args.input is None and (args.text_field or args.id_field):
         raise ValueError("--text-field and --id-field read fields of an --input file; --document takes plain text")
+    if args.top_k is not None:
+        check_int("--top-k", args.top_k, 1)
     preflight(args, args.model)
     if args.input is None:
         ids, documents = list(range(len(args.document))), args.document

@@ -162,10 +162,13 @@ class Embedder(Pipeline):
     @staticmethod
     def similarity(a: torch.Tensor | np.ndarray | Sequence, b: torch.Tensor | np.ndarray | Sequence) -> torch.Tensor:
         """Cosine similarity of every row of `a` with every row of `b`: [n, m] (a 1-D input counts as one row).
-        Tensors, numpy arrays and (nested) lists of numbers are accepted."""
-        a, b = (torch.atleast_2d(torch.as_tensor(x)).float() for x in (a, b))
+        Tensors, numpy arrays and (nested) lists of numbers are accepted; an empty one is no vectors."""
+        a, b = (torch.as_tensor(x).float() for x in (a, b))
+        a, b = (x.reshape(0, 0) if x.shape == (0,) else torch.atleast_2d(x) for x in (a, b))
         if a.dim() != 2 or b.dim() != 2:
             raise ValueError(f"similarity takes vectors or matrices of vectors, not {a.dim()}-D and {b.dim()}-D inputs")
+        if not (a.shape[0] and b.shape[0]):
+            return torch.zeros(a.shape[0], b.shape[0])
         if a.shape[-1] != b.shape[-1]:
             raise ValueError(f"cannot compare vectors of {a.shape[-1]} and {b.shape[-1]} dimensions")
         return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T

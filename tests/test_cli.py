@@ -215,6 +215,7 @@ def reranker_folder(tmp_path_factory):
         (["rerank", "--query", "q", "--document", "d", "--input", "x"], "--document or with --input FILE, not both"),
         (["rerank", "--query", "q", "--document", "d", "--id-field", "id"], "--id-field read fields of an --input"),
         (["rerank", "--query", "q", "--input", "missing.txt"], "input missing.txt does not exist"),
+        (["rerank", "--query", "q", "--document", "d", "--top-k", "0"], "--top-k=0 must be at least 1"),
     ],
 )
 def test_bad_options_are_named_before_the_model_loads(tiny, no_loading, argv, message):

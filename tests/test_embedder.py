@@ -223,6 +223,8 @@ def test_similarity_takes_numpy_and_lists(embedder):
     torch.testing.assert_close(embedder.similarity(q.tolist(), d[0].tolist()), expected[:, :1])
     with pytest.raises(ValueError, match="not 3-D and 2-D"):
         embedder.similarity(q[None], d)
+    assert embedder.similarity([], []).shape == (0, 0)  # no vectors: no scores
+    assert embedder.similarity(embedder.encode([]), d).shape == (0, 3)
 
 
 def test_texts_tokenized_in_chunks_give_the_same_vectors_and_one_warning(embedder, monkeypatch):
