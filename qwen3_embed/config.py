@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 
@@ -23,8 +23,14 @@ class Qwen3Config:
     dtype: str | None = None  # the dtype the weights were saved in, when config.json says
 
     def __post_init__(self) -> None:
-        if self.num_hidden_layers < 1:
-            raise ValueError(f"num_hidden_layers={self.num_hidden_layers}; a model needs at least one layer")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{f.name}={value!r} must be a positive integer")
+            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"{f.name}={value!r} must be a positive number")
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{f.name}={value!r} must be true or false")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -61,7 +67,7 @@ class Qwen3Config:
             num_key_value_heads=need("num_key_value_heads"),
             head_dim=need("head_dim"),
             rms_norm_eps=need("rms_norm_eps"),
-            rope_theta=float(rope_theta),
+            rope_theta=rope_theta,
             max_position_embeddings=need("max_position_embeddings"),
             tie_word_embeddings=d.get("tie_word_embeddings", True),
             dtype=d.get("dtype", d.get("torch_dtype")),

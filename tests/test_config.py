@@ -88,6 +88,10 @@ def test_missing_rope_theta():
         ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
         ({"model_type": "llama"}, "model_type is 'llama'"),
         ({"num_key_value_heads": 5}, "not a multiple"),
+        ({"hidden_size": "1024"}, "hidden_size='1024' must be a positive integer"),  # a hand-edited config.json
+        ({"num_hidden_layers": 0}, "num_hidden_layers=0 must be a positive integer"),
+        ({"rms_norm_eps": True}, "rms_norm_eps=True must be a positive number"),
+        ({"tie_word_embeddings": "yes"}, "tie_word_embeddings='yes' must be true or false"),
     ],
 )
 def test_unsupported_features_are_refused(change, message):
