@@ -201,6 +201,11 @@ def read_prompts(folder: Path) -> tuple[dict[str, str], str | None]:
     path = folder / "config_sentence_transformers.json"
     if not path.exists():
         return {}, None
-    with open(path, encoding="utf-8") as f:
-        st = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            st = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); download it again") from None
+    if not isinstance(st, dict):
+        raise ValueError(f"{path} holds a JSON {type(st).__name__}, not an object; download it again")
     return st.get("prompts") or {}, st.get("default_prompt_name")

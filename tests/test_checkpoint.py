@@ -185,10 +185,11 @@ def test_empty_folder_says_what_a_checkpoint_holds(tmp_path):
         Embedder.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["config.json", "config_sentence_transformers.json"])
 @pytest.mark.parametrize("text, message", [("{broken", "is not valid JSON"), ("[1]", "holds a JSON list")])
-def test_broken_config_names_the_file(copy, text, message):
-    (copy / "config.json").write_text(text)
-    with pytest.raises(ValueError, match=f"{copy / 'config.json'} {message}"):
+def test_broken_config_names_the_file(copy, name, text, message):
+    (copy / name).write_text(text)
+    with pytest.raises(ValueError, match=f"{copy / name} {message}.*; download it again"):
         Embedder.from_pretrained(copy)
 
 
