@@ -82,13 +82,7 @@ class Qwen3Config:
                 f"{path.parent} has no config.json: is it a checkpoint folder? A Qwen3-Embedding or Qwen3-Reranker "
                 "folder holds config.json, tokenizer.json and model.safetensors (download the whole repository)"
             )
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); download it again") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; download it again")
+        d = read_json_object(path)
         try:
             return cls.from_dict(d)
         except ValueError as e:
@@ -100,6 +94,18 @@ class Qwen3Config:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return PRESETS[name]
+
+
+def read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file holding an object; an unreadable one is an error naming it and the fix."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); download it again") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; download it again")
+    return d
 
 
 def _size(vocab: int, hidden: int, layers: int, heads: int, inter: int, max_pos: int, tied: bool) -> Qwen3Config:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import read_json_object
 from .model import Qwen3Model
 from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress, check_int
 from .tokenize import Cut, Tokenizer
@@ -201,11 +201,5 @@ def read_prompts(folder: Path) -> tuple[dict[str, str], str | None]:
     path = folder / "config_sentence_transformers.json"
     if not path.exists():
         return {}, None
-    try:
-        with open(path, encoding="utf-8") as f:
-            st = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); download it again") from None
-    if not isinstance(st, dict):
-        raise ValueError(f"{path} holds a JSON {type(st).__name__}, not an object; download it again")
+    st = read_json_object(path)
     return st.get("prompts") or {}, st.get("default_prompt_name")
