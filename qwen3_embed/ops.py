@@ -63,20 +63,24 @@ def rms_norm(
     return rms_norm_reference(x, weight, eps)
 
 
-LINEAR_ROWS = 64
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [T, in] @ weight.T: oneDNN's kernel for a weight packed by `pack_linear_weight`, else F.linear. Where oneDNN
-    runs it on the CPU (a packed weight, or bfloat16), T is padded to a multiple of LINEAR_ROWS: oneDNN builds and
-    keeps a kernel per row count, and the memory of one per token count grows without bound (measured)."""
+    runs it on the CPU (a packed weight, or bfloat16), T is padded to `padded_rows(T)`: oneDNN builds and keeps a
+    kernel per row count, and the memory of one per token count grows without bound (measured)."""
     if x.device.type != "cpu" or not (weight.is_mkldnn or x.dtype == torch.bfloat16):
         return F.linear(x, weight)
     rows = x.shape[0]
-    x = F.pad(x, (0, 0, 0, -rows % LINEAR_ROWS))
+    x = F.pad(x, (0, 0, 0, padded_rows(rows) - rows))
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")[:rows]
     return F.linear(x, weight)[:rows]
+
+
+def padded_rows(rows: int) -> int:
+    """`rows` rounded up to one of 8 steps per power of two (multiples of 8 at least): at most 1/8 more rows, and
+    about 8 row counts per doubling of the batch."""
+    step = max(8, 1 << max(0, rows.bit_length() - 4))
+    return -(-rows // step) * step
 
 
 def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
