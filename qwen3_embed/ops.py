@@ -66,8 +66,9 @@ def rms_norm(
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [T, in] @ weight.T: oneDNN's kernel for a weight packed by `pack_linear_weight`, else F.linear. Where oneDNN
     runs it on the CPU (a packed weight, or bfloat16), T is padded to `padded_rows(T)`: oneDNN builds and keeps a
-    kernel per row count, and the memory of one per token count grows without bound (measured)."""
-    if x.device.type != "cpu" or not (weight.is_mkldnn or x.dtype == torch.bfloat16):
+    kernel per row count, and the memory of one per token count grows without bound (measured). Compiled code
+    (`Qwen3Model.compile_layers`, plain weights) is left to the compiler: padding there measured 1.4x slower."""
+    if x.device.type != "cpu" or not (weight.is_mkldnn or x.dtype == torch.bfloat16) or torch.compiler.is_compiling():
         return F.linear(x, weight)
     rows = x.shape[0]
     x = F.pad(x, (0, 0, 0, padded_rows(rows) - rows))
