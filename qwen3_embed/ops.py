@@ -71,7 +71,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu" or not (weight.is_mkldnn or x.dtype == torch.bfloat16) or torch.compiler.is_compiling():
         return F.linear(x, weight)
     rows = x.shape[0]
-    x = F.pad(x, (0, 0, 0, padded_rows(rows) - rows))
+    if padded_rows(rows) != rows:  # F.pad copies even when it adds nothing
+        x = F.pad(x, (0, 0, 0, padded_rows(rows) - rows))
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")[:rows]
     return F.linear(x, weight)[:rows]
