@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qwen3_embed.ops import check_cu_seqlens
+from qwen3_embed.checks import check_cu_seqlens
 
 LOG2_E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128, 256)

@@ -15,13 +15,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, checkpoint, corpus
+from .checks import check_int, resolve_device
 from .corpus import torchrun
 from .corpus.inputs import INPUT_FORMATS
 from .corpus.job import model_fingerprint
 from .corpus.local import report
 from .corpus.shards import VECTOR_DTYPES, VECTOR_FORMATS
 from .embedder import Embedder
-from .pipeline import DEFAULT_INSTRUCTION, check_int, resolve_device
+from .pipeline import DEFAULT_INSTRUCTION
 from .reranker import Reranker
 from .search import PRECISIONS, Index, Retriever
 from .search.quantize import FLOATS

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import check_int
 from .config import read_json_object
 from .model import Qwen3Model
-from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress, check_int
+from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress
 from .tokenize import Cut, Tokenizer
 
 

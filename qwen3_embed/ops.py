@@ -17,6 +17,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from .checks import check_cu_seqlens, check_offsets
+
 BACKENDS = ("torch", "triton")
 
 
@@ -236,29 +238,3 @@ def varlen_attention_reference(
         qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, L, D]
         out[start:end] = causal_sdpa(qs, ks, vs, scale)[0].transpose(0, 1)
     return out
-
-
-def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device: torch.device, values: bool = True) -> None:
-    """cu_seqlens must be int32 [B+1] on `device`; with `values` (a device sync), start at 0, never decrease and
-    end at `total`."""
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
-        raise ValueError("cu_seqlens must be a 1-D tensor of B+1 offsets")
-    if cu_seqlens.dtype != torch.int32:
-        raise ValueError(f"cu_seqlens has dtype {cu_seqlens.dtype}; it must be torch.int32")
-    if cu_seqlens.device != device:
-        raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, the tokens on {device}; move it there")
-    if values:
-        check_offsets(cu_seqlens.tolist(), total, len(cu_seqlens))
-
-
-def check_offsets(offsets: list[int], total: int, count: int) -> None:
-    """Host offsets of `count` entries that start at 0, never decrease and end at `total`."""
-    if len(offsets) != count:
-        raise ValueError(f"{len(offsets)} host offsets for a cu_seqlens of {count}")
-    if offsets[0] != 0 or offsets[-1] != total:
-        raise ValueError(
-            f"cu_seqlens runs from {offsets[0]} to {offsets[-1]}; it must run from 0 to {total}, the tokens"
-        )
-    for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
-        if b < a:
-            raise ValueError(f"cu_seqlens decreases at index {i + 1} ({a} -> {b}); offsets must not decrease")

@@ -7,11 +7,11 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
+from .checks import check_int, resolve_device
 from .config import Qwen3Config
 from .model import Qwen3Model
 from .tokenize import Tokenizer, batches
@@ -25,40 +25,6 @@ TOKENIZE_CHUNK = 4096  # what the official evaluation uses
 # Tokens per forward pass. On CPU, 2048 keeps the activations in cache and measured fastest (benchmarks/);
 # on CUDA, larger batches keep the GPU busy.
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
-
-
-def check_int(name: str, value: object, low: int, high: int | None = None, high_is: str = "") -> int:
-    """An integer option's value (an int or a numpy integer), checked to lie in low..high."""
-    bounds = f"{low}..{high}" if high is not None else f"at least {low}"
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}={value!r} must be an integer ({bounds})")
-    if high is None and value < low:
-        raise ValueError(f"{name}={value} must be at least {low}")
-    if high is not None and not low <= value <= high:
-        raise ValueError(f"{name}={value} is outside {bounds}" + (f", {high_is}" if high_is else ""))
-    return int(value)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device to run on: the one asked for, checked to exist here, else CUDA when available, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise ValueError(
-                f"device {str(device)!r} was asked for, but torch sees no CUDA GPU here (torch {torch.__version__} is "
-                f"{build}); use device 'cpu', or install a CUDA build of torch on a machine with a GPU"
-            )
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
-    elif resolved.type != "cpu":
-        raise ValueError(f"device {str(device)!r} is not supported; use 'cpu' or 'cuda'")
-    return resolved
 
 
 def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torch.dtype:

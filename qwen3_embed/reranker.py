@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from . import checkpoint
+from .checks import check_int
 from .model import Qwen3Model
-from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress, check_int
+from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress
 from .tokenize import Cut, TextTooLong, Tokenizer
 
 PREFIX = (

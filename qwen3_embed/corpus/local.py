@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from .. import checkpoint
+from ..checks import resolve_device
 from ..embedder import Embedder
-from ..pipeline import Progress, resolve_device, resolve_dtype
+from ..pipeline import Progress, resolve_dtype
 from .inputs import check_fields, read_all, resolve_inputs
 from .job import (
     Interrupted,

@@ -28,8 +28,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..checks import check_int, resolve_device
 from ..corpus.shards import SAFETENSORS_DTYPES, DamagedShard, read_manifest, verify_corpus
-from ..pipeline import check_int, resolve_device
 from .quantize import FLOATS, PRECISIONS, check_precision, code_grid, quantization_ranges, quantize
 
 # Lower is coarser; a search runs at its stored vectors' rank or below.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from ..pipeline import check_int
+from ..checks import check_int
 from .index import Index
 
 
