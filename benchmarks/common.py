@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from qwen3_embed import Qwen3Config, ops
+from qwen3_embed import Qwen3Config
+from qwen3_embed.backends import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -118,9 +119,9 @@ def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 4096, repeat
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     calls = [lambda: a @ b]
-    packed = ops.pack_linear_weight(b)
-    if packed is not b:
-        calls.append(lambda: ops.linear(a, packed))
+    packed = cpu.PackedLinear(b)
+    if packed.packed_weight.is_mkldnn:
+        calls.append(lambda: packed(a))
     best = math.inf
     for call in calls:
         call()

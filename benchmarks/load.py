@@ -30,9 +30,10 @@ def rss(field):
 
 loader, folder, dtype = sys.argv[1], Path(sys.argv[2]), getattr(torch, sys.argv[3])
 if loader == "qwen3-embed":
-    from qwen3_embed import Qwen3Config
-    from qwen3_embed.checkpoint import load_model
-    load = lambda: load_model(folder, Qwen3Config.from_json(folder / "config.json"), dtype, torch.device("cpu"))
+    from qwen3_embed import Qwen3Config, backends
+    from qwen3_embed.pipeline import load_model
+    config = Qwen3Config.from_json(folder / "config.json")
+    load = lambda: backends.prepare(load_model(folder, config, dtype, torch.device("cpu")))
 else:
     from transformers import AutoModel
     load = lambda: AutoModel.from_pretrained(folder, dtype=dtype)
@@ -43,7 +44,7 @@ seconds = time.perf_counter() - start
 assert next(model.parameters()).dtype == dtype
 with torch.no_grad():
     for p in model.parameters():
-        if not p.is_mkldnn:  # packed weights (ops.pack_linear_weight) were written, hence resident, at load
+        if not p.is_mkldnn:  # packed weights (qwen3_embed.backends.cpu) were written, hence resident, at load
             p.sum()
 print(json.dumps({"seconds": seconds, "baseline": baseline, "peak": rss("VmHWM:")}))
 """

@@ -2,9 +2,10 @@
 needs: shared memory, registers, spilled bytes, which tensor-core instructions and which loads it uses.
 
 Triton compiles for any NVIDIA target on a CPU with the `ptxas` its wheel bundles, and the bundled `cuobjdump`
-reads a cubin's registers and spill stack. Each kernel module lists every launch its wrapper can make on an
-architecture (`launches(arch)`), with the alignment hints a real launch adds (16-byte aligned pointers, strides
-that are multiples of 16); without them the register and spill figures are worse than a GPU sees.
+reads a cubin's registers and spill stack. `launches(archs)` lists every launch the wrappers can make on each
+architecture (the attention kernel and its experimental variants, the two RMSNorm kernels), with the alignment hints
+a real launch adds (16-byte aligned pointers, strides that are multiples of 16); without them the register and spill
+figures are worse than a GPU sees.
 
     python -m qwen3_embed.kernels.aot OUT.json     # every launch on every target, as JSON (the compile gate)
 
@@ -15,6 +16,7 @@ without TRITON_INTERPRET: under the interpreter `triton.jit` gives functions tha
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -27,7 +29,6 @@ from dataclasses import dataclass, field
 
 # Opt-in shared memory per block (bytes): A100; A10/A40/RTX 30; L4/L40/RTX 40; H100/H200; B200; RTX 50.
 SHARED_MEMORY = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448, 100: 232_448, 120: 101_376}
-KERNEL_MODULES = ("qwen3_embed.kernels.attention", "qwen3_embed.kernels.rmsnorm")
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,98 @@ def accepts(arch: int) -> bool:
 
 
 def launches(archs: list[int] | None = None) -> list[tuple[Launch, int]]:
-    """Every launch of every kernel module, on each architecture (default: every one the installed Triton takes)."""
+    """Every launch of every kernel, on each architecture (default: every one the installed Triton takes)."""
     archs = archs or targets()
-    return [
-        (launch, arch) for arch in archs for m in KERNEL_MODULES for launch in importlib.import_module(m).launches(arch)
-    ]
+    return [(launch, arch) for arch in archs for launch in attention_launches(arch) + rmsnorm_launches(arch)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What each wrapper launches
+
+ATTENTION_HEAD_DIMS = (64, 128, 256)
+ATTENTION_GROUPS = (1, 2, 4, 8)
+_ATTENTION_STRIDES = ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_ot",
+                      "stride_oh")  # fmt: skip
+
+
+def attention_launches(arch: int) -> list[Launch]:
+    """Every compiled form the attention wrappers can launch on sm_`arch` (head dims 64/128/256, GQA groups 1 to 8,
+    16-bit dtypes, the default and each experimental variant the architecture runs): one binary serves every group,
+    so groups share a launch."""
+    from .attention import BASE, DTYPES, configs
+    from .experimental.attention import VARIANTS, variants
+
+    capability = divmod(arch, 10)
+    found = {}
+    for dtype, head_dim, group in itertools.product(DTYPES, ATTENTION_HEAD_DIMS, ATTENTION_GROUPS):
+        for config in configs(head_dim, group, dtype, capability):
+            for variant in [BASE] + [VARIANTS[name] for name in variants(capability, head_dim, dtype)]:
+                spec = _attention_launch(DTYPES[dtype], head_dim, config, variant)
+                key = (repr(sorted(spec.constexprs.items())), repr(sorted(spec.signature.items())), spec.num_warps,
+                       spec.num_stages)  # fmt: skip
+                found.setdefault(key, spec).labels.setdefault("groups", []).append(group)
+    return list(found.values())
+
+
+def _attention_launch(t: str, head_dim: int, config: dict, variant) -> Launch:
+    """The attention kernel's compiled form for these settings, as a real launch on contiguous q, k, v specializes
+    it."""
+    flags = variant.flags(config)
+    constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"], **flags}
+    descriptor = f"tensordesc<{t}[{config['BLOCK_N']}, {head_dim}]>" if variant.tma else "constexpr"
+    signature = {**dict.fromkeys(("Q", "K", "V", "O"), f"*{t}"), "K_DESC": descriptor, "V_DESC": descriptor,
+                 "WORK": "*i32", "scale_log2": "fp32", "group": "i32", "tokens_bucket": "i32",
+                 **dict.fromkeys(_ATTENTION_STRIDES, "i32"), **dict.fromkeys(constexprs, "constexpr")}  # fmt: skip
+    if not variant.tma:
+        constexprs.update(K_DESC=None, V_DESC=None)
+    labels = {"op": "attention", "dtype": t, "head_dim": head_dim, "variant": variant.name,
+              "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"], "DIAG_N": flags["DIAG_N"],
+              "DIAG_TILES": flags["DIAG_TILES"]}  # fmt: skip
+    aligned = ("Q", "K", "V", "O", "WORK", *_ATTENTION_STRIDES)
+    module = "qwen3_embed.kernels.attention"
+    return Launch(module, "_attention_kernel", signature, constexprs, aligned, config["num_warps"],
+                  config["num_stages"], labels)  # fmt: skip
+
+
+RMSNORM_WIDTHS = (1024, 2560, 4096)  # the 0.6B, 4B and 8B hidden sizes
+RMSNORM_HEAD_DIMS = (64, 128, 256)
+RMSNORM_ARCHS = (80, 90)
+
+
+def rmsnorm_launches(arch: int) -> list[Launch]:
+    """Every compiled form the RMSNorm wrappers launch for the Qwen3 widths and head dims, in every dtype, on sm_80
+    and sm_90 only: the launch settings do not depend on the architecture, and with no tensor cores and at most 4 KB
+    of shared memory and 90 of 255 registers (benchmarks/results/kernels-aot.md) no architecture is near a limit."""
+    import triton
+
+    from .rmsnorm import _row_settings
+
+    if arch not in RMSNORM_ARCHS:
+        return []
+    module, found = "qwen3_embed.kernels.rmsnorm", []
+    for t in ("fp16", "bf16", "fp32"):
+        for width in RMSNORM_WIDTHS:
+            block = triton.next_power_of_2(width)
+            rows, warps = _row_settings(block)
+            signature = {"X": f"*{t}", "Y": f"*{t}", "W": f"*{t}", "rows": "i32", "n": "i32", "stride_x": "i32",
+                         "stride_y": "i32", "eps": "fp32", "ROWS": "constexpr", "BLOCK": "constexpr"}  # fmt: skip
+            aligned = ("X", "Y", "W", "n", "stride_x", "stride_y")
+            labels = {"op": "rms_norm", "dtype": t, "BLOCK": block}
+            found.append(Launch(module, "_rms_norm_kernel", signature, {"ROWS": rows, "BLOCK": block}, aligned,
+                                warps, 3, labels))  # fmt: skip
+        for head_dim in RMSNORM_HEAD_DIMS:
+            half = triton.next_power_of_2(head_dim // 2)
+            rows, warps = _row_settings(half)
+            pointers = ("Q", "K", "QW", "KW", "QY", "KY", "COS", "SIN")
+            integers = ("tokens", "q_heads", "k_heads", "n", "stride_qt", "stride_qh", "stride_kt", "stride_kh",
+                        "stride_rope")  # fmt: skip
+            signature = {**dict.fromkeys(pointers, f"*{t}"), **dict.fromkeys(integers, "i32"), "eps": "fp32",
+                         "ROWS": "constexpr", "HALF": "constexpr"}  # fmt: skip
+            aligned = (*pointers, *integers[3:])
+            labels = {"op": "q/k norm + rope", "dtype": t, "head_dim": head_dim}
+            found.append(Launch(module, "_qk_norm_rope_kernel", signature, {"ROWS": rows, "HALF": half}, aligned,
+                                warps, 3, labels))  # fmt: skip
+    return found
 
 
 def targets(processes: int = 2) -> list[int]:

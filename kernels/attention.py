@@ -8,22 +8,25 @@ the group), so each K/V tile is loaded once for all of them. Online softmax in f
 never visited, tiles wholly below it run without masks; offsets are 64-bit.
 
 Programs read their block from a work table, one row (sequence start, first query, end) per query block of the
-whole pack, heaviest first; `work_table` builds it on the device without a sync, once per batch (`ops` keeps it
+whole pack, heaviest first; `work_table` builds it on the device without a sync, once per batch (the model keeps it
 in the batch's attention plan, shared by every layer). Rows past the blocks are no-ops, so a table sized by
 `work_capacity` serves any pack of that many tokens and sequences (a CUDA graph captures a fixed grid).
 
 Launch settings: `configs(head_dim, group, dtype, capability)` lists what `triton.autotune` may choose on each
 architecture (one config under Triton's interpreter); float32 has none on CUDA (its ieee dots spill on every
-architecture and do not fit sm_80/sm_89 shared memory), so `ops` sends float32 to the PyTorch reference there.
-Speed variants for the GPU run to time against the default (`VARIANTS`, on sm_90): 32-key tiles on the diagonal,
-and K/V tiles through tensor descriptors (TMA). `launches` lists every compiled form for `qwen3_embed.kernels.aot`.
+architecture and do not fit sm_80/sm_89 shared memory), so the model sends float32 to the PyTorch reference there.
+The diagonal runs in unrolled tiles of at most 64 keys (`DIAG_N`; a 128-key diagonal tile spills registers on sm_90
+at head dim 128), as many as the keys of any block of any GQA group need (`diagonal_tiles`). The kernel's `DIAG_N`
+and `TMA` switches also serve the variants in `qwen3_embed.kernels.experimental`; the default loads by pointers. `qwen3_embed.kernels.aot` compiles every
+launch ahead of time.
 
-The PyTorch reference is `qwen3_embed.ops.varlen_attention_reference`.
+The PyTorch reference is `qwen3_embed.ops.varlen_attention`.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -31,13 +34,11 @@ import triton.language as tl
 
 from qwen3_embed.checks import check_cu_seqlens
 
+from . import on_device
+
 LOG2_E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128, 256)
-
-try:  # Triton 3.4 and newer: host-side tensor descriptors, for the TMA variant
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover - older Triton
-    TensorDescriptor = None
+DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}  # and Triton's names for them
 
 
 @triton.jit
@@ -85,7 +86,8 @@ def _attention_kernel(
     BLOCK_M: tl.constexpr,  # rows: BLOCK_M // group tokens x group heads
     BLOCK_N: tl.constexpr,  # keys per tile below the diagonal
     DIAG_N: tl.constexpr,  # keys per tile on the diagonal
-    TMA: tl.constexpr,
+    DIAG_TILES: tl.constexpr,  # diagonal tiles: enough for the keys of any block of any group (`diagonal_tiles`)
+    TMA: tl.constexpr,  # K/V tiles below the diagonal through tensor descriptors
 ):  # fmt: skip
     item = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -111,9 +113,9 @@ def _attention_kernel(
     below = (first // BLOCK_N) * BLOCK_N  # keys before this are visible to every row of the block
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, K, V, K_DESC, V_DESC, kv_head, seq_start, 0, below, token, end,
                             scale_log2, stride_kt, stride_vt, HEAD_DIM, BLOCK_N, MASKED=False, TMA=TMA)  # fmt: skip
-    # the diagonal spans fewer than max(BLOCK_M, BLOCK_N) keys: a few masked tiles, unrolled (as a loop it would be
+    # the diagonal spans first % BLOCK_N + BLOCK_M // group keys: a few masked tiles, unrolled (as a loop it would be
     # software-pipelined like the one above, and the registers that costs make sm_80 spill)
-    for i in tl.static_range(max(BLOCK_M, BLOCK_N) // DIAG_N):
+    for i in tl.static_range(DIAG_TILES):
         if below + i * DIAG_N < end:
             acc, m_i, l_i = _attend(acc, m_i, l_i, q, K, V, K_DESC, V_DESC, kv_head, seq_start, below + i * DIAG_N,
                                     below + (i + 1) * DIAG_N, token, end, scale_log2, stride_kt, stride_vt, HEAD_DIM,
@@ -124,14 +126,7 @@ def _attention_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Launch settings and variants
-
-VARIANTS = {
-    "base": "pointer loads (cp.async), the config's key tile on the diagonal too",
-    "diag32": "32-key tiles on the diagonal (less masked work where a block holds fewer tokens than BLOCK_N)",
-    "tma": "K/V tiles below the diagonal through tensor descriptors (TMA)",
-}
-DEFAULT_VARIANT = "base"  # until a GPU run measures another one faster; $QWEN3_EMBED_ATTENTION_VARIANT overrides it
+# Launch settings
 
 
 def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> dict:
@@ -161,7 +156,7 @@ def configs(head_dim: int, group: int, dtype: torch.dtype, capability: tuple[int
     [] where `qwen3_embed.ops` sends the work to SDPA instead: float32 on a GPU (its ieee dots spill on every
     architecture and overflow sm_80/sm_89 shared memory), and GPUs before sm_80. Head dims below 64 take the 64
     settings. `group` does not change the choice (one binary serves every ratio); it must fit in BLOCK_M rows."""
-    if dtype not in _TRITON_DTYPES:
+    if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype} is not one of float16, bfloat16, float32")
     if head_dim not in HEAD_DIMS:
         raise ValueError(f"head_dim={head_dim} is not supported; use {', '.join(map(str, HEAD_DIMS))}")
@@ -177,18 +172,13 @@ def configs(head_dim: int, group: int, dtype: torch.dtype, capability: tuple[int
     return found
 
 
-def variants(capability: tuple[int, int] | None, head_dim: int, dtype: torch.dtype) -> list[str]:
-    """The variants that run on a GPU of `capability` at this head dim and dtype. Those other than the default are
-    experiments for the GPU run to time, so they run where it times them, sm_90 (H100/H200) in bf16 at Qwen3's head
-    dim, 128, and anywhere under Triton's interpreter, which checks their results (TMA needs Triton 3.4+)."""
-    if capability is not None and (capability[0] != 9 or head_dim != 128 or dtype != torch.bfloat16):
-        return [DEFAULT_VARIANT]
-    return [v for v in VARIANTS if v != "tma" or TensorDescriptor is not None]
-
-
-def _flags(variant: str, config: dict) -> dict:
-    """The kernel's constexpr switches for a variant under a config."""
-    return {"DIAG_N": min(32, config["BLOCK_N"]) if variant == "diag32" else config["BLOCK_N"], "TMA": variant == "tma"}
+def diagonal_tiles(block_m: int, block_n: int, diag_n: int) -> int:
+    """Masked tiles of `diag_n` keys that cover the diagonal of every query block, for any GQA group: a block of
+    P = block_m // group tokens starts at a multiple of P and needs the keys from its tile start, first % block_n +
+    P of them (counted here over every group and block start, which repeat every block_n positions)."""
+    keys = max((first % block_n) + block_m // group for group in range(1, block_m + 1)
+               for first in range(0, block_n * (block_m // group), block_m // group))  # fmt: skip
+    return -(-keys // diag_n)
 
 
 def tokens_per_block(head_dim: int, group: int, dtype: torch.dtype, capability: tuple[int, int] | None) -> int:
@@ -238,7 +228,26 @@ def work_table(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The wrapper, registered as a PyTorch custom op
+# The launch, and the wrapper registered as a PyTorch custom op
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a launch sets the kernel's switches: the default, or one of `qwen3_embed.kernels.experimental`'s."""
+
+    name: str = "base"
+    diag_n: int | None = None  # keys per tile on the diagonal (None: 64, or BLOCK_N when smaller)
+    tma: bool = False  # K/V tiles below the diagonal through tensor descriptors
+    pre_hook: Callable[[dict], None] | None = None  # an autotune pre-hook (the TMA variant sets its descriptors')
+
+    def flags(self, config: dict) -> dict:
+        """The kernel's constexpr switches under a config."""
+        diag_n = min(self.diag_n or 64, config["BLOCK_N"])
+        tiles = diagonal_tiles(config["BLOCK_M"], config["BLOCK_N"], diag_n)
+        return {"DIAG_N": diag_n, "DIAG_TILES": tiles, "TMA": self.tma}
+
+
+BASE = Variant()
 
 
 def tokens_bucket(tokens: int) -> int:
@@ -246,26 +255,54 @@ def tokens_bucket(tokens: int) -> int:
     return min(max(1024, 1 << max(0, tokens - 1).bit_length()), 1 << 17)
 
 
-def _set_descriptor_blocks(nargs: dict) -> None:
-    """A TMA config's pre-hook: the descriptors' tile is the config's BLOCK_N keys x the head dim."""
-    for name in ("K_DESC", "V_DESC"):
-        nargs[name].block_shape = [nargs["BLOCK_N"], nargs["HEAD_DIM"]]
-
-
 _TUNERS: dict[tuple, triton.runtime.Autotuner] = {}  # (variant, configs) -> the kernel under triton.autotune
 
 
-def _tuned(variant: str, settings: tuple[tuple[int, int, int, int], ...]) -> triton.runtime.Autotuner:
+def _tuned(variant: Variant, settings: tuple[tuple[int, int, int, int], ...]) -> triton.runtime.Autotuner:
     """The kernel under triton.autotune over these configs (BLOCK_M, BLOCK_N, num_warps, num_stages) for a variant,
     keyed by head dim, tensor dtypes and the token-count bucket."""
     if (variant, settings) not in _TUNERS:
         tuned = []
-        hook = _set_descriptor_blocks if variant == "tma" else None
         for block_m, block_n, warps, stages in settings:
-            flags = _flags(variant, _config(block_m, block_n, warps, stages))
-            tuned.append(triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, **flags}, warps, stages, pre_hook=hook))
+            flags = variant.flags(_config(block_m, block_n, warps, stages))
+            meta = {"BLOCK_M": block_m, "BLOCK_N": block_n, **flags}
+            tuned.append(triton.Config(meta, warps, stages, pre_hook=variant.pre_hook))
         _TUNERS[variant, settings] = triton.autotune(tuned, key=["HEAD_DIM", "tokens_bucket"])(_attention_kernel)
     return _TUNERS[variant, settings]
+
+
+def _settings(found: list[dict]) -> tuple[tuple[int, int, int, int], ...]:
+    return tuple((c["BLOCK_M"], c["BLOCK_N"], c["num_warps"], c["num_stages"]) for c in found)
+
+
+def launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    work: torch.Tensor,
+    scale: float,
+    variant: Variant = BASE,
+    descriptors: tuple = (None, None),
+) -> torch.Tensor:
+    """Run the kernel (autotuned over `configs`) on checked inputs and a work table; a fresh output."""
+    t, hq, d = q.shape
+    hkv = k.shape[1]
+    out = torch.empty_like(q)
+    if t == 0 or work.shape[0] == 0:
+        return out
+    kernel = _tuned(variant, _settings(configs(d, hq // hkv, q.dtype, capability_of(q.device))))
+    with on_device(q):
+        torch.library.wrap_triton(kernel)[(work.shape[0], hkv)](
+            q, k, v, out, *descriptors, work, scale * LOG2_E, hq // hkv, tokens_bucket(t),
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+            HEAD_DIM=d,
+        )  # fmt: skip
+    return out
+
+
+@torch.library.triton_op("qwen3_embed::varlen_attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, work: torch.Tensor, scale: float) -> torch.Tensor:
+    return launch(q, k, v, work, scale)
 
 
 def autotune_choices() -> list[dict]:
@@ -276,14 +313,13 @@ def autotune_choices() -> list[dict]:
         chosen = tuner.cache.items() if len(tuner.configs) > 1 else [(("any", "any"), tuner.configs[0])]
         for key, config in chosen:
             launch = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-            choices.append({"variant": variant, "head_dim": key[0], "tokens_bucket": key[1], "dtypes": list(key[2:]),
-                            "candidates": len(tuner.configs), **launch})  # fmt: skip
+            choices.append({"variant": variant.name, "head_dim": key[0], "tokens_bucket": key[1],
+                            "dtypes": list(key[2:]), "candidates": len(tuner.configs), **launch})  # fmt: skip
     return choices
 
 
-def chosen_config(q: torch.Tensor, k: torch.Tensor, variant: str | None = None) -> dict | None:
+def chosen_config(q: torch.Tensor, k: torch.Tensor, variant: Variant = BASE) -> dict | None:
     """The config autotune chose for q's shape and dtype at q's token count (None before the first call)."""
-    variant = variant or os.environ.get("QWEN3_EMBED_ATTENTION_VARIANT") or DEFAULT_VARIANT
     found = configs(q.shape[2], q.shape[1] // k.shape[1], q.dtype, capability_of(q.device))
     tuner = _tuned(variant, _settings(found))
     chosen = [c for key, c in tuner.cache.items() if key[:2] == (q.shape[2], tokens_bucket(q.shape[0]))]
@@ -292,47 +328,8 @@ def chosen_config(q: torch.Tensor, k: torch.Tensor, variant: str | None = None) 
     return None
 
 
-def _settings(found: list[dict]) -> tuple[tuple[int, int, int, int], ...]:
-    return tuple((c["BLOCK_M"], c["BLOCK_N"], c["num_warps"], c["num_stages"]) for c in found)
-
-
-@torch.library.triton_op("qwen3_embed::varlen_attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, work: torch.Tensor, scale: float,
-                  variant: str) -> torch.Tensor:  # fmt: skip
-    t, hq, d = q.shape
-    hkv = k.shape[1]
-    found = configs(d, hq // hkv, q.dtype, capability_of(q.device))
-    out = torch.empty_like(q)
-    if t == 0 or work.shape[0] == 0:
-        return out
-    k_desc = v_desc = None
-    if variant == "tma":  # [T, Hkv * D] views; the pre-hook sets the tile to the chosen BLOCK_N
-        k_desc, v_desc = (TensorDescriptor(x, [t, hkv * d], [x.stride(0), 1], [found[0]["BLOCK_N"], d]) for x in (k, v))
-    kernel = _tuned(variant, _settings(found))
-    torch.library.wrap_triton(kernel)[(work.shape[0], hkv)](
-        q, k, v, out, k_desc, v_desc, work, scale * LOG2_E, hq // hkv, tokens_bucket(t),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        HEAD_DIM=d,
-    )  # fmt: skip
-    return out
-
-
-def varlen_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    scale: float,
-    work: torch.Tensor | None = None,
-    variant: str | None = None,
-) -> torch.Tensor:
-    """Causal GQA attention within each packed sequence: q [T, Hq, D], k and v [T, Hkv, D] -> [T, Hq, D].
-
-    cu_seqlens [B+1] int32 on q's device. `work` is the pack's work table (`work_table`, for BLOCK_M // group tokens
-    per block); without it the offsets are checked (a device sync) and the table built here. `variant` is one of
-    VARIANTS (default: $QWEN3_EMBED_ATTENTION_VARIANT, else DEFAULT_VARIANT). Runs the custom op
-    `torch.ops.qwen3_embed.varlen_attention`.
-    """
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q [T, Hq, D], k and v [T, Hkv, D] of one dtype the kernel takes, on one device, each row contiguous."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(
             f"q, k and v must be [tokens, heads, head_dim], got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
@@ -342,10 +339,9 @@ def varlen_attention(
         raise ValueError(
             f"k {list(k.shape)} and v {list(v.shape)} must both be [{t}, kv_heads, {d}] for q {list(q.shape)}"
         )
-    hkv = k.shape[1]
-    if hkv == 0 or hq % hkv:
-        raise ValueError(f"{hq} query heads are not a multiple of {hkv} key/value heads")
-    if q.dtype not in _TRITON_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+    if k.shape[1] == 0 or hq % k.shape[1]:
+        raise ValueError(f"{hq} query heads are not a multiple of {k.shape[1]} key/value heads")
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(
             f"q, k, v are {q.dtype}, {k.dtype}, {v.dtype}; they must share one of float16, bfloat16, float32"
         )
@@ -353,64 +349,33 @@ def varlen_attention(
         raise ValueError(f"q, k, v are on {q.device}, {k.device}, {v.device}; they must share one device")
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("q, k and v must have a contiguous last dimension")
-    capability = capability_of(q.device)
-    variant = variant or os.environ.get("QWEN3_EMBED_ATTENTION_VARIANT") or DEFAULT_VARIANT
-    if variant not in VARIANTS:
-        raise ValueError(f"attention variant {variant!r} is not one of {', '.join(VARIANTS)}")
-    if variant not in variants(capability, d, q.dtype):
-        raise ValueError(f"attention variant {variant!r} does not run here; {variants(capability, d, q.dtype)} do")
-    if variant == "tma" and any(x.stride(1) != d or (x.stride(0) * x.element_size()) % 16 or x.data_ptr() % 16
-                                for x in (k, v)):  # fmt: skip
-        raise ValueError("the tma variant needs k and v with contiguous heads and 16-byte aligned rows")
-    per_block = tokens_per_block(d, hq // hkv, q.dtype, capability)
+
+
+def work_for(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, work: torch.Tensor | None) -> torch.Tensor:
+    """The pack's work table: `work` checked, or, without it, built here from cu_seqlens (checked: a device sync)."""
+    t, hq, d = q.shape
     if work is None:
         check_cu_seqlens(cu_seqlens, t, q.device)
-        work = work_table(cu_seqlens, t, per_block)
-    elif work.dim() != 2 or work.shape[1] != 3 or work.dtype != torch.int32 or work.device != q.device:
+        return work_table(cu_seqlens, t, tokens_per_block(d, hq // k.shape[1], q.dtype, capability_of(q.device)))
+    if work.dim() != 2 or work.shape[1] != 3 or work.dtype != torch.int32 or work.device != q.device:
         raise ValueError(f"work must be an int32 [rows, 3] table on {q.device}, got {work.dtype} {list(work.shape)}")
-    return torch.ops.qwen3_embed.varlen_attention(q, k, v, work, scale, variant)
+    return work
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs (qwen3_embed.kernels.aot)
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+    work: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal GQA attention within each packed sequence: q [T, Hq, D], k and v [T, Hkv, D] -> [T, Hq, D].
 
-_TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-_STRIDES = ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_ot", "stride_oh")
-AOT_HEAD_DIMS = (64, 128, 256)
-AOT_GROUPS = (1, 2, 4, 8)
-
-
-def launches(arch: int) -> list:
-    """Every compiled form the wrapper can launch on sm_`arch` (head dims 64/128/256, GQA groups 1 to 8, 16-bit
-    dtypes, each variant the architecture runs): one binary serves every group, so groups share a launch."""
-    capability = divmod(arch, 10)
-    found = {}
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        for head_dim in AOT_HEAD_DIMS:
-            for group in AOT_GROUPS:
-                for config in configs(head_dim, group, dtype, capability):
-                    for variant in variants(capability, head_dim, dtype):
-                        spec = _launch_spec(dtype, head_dim, config, variant)
-                        key = (spec.kernel, repr(sorted(spec.constexprs.items())), repr(sorted(spec.signature.items())),
-                               spec.num_warps, spec.num_stages)  # fmt: skip
-                        found.setdefault(key, spec).labels.setdefault("groups", []).append(group)
-    return list(found.values())
-
-
-def _launch_spec(dtype: torch.dtype, head_dim: int, config: dict, variant: str):
-    """The kernel's compiled form for these settings, as a real launch on contiguous q, k, v specializes it."""
-    from .aot import Launch
-
-    t = _TRITON_DTYPES[dtype]
-    flags = _flags(variant, config)
-    constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"], **flags}
-    descriptor = f"tensordesc<{t}[{config['BLOCK_N']}, {head_dim}]>" if flags["TMA"] else "constexpr"
-    signature = {"Q": f"*{t}", "K": f"*{t}", "V": f"*{t}", "O": f"*{t}", "K_DESC": descriptor, "V_DESC": descriptor,
-                 "WORK": "*i32", "scale_log2": "fp32", "group": "i32", "tokens_bucket": "i32",
-                 **dict.fromkeys(_STRIDES, "i32"), **dict.fromkeys(constexprs, "constexpr")}  # fmt: skip
-    if not flags["TMA"]:
-        constexprs.update(K_DESC=None, V_DESC=None)
-    labels = {"op": "attention", "dtype": t, "head_dim": head_dim, "variant": variant, "BLOCK_M": config["BLOCK_M"],
-              "BLOCK_N": config["BLOCK_N"], "DIAG_N": flags["DIAG_N"]}  # fmt: skip
-    return Launch(__name__, "_attention_kernel", signature, constexprs, ("Q", "K", "V", "O", "WORK", *_STRIDES),
-                  config["num_warps"], config["num_stages"], labels)  # fmt: skip
+    cu_seqlens [B+1] int32 on q's device. `work` is the pack's work table (`work_table`, for `tokens_per_block`
+    tokens per block); without it the offsets are checked (a device sync) and the table built here. Runs the custom
+    op `torch.ops.qwen3_embed.varlen_attention`.
+    """
+    check_inputs(q, k, v)
+    tokens_per_block(q.shape[2], q.shape[1] // k.shape[1], q.dtype, capability_of(q.device))  # a config, or why not
+    return torch.ops.qwen3_embed.varlen_attention(q, k, v, work_for(q, k, cu_seqlens, work), scale)

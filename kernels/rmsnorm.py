@@ -1,13 +1,12 @@
-"""Fused RMSNorm in Triton: plain rows, with the residual add of a decoder layer, and per head with RoPE.
+"""RMSNorm in Triton: of hidden-state rows, and of each query and key head followed by RoPE (one launch for both).
 
-Two kernels serve the three uses. Each program normalizes `ROWS` rows of width `n` (one wide hidden-state row,
-or several 128-wide head rows) in the reference order: statistics in float32, normalize, cast to the input
-dtype, then multiply by the weight (rounded to the input dtype, as PyTorch's 16-bit multiply). With a residual,
-it first forms `x + residual` rounded to the input dtype, writes it as the new residual and normalizes it, so a
-layer reads its hidden state once. With RoPE (per-head norm only), the normalized row is rotated by its token's
-angles, `[x1*cos - x2*sin, x2*cos + x1*sin]` with each product rounded as PyTorch rounds it.
+Each program normalizes `ROWS` rows of width `n` (one wide hidden-state row, or several 128-wide head rows) in the
+reference order: statistics in float32, normalize, cast to the input dtype, then multiply by the weight (rounded to
+the input dtype, as PyTorch's 16-bit multiply). With RoPE, the normalized row is rotated by its token's angles,
+`[x1*cos - x2*sin, x2*cos + x1*sin]` with each product rounded as PyTorch rounds it.
 
-The PyTorch references are `qwen3_embed.ops.rms_norm` and `qwen3_embed.ops.qk_norm_rope`.
+The PyTorch references are `qwen3_embed.model.RMSNorm` and `Attention.norm_and_rotate` (RMSNorm, then
+`qwen3_embed.model.apply_rotary`).
 """
 
 from __future__ import annotations
@@ -16,24 +15,21 @@ import torch
 import triton
 import triton.language as tl
 
+from . import on_device
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit(do_not_specialize=["rows"])
 def _rms_norm_kernel(
     X,  # [rows, n] input
-    R,  # [rows, n] residual to add first (HAS_RESIDUAL)
     Y,  # [rows, n] output
-    R_OUT,  # [rows, n] x + residual (HAS_RESIDUAL)
     W,  # [n] weight
     rows,
     n,
     stride_x,
-    stride_r,
     stride_y,
-    stride_ro,
     eps,
-    HAS_RESIDUAL: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,  # >= n
 ):
@@ -42,11 +38,6 @@ def _rms_norm_kernel(
     col = tl.arange(0, BLOCK)[None, :]  # [1, BLOCK]
     mask = (row < rows) & (col < n)
     x = tl.load(X + row * stride_x + col, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:
-        r = tl.load(R + row * stride_r + col, mask=mask, other=0.0).to(tl.float32)
-        x = (x + r).to(dtype)
-        tl.store(R_OUT + row * stride_ro + col, x, mask=mask)
-        x = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n + eps)[:, None]
     w = tl.load(W + col, mask=col < n, other=0.0).to(tl.float32)
     y = (x * rstd).to(dtype).to(tl.float32) * w
@@ -133,32 +124,20 @@ def _row_settings(block: int) -> tuple[int, int]:
 
 @torch.library.triton_op("qwen3_embed::rms_norm", mutates_args=())
 def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return _norm_rows(x, None, weight, eps)[0]
-
-
-@torch.library.triton_op("qwen3_embed::rms_norm_residual", mutates_args=())
-def _rms_norm_residual_op(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _norm_rows(x, residual, weight, eps)
-
-
-def _norm_rows(x, residual, weight, eps):
     n = x.shape[-1]
     x2 = x.view(-1, n)
     y = torch.empty_like(x)
-    new_residual = torch.empty_like(x) if residual is not None else y
     rows = x2.shape[0]
     if rows:
         y2 = y.view(-1, n)
-        r2, ro2 = (residual.view(-1, n), new_residual.view(-1, n)) if residual is not None else (x2, x2)
         block = triton.next_power_of_2(n)
         per_program, warps = _row_settings(block)
-        torch.library.wrap_triton(_rms_norm_kernel)[(triton.cdiv(rows, per_program),)](
-            x2, r2, y2, ro2, weight, rows, n, x2.stride(0), r2.stride(0), y2.stride(0), ro2.stride(0), float(eps),
-            HAS_RESIDUAL=residual is not None, ROWS=per_program, BLOCK=block, num_warps=warps,
-        )  # fmt: skip
-    return y, new_residual
+        with on_device(x):
+            torch.library.wrap_triton(_rms_norm_kernel)[(triton.cdiv(rows, per_program),)](
+                x2, y2, weight, rows, n, x2.stride(0), y2.stride(0), float(eps), ROWS=per_program, BLOCK=block,
+                num_warps=warps,
+            )  # fmt: skip
+    return y
 
 
 @torch.library.triton_op("qwen3_embed::qk_norm_rope", mutates_args=())
@@ -174,31 +153,19 @@ def _qk_norm_rope_op(
         half = triton.next_power_of_2(d // 2)
         per_program, warps = _row_settings(half)
         grid = (triton.cdiv(t * hq, per_program) + triton.cdiv(t * hk, per_program),)
-        torch.library.wrap_triton(_qk_norm_rope_kernel)[grid](
-            q, k, q_weight, k_weight, q_out, k_out, cos, sin, t, hq, hk, d,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), float(eps),
-            ROWS=per_program, HALF=half, num_warps=warps,
-        )  # fmt: skip
+        with on_device(q):
+            torch.library.wrap_triton(_qk_norm_rope_kernel)[grid](
+                q, k, q_weight, k_weight, q_out, k_out, cos, sin, t, hq, hk, d,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), float(eps),
+                ROWS=per_program, HALF=half, num_warps=warps,
+            )  # fmt: skip
     return q_out, k_out
 
 
-def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm over the last dim of x [..., n]; with `residual`, returns (norm(x + residual), x + residual).
-    Runs `torch.ops.qwen3_embed.rms_norm` (or `rms_norm_residual`)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim of x [..., n]. Runs `torch.ops.qwen3_embed.rms_norm`."""
     _check(x, weight)
-    n = x.shape[-1]
-    x = _rows(x, "x", n).view(x.shape)
-    if residual is None:
-        return torch.ops.qwen3_embed.rms_norm(x, weight, eps)
-    if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
-        raise ValueError(
-            f"residual is {residual.dtype} {list(residual.shape)} on {residual.device}, "
-            f"x is {x.dtype} {list(x.shape)} on {x.device}: they must match"
-        )
-    _rows(residual, "residual", n)
-    return torch.ops.qwen3_embed.rms_norm_residual(x, residual, weight, eps)
+    return torch.ops.qwen3_embed.rms_norm(_rows(x, "x", x.shape[-1]).view(x.shape), weight, eps)
 
 
 def qk_norm_rope(
@@ -232,49 +199,3 @@ def qk_norm_rope(
         if table.stride(-1) != 1 or cos.stride(0) != sin.stride(0):
             raise ValueError("cos and sin must have a contiguous last dimension and the same row stride")
     return torch.ops.qwen3_embed.qk_norm_rope(q, k, q_weight, k_weight, eps, cos, sin)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs (qwen3_embed.kernels.aot)
-
-_TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-AOT_WIDTHS = (1024, 2560, 4096)  # the 0.6B, 4B and 8B hidden sizes
-AOT_HEAD_DIMS = (64, 128, 256)
-AOT_ARCHS = (80, 90)
-
-
-def launches(arch: int) -> list:
-    """Every compiled form the wrappers launch for the Qwen3 widths and head dims, in every dtype, on sm_80 and
-    sm_90 only: the launch settings do not depend on the architecture, and with no tensor cores and at most 4 KB of
-    shared memory and 90 of 255 registers (benchmarks/results/kernels-aot.md) no architecture is near a limit."""
-    from .aot import Launch
-
-    if arch not in AOT_ARCHS:
-        return []
-    found = {}
-    for t in _TRITON_DTYPES.values():
-        for width in AOT_WIDTHS:
-            block = triton.next_power_of_2(width)
-            per_program, warps = _row_settings(block)
-            for residual in (False, True):
-                signature = {**dict.fromkeys(("X", "R", "Y", "R_OUT", "W"), f"*{t}"), "rows": "i32", "n": "i32",
-                             **dict.fromkeys(("stride_x", "stride_r", "stride_y", "stride_ro"), "i32"), "eps": "fp32",
-                             **dict.fromkeys(("HAS_RESIDUAL", "ROWS", "BLOCK"), "constexpr")}  # fmt: skip
-                constexprs = {"HAS_RESIDUAL": residual, "ROWS": per_program, "BLOCK": block}
-                aligned = ("X", "R", "Y", "R_OUT", "W", "n", "stride_x", "stride_r", "stride_y", "stride_ro")
-                labels = {"op": "rms_norm + residual" if residual else "rms_norm", "dtype": t, "BLOCK": block}
-                kernel = "_rms_norm_kernel"
-                found[t, block, residual] = Launch(__name__, kernel, signature, constexprs, aligned, warps, 3, labels)
-        for head_dim in AOT_HEAD_DIMS:
-            half = triton.next_power_of_2(head_dim // 2)
-            per_program, warps = _row_settings(half)
-            signature = {**dict.fromkeys(("Q", "K", "QW", "KW", "QY", "KY", "COS", "SIN"), f"*{t}"),
-                         **dict.fromkeys(("tokens", "q_heads", "k_heads", "n", "stride_qt", "stride_qh", "stride_kt",
-                                          "stride_kh", "stride_rope"), "i32"),
-                         "eps": "fp32", "ROWS": "constexpr", "HALF": "constexpr"}  # fmt: skip
-            aligned = ("Q", "K", "QW", "KW", "QY", "KY", "COS", "SIN", "n", "stride_qt", "stride_qh", "stride_kt",
-                       "stride_kh", "stride_rope")  # fmt: skip
-            found[t, "qk", head_dim] = Launch(__name__, "_qk_norm_rope_kernel", signature,
-                                              {"ROWS": per_program, "HALF": half}, aligned, warps, 3,
-                                              {"op": "q/k norm + rope", "dtype": t, "head_dim": head_dim})  # fmt: skip
-    return list(found.values())

@@ -1,4 +1,9 @@
-"""Find a checkpoint (local folder or hub id), read its safetensors, and load a model straight into place."""
+"""Find a checkpoint (local folder or hub id), read its safetensors, and map its keys to the model's parameters.
+
+The model stacks q/k/v and gate/up by rows into one parameter each (`qkv_proj`, `gate_up_proj`); the checkpoint
+stores them apart. `layout` says where each checkpoint tensor lives in the model, and the hooks `split_stacked`,
+`stack_parts` and `name_missing_parts` (which Qwen3Model registers) let its `state_dict()` and `load_state_dict()`
+speak the checkpoint's keys. They read the model's config and change nothing but the state dict in hand."""
 
 from __future__ import annotations
 
@@ -10,7 +15,6 @@ from pathlib import Path
 import torch
 
 from .config import Qwen3Config
-from .model import Qwen3Model
 
 # What a Qwen3-Embedding / Qwen3-Reranker repo needs to run here; nothing else is downloaded.
 NEEDED_FILES = [
@@ -94,6 +98,76 @@ def weight_files(folder: Path) -> list[Path]:
         f"{folder} has neither model.safetensors nor model.safetensors.index.json "
         "(only safetensors checkpoints are supported)"
     )
+
+
+def stacked_parts(config: Qwen3Config) -> dict[str, list[tuple[str, int]]]:
+    """Each stacked projection of a decoder layer -> the checkpoint tensors it holds, in row order, with their rows."""
+    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    inter = config.intermediate_size
+    attention = [("self_attn.q_proj.weight", q), ("self_attn.k_proj.weight", kv), ("self_attn.v_proj.weight", kv)]
+    mlp = [("mlp.gate_proj.weight", inter), ("mlp.up_proj.weight", inter)]
+    return {"self_attn.qkv_proj.weight": attention, "mlp.gate_up_proj.weight": mlp}
+
+
+def _parts_of(key: str, config: Qwen3Config) -> list[tuple[str, int]] | None:
+    """The checkpoint tensors (full keys, rows) of a stacked parameter's key; None for any other key."""
+    for stacked, parts in stacked_parts(config).items():
+        if key.endswith("." + stacked):
+            base = key[: -len(stacked)]
+            return [(base + part, rows) for part, rows in parts]
+    return None
+
+
+def layout(params: dict[str, torch.Size], config: Qwen3Config) -> dict[str, tuple[str, int, torch.Size]]:
+    """Where each checkpoint tensor lives among the model's `params` (name -> shape): its name -> (parameter, first
+    row, shape). A stacked parameter holds several, one after the other."""
+    found = {}
+    for name, shape in params.items():
+        parts = _parts_of(name, config)
+        if parts is None:
+            found[name] = (name, 0, shape)
+            continue
+        row = 0
+        for part, rows in parts:
+            found[part] = (name, row, torch.Size([rows, *shape[1:]]))
+            row += rows
+    return found
+
+
+def split_stacked(model, state: dict, prefix: str, local_metadata=None) -> None:
+    """state_dict hook: each stacked parameter of `state` replaced by the checkpoint's tensors (views of its rows)."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        parts = _parts_of(key, model.config)
+        if parts is not None:
+            stacked, row = state.pop(key), 0
+            for part, rows in parts:
+                state[part] = stacked[row : row + rows]
+                row += rows
+
+
+def stack_parts(model, state: dict, prefix: str, *_) -> None:
+    """load_state_dict pre-hook: the checkpoint's tensors of each stacked parameter, checked for shape and stacked
+    when all are there; else they stay apart (unexpected, and the stacked parameter missing: `name_missing_parts`)."""
+    config = model.config
+    for stacked in stacked_parts(config):
+        for layer in range(config.num_hidden_layers):
+            key = f"{prefix}layers.{layer}.{stacked}"
+            parts = _parts_of(key, config)
+            for part, rows in parts:
+                if part in state and tuple(state[part].shape) != (rows, config.hidden_size):
+                    shape = tuple(state[part].shape)
+                    raise ValueError(f"{part} has shape {shape}; this model takes {(rows, config.hidden_size)}")
+            if all(part in state for part, _ in parts):
+                state[key] = torch.cat([state.pop(part) for part, _ in parts])
+
+
+def name_missing_parts(model, result) -> None:
+    """load_state_dict post-hook: a missing stacked parameter reported as the checkpoint tensors that were absent."""
+    named = []
+    for key in result.missing_keys:
+        parts = _parts_of(key, model.config)
+        named += [key] if parts is None else [part for part, _ in parts if part not in result.unexpected_keys]
+    result.missing_keys[:] = named
 
 
 def checkpoint_key(key: str) -> str:
@@ -249,22 +323,6 @@ def read_state_dict(
     if missing:
         raise ValueError(f"the checkpoint in {folder} lacks {len(missing)} tensors the model needs: {missing[:5]}")
     return state
-
-
-def load_model(
-    folder: Path, config: Qwen3Config, dtype: torch.dtype, device: torch.device, skip: frozenset[str] = frozenset()
-) -> Qwen3Model:
-    """A Qwen3Model with the checkpoint's weights (ignoring the keys in `skip`), built without ever allocating
-    random weights."""
-    with torch.device("meta"):
-        model = Qwen3Model(config)
-    params = {name: p.shape for name, p in model.named_parameters()}
-    state = read_state_dict(folder, model.checkpoint_layout(), params, dtype, device, skip)
-    model.load_state_dict(state, strict=True, assign=True)
-    del state  # the model holds the only reference, so packing frees each plain weight as it goes
-    if device.type == "cpu":
-        model.pack_weights()
-    return model.eval().requires_grad_(False)
 
 
 def read_rows(

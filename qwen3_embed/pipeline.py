@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import backends, checkpoint
 from .checks import check_int, resolve_device
 from .config import Qwen3Config
 from .model import Qwen3Model
@@ -41,6 +42,20 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torc
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
     return any(getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)() for isa in ("amx_tile", "avx512_bf16"))
+
+
+def load_model(
+    folder: Path, config: Qwen3Config, dtype: torch.dtype, device: torch.device, skip: frozenset[str] = frozenset()
+) -> Qwen3Model:
+    """A Qwen3Model in eval mode with the checkpoint's weights (ignoring the keys in `skip`), read straight into
+    place: built on the meta device, so no random weights are ever allocated."""
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    params = {name: p.shape for name, p in model.named_parameters()}
+    layout = checkpoint.layout(params, config)
+    state = checkpoint.read_state_dict(folder, layout, params, dtype, device, skip)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
 
 
 class Pipeline:
@@ -82,7 +97,7 @@ class Pipeline:
         tokenizer = Tokenizer(folder / "tokenizer.json", config.vocab_size)
         if check_kind:
             checkpoint.check_kind(folder, cls.KIND)
-        return folder, checkpoint.load_model(folder, config, dtype, device, skip), tokenizer
+        return folder, backends.prepare(load_model(folder, config, dtype, device, skip)), tokenizer
 
     def max_length(self, max_length: int | None) -> int:
         """The token limit per sequence: default 8192, at most the model's maximum."""

@@ -8,9 +8,20 @@ import torch
 
 # Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter; it must be chosen before
 # a kernel module is imported.
-if not torch.cuda.is_available():
+GPU = torch.cuda.is_available()
+if not GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from checkpoints import SHAPE_0_6B, TINY_SHAPES, make_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_gpu(request, monkeypatch):
+    """On a GPU machine, every test but those marked `gpu` runs as on a CPU machine (their expectations are the
+    CPU's: float32, the PyTorch references, exact comparisons), in this process and in the processes it starts;
+    tests marked `gpu` run the kernels on the GPU, in 16-bit where the kernels need it."""
+    if GPU and request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""The Triton varlen attention kernel against a float64 reference: on CPU through Triton's interpreter, on a GPU
-when there is one."""
+"""The Triton varlen attention kernel against a float64 reference: on CPU through Triton's interpreter (float32 and
+float16: bf16 is broken there), on a GPU when there is one (float16 and bfloat16: float32 runs SDPA on a GPU)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 from qwen3_embed import ops
 from qwen3_embed.kernels import attention
 from qwen3_embed.kernels.attention import varlen_attention
+from qwen3_embed.kernels.experimental import attention as experimental
 
+pytestmark = pytest.mark.gpu
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32, torch.float16] + (
-    [torch.bfloat16] if DEVICE == "cuda" else []
-)  # bf16 is broken in the interpreter
+DTYPES = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float32, torch.float16]
+DTYPE = DTYPES[0]  # for the tests of one dtype
 FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
@@ -44,9 +45,12 @@ def attention64(q, k, v, cu, scale):
 def check(lengths, hq, hkv, d, dtype, variant=None):
     q, k, v, cu = pack(lengths, hq, hkv, d, dtype)
     scale = d**-0.5
-    out = varlen_attention(q, k, v, cu, scale, variant=variant)
+    if variant is None:
+        out = varlen_attention(q, k, v, cu, scale)
+    else:
+        out = experimental.varlen_attention(q, k, v, cu, scale, variant)
     exact = attention64(q, k, v, cu, scale)
-    same_dtype = ops.varlen_attention_reference(q, k, v, cu.tolist(), scale)
+    same_dtype = ops.varlen_attention(q, k, v, cu.tolist(), scale)
     assert out.shape == q.shape and out.dtype == dtype
     assert torch.isfinite(out).all(), "some outputs were not written"
     kernel_error = (out.double().cpu() - exact).abs().max().item()
@@ -71,24 +75,58 @@ def test_sequence_lengths(poisoned, dtype, lengths):
     check(lengths, hq=4, hkv=2, d=64, dtype=dtype)
 
 
+EVERY_CONFIG = [  # (architecture class, head dim, config): every launch setting any GPU would autotune among
+    (name, d, config)
+    for name, table in (("hopper", attention.HOPPER_CONFIGS), ("ampere", attention.AMPERE_CONFIGS))
+    for d in attention.HEAD_DIMS
+    for config in table[max(64, d)]
+]
+
+
+@pytest.mark.parametrize("group", [pytest.param(g, marks=[] if g == 3 else [pytest.mark.slow]) for g in range(1, 9)])
 @pytest.mark.parametrize(
-    "variant, group, dtype",
-    [("diag32", 4, torch.float16), ("tma", 1, torch.float32)],  # 32 tokens a block: split diagonal; 128: TMA tiles
+    "arch, d, config", EVERY_CONFIG, ids=[f"{a}-d{d}-{c['BLOCK_M']}x{c['BLOCK_N']}" for a, d, c in EVERY_CONFIG]
 )
-def test_variants(poisoned, variant, group, dtype):
+def test_every_config_of_every_architecture_at_every_group(poisoned, monkeypatch, arch, d, config, group):
+    """Each config run alone (here, whatever GPU this is), for GQA groups 1-8: a block of BLOCK_M // group tokens
+    that starts off a key tile needs keys past max(BLOCK_M, BLOCK_N) on the diagonal (groups 3, 5, 6, 7 with 128-key
+    tiles), which only a sequence longer than a key tile shows (group 3 runs without `-m slow` too)."""
+    monkeypatch.setattr(attention, "configs", lambda *args: [config])
+    check([1, 7, 150], hq=group, hkv=1, d=d, dtype=DTYPE)
+
+
+@pytest.mark.parametrize("block_m, block_n", [(128, 128), (128, 64), (128, 32), (64, 64), (64, 32), (64, 128)])
+def test_the_diagonal_tiles_cover_every_block_of_every_group(block_m, block_n):
+    """The keys a block needs on the diagonal, first % BLOCK_N + BLOCK_M // group, fit the diagonal tiles."""
+    for diag_n in {block_n, min(32, block_n)}:
+        covered = attention.diagonal_tiles(block_m, block_n, diag_n) * diag_n
+        for group in range(1, block_m + 1):
+            per_block = block_m // group
+            assert all(first % block_n + per_block <= covered for first in range(0, 4 * block_n, per_block))
+    assert attention.diagonal_tiles(128, 128, 128) == 2  # group 3: a block at 126 reaches key 167
+    assert attention.diagonal_tiles(128, 64, 64) == 2  # as many as before: the Ampere configs were right
+
+
+@pytest.mark.parametrize("variant", list(experimental.VARIANTS))
+@pytest.mark.parametrize("group", [1, 3, 4])
+def test_experimental_variants(poisoned, variant, group):
     """The speed variants against the same float64 reference: 32-key diagonal tiles, and K/V tiles through tensor
-    descriptors (Triton's interpreter runs them; on a GPU the compile gate checks their code for sm_90)."""
-    check([1, 7, 33, 130, 200], hq=2 * group, hkv=2, d=64, dtype=dtype, variant=variant)
+    descriptors, at the head dim and dtype they run at (on a GPU: sm_90 only, bf16, d=128; the interpreter runs them
+    anywhere, in float32 and float16; on other GPUs they are skipped)."""
+    d, dtype = (128, torch.bfloat16) if DEVICE == "cuda" else (64, torch.float16)
+    if variant not in experimental.variants(attention.capability_of(torch.device(DEVICE)), d, dtype):
+        pytest.skip(f"{variant} does not run on this GPU (sm_90 only)")
+    check([1, 7, 33, 130, 200], hq=2 * group, hkv=2, d=d, dtype=dtype, variant=variant)
 
 
-def test_other_head_dims(poisoned):
-    check([5, 40], hq=2, hkv=1, d=32, dtype=torch.float32)
-    check([5, 40], hq=2, hkv=1, d=256, dtype=torch.float32)
+@pytest.mark.parametrize("d", [16, 32, 256])
+def test_other_head_dims(poisoned, d):
+    check([5, 40], hq=2, hkv=1, d=d, dtype=DTYPE)
 
 
 def test_sequences_do_not_see_each_other():
     """Changing one sequence's keys leaves every other sequence's output bit for bit the same."""
-    q, k, v, cu = pack([9, 20, 4], 4, 2, 64, torch.float32)
+    q, k, v, cu = pack([9, 20, 4], 4, 2, 64, DTYPE)
     before = varlen_attention(q, k, v, cu, 0.125)
     k2, v2 = k.clone(), v.clone()
     k2[9:29] += 1.0
@@ -99,12 +137,12 @@ def test_sequences_do_not_see_each_other():
 
 
 def test_empty_pack():
-    q, k, v, cu = pack([], 4, 2, 64, torch.float32)
+    q, k, v, cu = pack([], 4, 2, 64, DTYPE)
     assert varlen_attention(q, k, v, cu, 0.125).shape == (0, 4, 64)
 
 
 def test_bad_inputs_are_refused():
-    q, k, v, cu = pack([3, 5], 4, 2, 64, torch.float32)
+    q, k, v, cu = pack([3, 5], 4, 2, 64, DTYPE)
     with pytest.raises(ValueError, match="dtype torch.int64; it must be torch.int32"):
         varlen_attention(q, k, v, cu.long(), 0.125)
     with pytest.raises(ValueError, match="runs from 1 to 9; it must run from 0 to 8"):
@@ -118,7 +156,7 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="head_dim=48 is not supported"):
         varlen_attention(q[..., :48], k[..., :48], v[..., :48], cu, 0.125)
     with pytest.raises(ValueError, match="must share one of"):
-        varlen_attention(q, k.half(), v, cu, 0.125)
+        varlen_attention(q, k.double(), v, cu, 0.125)
     with pytest.raises(ValueError, match=r"must both be \[8, kv_heads, 64\]"):
         varlen_attention(q, k[:7], v[:7], cu, 0.125)
     with pytest.raises(ValueError, match="contiguous last dimension"):
@@ -169,41 +207,27 @@ def test_the_interpreter_runs_exactly_one_config():
             assert len(attention.configs(d, 4, dtype, None)) == 1
 
 
-@pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0)])
-def test_float32_on_a_gpu_runs_sdpa(monkeypatch, capability):
-    """The float32 decision: on every GPU the op sends float32 to the PyTorch reference (SDPA), 16-bit to the kernel.
-    CPU tensors stand in for CUDA ones, with the capability patched and the kernel replaced by a recorder."""
-    calls = []
-    monkeypatch.setattr(attention, "capability_of", lambda device: capability)
-    monkeypatch.setattr(attention, "varlen_attention", lambda *a, **k: calls.append(a[0].dtype) or a[0])
-    q, k, v, cu = pack([3, 9], 4, 2, 64, torch.float32)
-    plan = ops.AttentionPlan(cu, q.shape[0], q.device)
-    out = ops.varlen_attention(q, k, v, plan, 0.125, backend="triton")
-    assert calls == [] and torch.equal(out, ops.varlen_attention_reference(q, k, v, cu.tolist(), 0.125))
-    ops.varlen_attention(q.half(), k.half(), v.half(), plan, 0.125, backend="triton")
-    assert calls == [torch.float16]
-
-
 def test_experimental_variants_run_only_where_they_are_timed(monkeypatch):
-    assert attention.variants((8, 0), 128, torch.bfloat16) == ["base"]
-    assert attention.variants((9, 0), 64, torch.bfloat16) == ["base"]
-    assert set(attention.variants((9, 0), 128, torch.bfloat16)) == set(attention.VARIANTS)
+    assert experimental.variants((8, 0), 128, torch.bfloat16) == []
+    assert experimental.variants((9, 0), 64, torch.bfloat16) == []
+    assert set(experimental.variants((9, 0), 128, torch.bfloat16)) == set(experimental.VARIANTS)
     monkeypatch.setattr(attention, "capability_of", lambda device: (8, 0))
     q, k, v, cu = pack([3], 2, 2, 64, torch.float16)
-    with pytest.raises(ValueError, match="variant 'tma' does not run here"):
-        varlen_attention(q, k, v, cu, 0.125, variant="tma")
-    with pytest.raises(ValueError, match="variant 'fast' is not one of base, diag32, tma"):
-        varlen_attention(q, k, v, cu, 0.125, variant="fast")
+    with pytest.raises(ValueError, match="variant 'tma' does not run here; none do"):
+        experimental.varlen_attention(q, k, v, cu, 0.125, "tma")
+    with pytest.raises(ValueError, match="variant 'fast' is not one of diag32, tma"):
+        experimental.varlen_attention(q, k, v, cu, 0.125, "fast")
 
 
 def test_the_custom_op(poisoned):
     """torch.ops.qwen3_embed.varlen_attention (what torch.compile and CUDA graphs capture) against the reference, and
     torch.library.opcheck's schema and autograd-registration checks (its fake-tensor checks need a GPU: the
     interpreter reads the fake tensors' data; benchmarks/gpu_check.py runs them)."""
-    q, k, v, cu = pack([5, 40, 1], 4, 2, 64, torch.float32)
-    work = attention.work_table(cu, q.shape[0], attention.tokens_per_block(64, 2, q.dtype, None))
-    out = torch.ops.qwen3_embed.varlen_attention(q, k, v, work, 0.125, "base")
-    torch.testing.assert_close(out, ops.varlen_attention_reference(q, k, v, cu.tolist(), 0.125), rtol=0, atol=1e-5)
-    checks = torch.library.opcheck(torch.ops.qwen3_embed.varlen_attention.default, (q, k, v, work, 0.125, "base"),
+    q, k, v, cu = pack([5, 40, 1], 4, 2, 64, DTYPE)
+    work = attention.work_for(q, k, cu, None)
+    out = torch.ops.qwen3_embed.varlen_attention(q, k, v, work, 0.125)
+    atol = 1e-5 if DTYPE == torch.float32 else 2e-3
+    torch.testing.assert_close(out, ops.varlen_attention(q, k, v, cu.tolist(), 0.125), rtol=0, atol=atol)
+    checks = torch.library.opcheck(torch.ops.qwen3_embed.varlen_attention.default, (q, k, v, work, 0.125),
                                    test_utils=("test_schema", "test_autograd_registration"))  # fmt: skip
     assert set(checks.values()) == {"SUCCESS"}

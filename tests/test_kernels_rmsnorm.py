@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwen3_embed import ops
 from qwen3_embed.kernels import rmsnorm
+from qwen3_embed.model import RMSNorm, apply_rotary
 
+pytestmark = pytest.mark.gpu
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + (
     [torch.bfloat16] if DEVICE == "cuda" else []
@@ -31,6 +32,18 @@ def inputs(shape, dtype, seed=0):
     return x, w
 
 
+def rms_norm_reference(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The model's RMSNorm (the PyTorch reference) with weight w."""
+    return torch.func.functional_call(RMSNorm(w.shape[0], eps), {"weight": w}, (x,))
+
+
+def qk_norm_rope_reference(q, k, qw, kw, eps, cos, sin):
+    """The model's Attention.norm_and_rotate: RMSNorm of each head, then RoPE."""
+    return apply_rotary(rms_norm_reference(q, qw, eps), cos, sin), apply_rotary(
+        rms_norm_reference(k, kw, eps), cos, sin
+    )
+
+
 def norm64(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     x = x.double()
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
@@ -42,18 +55,7 @@ def norm64(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 def test_rms_norm(poisoned, dtype, shape, eps):
     x, w = inputs(shape, dtype)
     out = rmsnorm.rms_norm(x, w, eps)
-    assert_close_to_reference(out, ops.rms_norm(x, w, eps, backend="torch"), norm64(x, w, eps))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 7), (13, 1000), (4, 1024)])
-def test_rms_norm_with_residual(poisoned, dtype, shape):
-    x, w = inputs(shape, dtype, seed=1)
-    residual, _ = inputs(shape, dtype, seed=2)
-    out, new_residual = rmsnorm.rms_norm(x, w, 1e-6, residual)
-    ref_out, ref_residual = ops.rms_norm(x, w, 1e-6, residual, backend="torch")
-    torch.testing.assert_close(new_residual, ref_residual, rtol=0, atol=0)  # one rounding of x + residual, as torch
-    assert_close_to_reference(out, ref_out, norm64(ref_residual, w, 1e-6))
+    assert_close_to_reference(out, rms_norm_reference(x, w, eps), norm64(x, w, eps))
 
 
 def rope_tables(tokens: int, d: int, dtype):
@@ -78,7 +80,7 @@ def test_qk_norm_rope(poisoned, dtype, tokens, q_heads, k_heads, d):
     k, kw = inputs((tokens, k_heads, d), dtype, seed=4)
     cos, sin = rope_tables(tokens, d, dtype)
     out_q, out_k = rmsnorm.qk_norm_rope(q, k, qw, kw, 1e-6, cos, sin)
-    ref_q, ref_k = ops.qk_norm_rope(q, k, qw, kw, 1e-6, cos, sin, backend="torch")
+    ref_q, ref_k = qk_norm_rope_reference(q, k, qw, kw, 1e-6, cos, sin)
     assert_close_to_reference(out_q, ref_q, rope64(q, qw, cos, sin))
     assert_close_to_reference(out_k, ref_k, rope64(k, kw, cos, sin))
 
@@ -95,7 +97,7 @@ def test_qk_norm_rope_reads_q_and_k_out_of_the_stacked_projection(poisoned, dtyp
     cos, sin = rope_tables(tokens, d, dtype)
     out_q, out_k = rmsnorm.qk_norm_rope(q, k, qw, kw, 1e-6, cos, sin)
     assert out_q.is_contiguous() and out_k.is_contiguous()
-    ref_q, ref_k = ops.qk_norm_rope(q, k, qw, kw, 1e-6, cos, sin, backend="torch")
+    ref_q, ref_k = qk_norm_rope_reference(q, k, qw, kw, 1e-6, cos, sin)
     assert_close_to_reference(out_q, ref_q, rope64(q, qw, cos, sin))
     assert_close_to_reference(out_k, ref_k, rope64(k, kw, cos, sin))
 
@@ -107,12 +109,11 @@ def test_the_custom_ops():
     r, _ = inputs((5, 64), torch.float32, seed=1)
     q, k = x.view(5, 2, 32), r.view(5, 2, 32)
     cos, sin = rope_tables(5, 32, torch.float32)
+    norm_rope = (q, k, w[:32], w[32:], 1e-6, cos, sin)
     cases = [
-        (torch.ops.qwen3_embed.rms_norm.default, (x, w, 1e-6), (ops.rms_norm_reference(x, w, 1e-6),)),
-        (torch.ops.qwen3_embed.rms_norm_residual.default, (x, r, w, 1e-6), ops.rms_norm(x, w, 1e-6, r, "torch")),
-        (torch.ops.qwen3_embed.qk_norm_rope.default, (q, k, w[:32], w[32:], 1e-6, cos, sin),
-         ops.qk_norm_rope(q, k, w[:32], w[32:], 1e-6, cos, sin, backend="torch")),
-    ]  # fmt: skip
+        (torch.ops.qwen3_embed.rms_norm.default, (x, w, 1e-6), (rms_norm_reference(x, w, 1e-6),)),
+        (torch.ops.qwen3_embed.qk_norm_rope.default, norm_rope, qk_norm_rope_reference(*norm_rope)),
+    ]
     for op, args, expected in cases:
         out = op(*args)
         for a, b in zip(out if isinstance(out, tuple) else (out,), expected):
@@ -136,8 +137,6 @@ def test_bad_inputs_are_refused():
         rmsnorm.rms_norm(x, w[:32], 1e-6)
     with pytest.raises(ValueError, match="contiguous last dimension"):
         rmsnorm.rms_norm(x.T, torch.ones(4, device=DEVICE), 1e-6)
-    with pytest.raises(ValueError, match="residual is .* they must match"):
-        rmsnorm.rms_norm(x, w, 1e-6, residual=x[:2])
     q = x.view(4, 1, 64)
     cos, sin = rope_tables(4, 64, torch.float32)
     with pytest.raises(ValueError, match=r"cos is .* expected torch.float32 \[4, 32\]"):
@@ -146,18 +145,3 @@ def test_bad_inputs_are_refused():
         rmsnorm.qk_norm_rope(x, q, w, w, 1e-6, cos, sin)
     with pytest.raises(ValueError, match="k must have contiguous heads"):
         rmsnorm.qk_norm_rope(q, torch.zeros(64, 1, 4, device=DEVICE).permute(2, 1, 0), w, w, 1e-6, cos, sin)
-
-
-def test_backend_selection(monkeypatch):
-    x = torch.zeros(2, 4)
-    assert ops.backend_for(x, "torch") == "torch"
-    with pytest.raises(ValueError, match="backend 'cuda' is not one of"):
-        ops.backend_for(x, "cuda")
-    monkeypatch.setenv("QWEN3_EMBED_BACKEND", "torch")
-    assert ops.backend_for(x) == "torch"
-    monkeypatch.setenv("QWEN3_EMBED_BACKEND", "triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="needs CUDA tensors, or TRITON_INTERPRET=1"):
-        ops.backend_for(x)
-    monkeypatch.delenv("QWEN3_EMBED_BACKEND")
-    assert ops.backend_for(x) == ("triton" if x.is_cuda else "torch")

@@ -1,5 +1,5 @@
-"""The ops seam: the attention plan (a batch's offsets, checked once on the host, and what backends derive from
-them) and the CPU linear."""
+"""Attention over a packed batch: the plan (a batch's offsets, checked once on the host, and what backends derive
+from them) and the reference attention."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from qwen3_embed import ops
 
@@ -33,30 +32,18 @@ def test_pipeline_batches_carry_their_host_offsets():
     assert batch.plan().bounds == [0, 3, 4, 6]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_on_the_cpu_pads_the_rows_oneDNN_sees_and_gives_F_linear(monkeypatch, dtype):
-    """oneDNN keeps a kernel per row count: ops.linear hands it a few row counts only (memory stays bounded), at
-    most 1/8 more rows than asked, and returns the caller's rows, equal to F.linear's."""
-    seen = []
-    pointwise = torch.ops.mkldnn._linear_pointwise
-    record = lambda x, *args: seen.append(x.shape[0]) or pointwise(x, *args)  # noqa: E731
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", record)
-    weight = torch.randn(48, 40).to(dtype)
-    packed = ops.pack_linear_weight(weight)
-    for rows in (1, 5, 64, 70):
-        x = torch.randn(rows, 40).to(dtype)
-        expected = F.linear(x.double(), weight.double()).to(dtype)
-        for w in (weight, packed):
-            out = ops.linear(x, w)
-            assert out.shape == (rows, 48)
-            torch.testing.assert_close(out, expected, rtol=0.02 if dtype == torch.bfloat16 else 1e-5, atol=1e-4)
-    if packed.is_mkldnn:
-        assert seen == [8, 8, 64, 72], seen
-    assert [ops.padded_rows(n) for n in (1, 9, 100, 1000, 2047, 2048, 2049)] == [8, 16, 104, 1024, 2048, 2048, 2304]
-    assert len({ops.padded_rows(n) for n in range(1, 8193)}) == 64
+def test_the_reference_attention_keeps_each_sequence_to_itself_and_is_causal():
+    """One sequence alone and inside a pack give the same rows; a query never sees a later key."""
+    q, k, v = (torch.randn(9, h, 16) for h in (4, 2, 2))
+    packed = ops.varlen_attention(q, k, v, [0, 4, 9], 0.25)
+    alone = ops.varlen_attention(q[4:], k[4:], v[4:], [0, 5], 0.25)
+    torch.testing.assert_close(packed[4:], alone, rtol=0, atol=0)
+    k2, v2 = k.clone(), v.clone()
+    k2[6:], v2[6:] = 0, 0
+    torch.testing.assert_close(ops.varlen_attention(q, k2, v2, [0, 4, 9], 0.25)[:6], packed[:6], rtol=0, atol=0)
 
 
 def test_importing_the_package_never_imports_the_compiler():
-    """torch's compiler takes about a second to import; only compile_layers needs it."""
+    """torch's compiler takes about a second to import; only compiled layers and the kernels need it."""
     code = "import sys, qwen3_embed; sys.exit('torch._dynamo' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
