@@ -4,9 +4,9 @@
   run on each sequence alone and on the padded batch (right padding is exact for causal attention on the real rows).
 - Equal lengths (no padding to waste): the kernel against SDPA's flash backend on the same batch.
 - Long sequences of 8k and 32k tokens.
-FLOPs are causal: 2 x L^2 x Hq x D per sequence (QK^T and PV over the lower triangle). Each kernel variant the
-device runs (`qwen3_embed.kernels.attention.variants`) is checked against SDPA before it is timed, and the config
-autotune chose for it is recorded.
+FLOPs are causal: 2 x L^2 x Hq x D per sequence (QK^T and PV over the lower triangle). The kernel and each
+experimental variant the device runs (`qwen3_embed.kernels.experimental.attention.variants`) are checked against
+SDPA before they are timed, and the config autotune chose for each is recorded.
 
     python benchmarks/kernels_attention.py            # CUDA
     python benchmarks/kernels_attention.py --smoke    # tiny sizes on CPU through Triton's interpreter: a plumbing check
@@ -64,7 +64,9 @@ def padded_sdpa(q, k, v, lengths, scale):
 
 
 def run(name, lengths, hq, hkv, dtype, device, d):
-    from qwen3_embed.kernels import attention  # imported here, after --smoke has chosen Triton's interpreter
+    # imported here, after --smoke has chosen Triton's interpreter
+    from qwen3_embed.kernels import attention
+    from qwen3_embed.kernels.experimental import attention as experimental
 
     g = torch.Generator(device=device).manual_seed(0)
     t = sum(lengths)
@@ -83,15 +85,18 @@ def run(name, lengths, hq, hkv, dtype, device, d):
     capability = attention.capability_of(q.device)
     work = attention.work_table(cu, t, attention.tokens_per_block(d, hq // hkv, dtype, capability))  # once per batch
     chosen = {}
-    for variant in attention.variants(capability, d, dtype):
-        call = functools.partial(attention.varlen_attention, q, k, v, cu, scale, work=work, variant=variant)
+    for variant in ["base", *experimental.variants(capability, d, dtype)]:
+        if variant == "base":
+            call = functools.partial(attention.varlen_attention, q, k, v, cu, scale, work=work)
+        else:
+            call = functools.partial(experimental.varlen_attention, q, k, v, cu, scale, variant, work=work)
         try:
             errors[variant] = (call().float() - reference.float()).abs().max().item()  # the first call autotunes
         except Exception as e:  # noqa: BLE001 - a variant that fails on this GPU is a result; the others still run
             chosen[variant] = f"{type(e).__name__}: {str(e)[:300]}"
             continue
         times[variant] = bench_seconds(call, device, repeats=1)
-        chosen[variant] = attention.chosen_config(q, k, variant)
+        chosen[variant] = attention.chosen_config(q, k, experimental.VARIANTS.get(variant, attention.BASE))
     return {"case": name, "tokens": t, "sequences": len(lengths), "hq": hq, "hkv": hkv, "head_dim": d,
             "max_abs_diff_vs_per_sequence_sdpa": errors, "chosen_config": chosen,
             "tflops": {key: flops / s / 1e12 for key, s in times.items()}, "seconds": times}  # fmt: skip
