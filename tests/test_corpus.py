@@ -15,9 +15,9 @@ import pytest
 
 from checkpoints import REPO, TINY_SHAPES, texts_of_lengths
 from qwen3_embed.cli import main
-from qwen3_embed.corpus import encode_corpus, load_corpus, read_manifest, verify_corpus
+from qwen3_embed.corpus import encode_corpus, load_corpus, verify_corpus
 from qwen3_embed.corpus.job import Job
-from qwen3_embed.corpus.shards import FORMAT, DamagedShard
+from qwen3_embed.store.shards import FORMAT, DamagedShard
 
 TEXTS = texts_of_lengths(57, seed=11, max_words=40) + ["", "中文 🙂"]
 
@@ -248,12 +248,86 @@ def test_options_are_checked_before_the_model_loads(tiny, corpus, tmp_path, monk
     assert not (tmp_path / "out").exists()
 
 
-def test_finished_folders_only(tmp_path):
-    with pytest.raises(FileNotFoundError, match="has no manifest.json: .* rerun the same encode command to finish"):
-        load_corpus(tmp_path)
-    (tmp_path / "manifest.json").write_text('{"format": "other/9"}')
-    with pytest.raises(ValueError, match="in format 'other/9', not 'qwen3-embed-shards/1'"):
-        read_manifest(tmp_path)
+def test_options_check_what_needs_no_model_when_made_and_the_rest_against_the_config(tiny):
+    """Options are checked once: what needs no model as they are made, dim and max_length against a checkpoint's
+    config (naming the command line's flags for the commands), before any of its files but config.json is read."""
+    from qwen3_embed.config import Qwen3Config
+    from qwen3_embed.corpus import Options, ShardOptions
+
+    for make, message in [
+        (lambda: Options(batch_tokens=0), "batch_tokens=0 must be at least 1"),
+        (lambda: Options(vector_dtype="int4"), "vector_dtype='int4' is not one of float32, float16, int8"),
+        (lambda: Options(vector_dtype="uint8"), "uint8 vectors need calibration vectors"),
+        (lambda: Options(calibration=np.zeros((4, 8))), "calibration vectors set the ranges of int8 and uint8, not"),
+        (lambda: ShardOptions(chunk_size=0), "chunk_size=0 must be at least 1"),
+        (lambda: ShardOptions(vector_format="csv"), "vector_format='csv' is not one of npy, safetensors"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make()
+    config = Qwen3Config.from_json(tiny[0] / "config.json")
+    assert Options().check_model(config) == (96, 8192)
+    assert Options(dim=8, max_length=100).check_model(config) == (8, 100)
+    with pytest.raises(ValueError, match="^dim=97 is outside 1..96, the model's hidden size"):
+        Options(dim=97).check_model(config)
+    with pytest.raises(ValueError, match="^--max-length=40000 is outside 2..32768, the model's maximum sequence"):
+        Options(max_length=40000).check_model(config, flags=True)
+
+
+def test_encode_file_takes_the_options_but_not_those_of_a_folder(tiny, embedder, corpus, tmp_path):
+    from qwen3_embed.corpus import encode_file
+
+    for option in ("chunk_size", "vector_format", "verify", "store_text"):
+        with pytest.raises(TypeError, match=option):
+            encode_file(tiny[0], corpus, tmp_path / "v.npy", embedder=embedder, **{option: 5})
+    result = encode_file(tiny[0], corpus, tmp_path / "v.npy", embedder=embedder, dim=8, text_field="text",
+                         id_field="doc", show_progress=False)  # fmt: skip
+    assert result["rows"] == len(TEXTS) and np.load(tmp_path / "v.npy").shape == (len(TEXTS), 8)
+    assert json.loads((tmp_path / "v.ids.json").read_text())[:2] == ["d0", "d1"]
+
+
+def test_the_ray_engine_checks_its_input_and_workers_before_it_starts_ray(tiny, corpus, tmp_path, monkeypatch):
+    from qwen3_embed.corpus import ray_data
+
+    monkeypatch.setattr(ray_data, "_ray", None)  # reaching it would be a TypeError
+    for inputs, options, message in [
+        ("-", {}, r"--input - \(standard input\) can be encoded only into one file"),
+        (corpus, {"workers": 0}, "workers=0 must be at least 1"),
+        (corpus, {"chunk_size": 0}, "chunk_size=0 must be at least 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ray_data.encode_corpus_ray(tiny[0], inputs, tmp_path / "out", **options)
+
+
+def test_torchrun_ranks_exchange_objects_on_gloo_even_on_gpus(tmp_path, monkeypatch):
+    """The ranks exchange only Python objects, which under NCCL would wait on its timeout while other ranks index
+    their files: the group is gloo on every device, here a rank given a GPU (one rank, in this process)."""
+    import torch
+    import torch.distributed as dist
+
+    from qwen3_embed.corpus import torchrun
+
+    devices = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    group = torchrun.Group()
+    try:
+        assert (group.device, devices) == ("cuda:0", ["cuda:0"]) and dist.get_backend() == "gloo"
+        assert group.map(lambda x: x * 2, [1, 2, 3]) == [2, 4, 6]
+        assert group.broadcast(("no problem", {4, 5})) == ("no problem", {4, 5})
+        assert list(group.claims(3)) == [0, 1, 2] and group.wait_for_all({"embedded": 3}) == {"embedded": 3}
+    finally:
+        group.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_ctrl_c_says_how_many_shards_are_done_and_how_to_resume(tiny, corpus, tmp_path, monkeypatch, capsys):
@@ -309,14 +383,14 @@ def test_the_ray_stages_without_a_cluster(tiny, tmp_path):
     worker, only its traceback's text would arrive), and a shard goes through both stages into the folder."""
     import torch
 
-    from qwen3_embed.corpus.job import Options
+    from qwen3_embed.corpus import ShardOptions
     from qwen3_embed.corpus.ray_data import Embed, Tokenize
 
     path = tmp_path / "in.jsonl"
     path.write_text('{"text": "a"}\n{broken\n{"text": "b"}\n')
-    job = Job(tiny[0], path, tmp_path / "out", Options(chunk_size=2), torch.float32)
+    job = Job(tiny[0], path, tmp_path / "out", ShardOptions(chunk_size=2), torch.float32)
     assert Tokenize(job)({"index": 0})["error"].startswith("ValueError\nin.jsonl:2: not valid JSON")
-    job = Job(tiny[0], path, tmp_path / "out", Options(chunk_size=2, skip_bad=True), torch.float32)
+    job = Job(tiny[0], path, tmp_path / "out", ShardOptions(chunk_size=2, skip_bad=True), torch.float32)
     embed = Embed(job, "cpu", torch.float32, 1)
     rows = [embed(Tokenize(job)({"index": k})) for k in range(2)]
     assert [(r["problem"], r["error"], r["records"]) for r in rows] == [("missing", "", 2), ("missing", "", 1)]

@@ -13,8 +13,8 @@ settings: they change no shard that gets written (batch composition moves only t
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +29,18 @@ from ..config import Qwen3Config
 from ..embedder import Embedder, read_prompts
 from ..model import Qwen3Model
 from ..pipeline import Progress
-from ..search.quantize import quantization_ranges, quantize
+from ..store.files import atomic_write, make_writable_folder, read_json
+from ..store.fingerprint import model_fingerprint
+from ..store.quantize import quantize
+from ..store.shards import (
+    FORMAT,
+    MANIFEST,
+    check_shard,
+    remove_orphans,
+    shard_name,
+    shard_records,
+    write_shard,
+)
 from ..tokenize import Tokenizer
 from .inputs import (
     BadRecord,
@@ -42,46 +53,11 @@ from .inputs import (
     read_records,
     resolve_inputs,
 )
-from .shards import (
-    FORMAT,
-    MANIFEST,
-    VECTOR_DTYPES,
-    VECTOR_FORMATS,
-    atomic_write,
-    check_shard,
-    make_writable_folder,
-    read_json,
-    remove_orphans,
-    shard_name,
-    shard_records,
-    write_shard,
-)
+from .options import Options, ShardOptions
 
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during an encode run, with what was done and how to resume."""
-
-
-@dataclass(frozen=True)
-class Options:
-    """What a corpus run was asked for, besides the model, the input and the output."""
-
-    text_field: str | None = None  # default 'text'; only for JSON lines and Parquet
-    id_field: str | None = None
-    input_format: str | None = None  # default: detected per file
-    chunk_size: int = 10_000
-    vector_format: str = "npy"
-    vector_dtype: str = "float32"
-    instruction: str | None = None
-    prompt_name: str | None = None
-    dim: int | None = None
-    max_length: int | None = None
-    truncate: bool = True
-    batch_tokens: int | None = None
-    skip_bad: bool = False
-    verify: bool = True  # check the sha256 of the shards a rerun skips (their sizes and counts always)
-    calibration: np.ndarray | None = None  # vectors [n, dim] whose ranges int8 and uint8 quantize with
-    store_text: bool = False  # keep each shard's texts beside its vectors (for reranking search results)
 
 
 @dataclass(frozen=True)
@@ -133,46 +109,30 @@ def tokenizer_only(folder: Path) -> Embedder:
     return Embedder(model, Tokenizer(folder / "tokenizer.json", config.vocab_size), *read_prompts(folder))
 
 
-def model_fingerprint(folder: Path) -> str:
-    """A hash of what decides a checkpoint's vectors: its config, tokenizer and prompts, and each weight file's
-    size, header and 16 blocks sampled across its data (so a fine-tune of the same shapes differs)."""
-    digest = hashlib.sha256()
-    for name in ("config.json", "tokenizer.json", "config_sentence_transformers.json"):
-        path = folder / name
-        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"") + b"\0")
-    for path in checkpoint.weight_files(folder):
-        size = path.stat().st_size
-        digest.update(f"{path.name}\0{size}\0".encode())
-        with open(path, "rb") as f:
-            length = int.from_bytes(f.read(8), "little")
-            digest.update(f.read(min(length, size)))
-            for i in range(16):
-                f.seek(size * i // 16)
-                digest.update(f.read(1 << 16))
-    return digest.hexdigest()
+def folder_source(inputs, input_format: str | None) -> Source:
+    """The input of a folder of shards: anything but standard input, which a rerun could not read again."""
+    stdin = inputs.files[0].data is not None if isinstance(inputs, Source) else os.fspath(inputs) == "-"
+    if stdin:
+        raise ValueError(
+            "--input - (standard input) can be encoded only into one file (--output FILE.npy or FILE.safetensors); "
+            "a folder of shards is resumable, which needs an input file that can be read again"
+        )
+    return inputs if isinstance(inputs, Source) else resolve_inputs(inputs, input_format)
 
 
 class Job:
-    """A corpus run, settled before the model loads: every argument, input and output check is made here."""
+    """A corpus run, settled before the model loads: the input and output are checked here, and the options settled
+    against the checkpoint (`ShardOptions.settle`)."""
 
-    def __init__(self, model, inputs, output, options: Options, dtype: torch.dtype, group=None):
+    def __init__(self, model, inputs, output, options: ShardOptions, dtype: torch.dtype, group=None):
         group = group or Solo()
         self.options, self.output = options, Path(output)
-        if options.chunk_size < 1:
-            raise ValueError(f"chunk_size={options.chunk_size} must be at least 1")
-        if options.vector_format not in VECTOR_FORMATS:
-            raise ValueError(f"vector_format={options.vector_format!r} is not one of {', '.join(VECTOR_FORMATS)}")
         if self.output.exists() and not self.output.is_dir():
             raise FileExistsError(
                 f"output {self.output} is a file; give a folder for the shards (or a path ending in .npy or "
                 ".safetensors for one file built in memory)"
             )
-        self.source = inputs if isinstance(inputs, Source) else resolve_inputs(inputs, options.input_format)
-        if self.source.files[0].data is not None:
-            raise ValueError(
-                "standard input can be encoded only into one file (--output FILE.npy or FILE.safetensors): a folder "
-                "of shards is resumable, which needs an input that can be read again"
-            )
+        self.source = folder_source(inputs, options.input_format)
         root = Path(self.source.spec).resolve()
         if self.source.many and root.is_dir() and self.output.resolve().is_relative_to(root):
             raise ValueError(
@@ -181,13 +141,22 @@ class Job:
             )
         check_fields(self.source, options.text_field, options.id_field, options.skip_bad)
         self.checkpoint, self.model_name = checkpoint.resolve(model), str(model)
-        tokenizer = self.tokenizer
-        self.dim = tokenizer.check_dim(options.dim)
-        ranges = quantization_of(options, self.dim)
-        self.max_length = tokenizer.max_length(options.max_length)
-        tokenizer.batch_tokens(options.batch_tokens)
-        tokenizer.tokenize([""], options.instruction, options.prompt_name, self.max_length)  # a bad prompt fails now
-        self.settings = {
+        self.dim, self.max_length, ranges = options.settle(self.tokenizer)
+        self.settings = self._settings(dtype, ranges)
+        self.indexes: list[FileIndex] = group.map(lambda f: index_file(f, options.chunk_size), list(self.source.files))
+        self.plan: list[ShardTask] = []
+        for i, index in enumerate(self.indexes):
+            for k, start in enumerate(index.starts):
+                first = k * options.chunk_size
+                records = min(options.chunk_size, index.records - first)
+                self.plan.append(ShardTask(len(self.plan), i, first, records, start))
+        self.existing = self._existing(group)
+
+    def _settings(self, dtype: torch.dtype, ranges: np.ndarray | None) -> dict:
+        """What decides the shards' contents, recorded with each: a folder holding shards of other settings is
+        refused."""
+        options = self.options
+        return {
             "model": model_fingerprint(self.checkpoint),
             "dtype": str(dtype).removeprefix("torch."),
             "dim": self.dim,
@@ -204,24 +173,22 @@ class Job:
             **({"ranges": ranges.tolist()} if ranges is not None else {}),
             **({"store_text": True} if options.store_text else {}),
         }
-        self.indexes: list[FileIndex] = group.map(lambda f: index_file(f, options.chunk_size), list(self.source.files))
-        self.plan: list[ShardTask] = []
-        for i, index in enumerate(self.indexes):
-            for k, start in enumerate(index.starts):
-                first = k * options.chunk_size
-                records = min(options.chunk_size, index.records - first)
-                self.plan.append(ShardTask(len(self.plan), i, first, records, start))
-        problem, self.existing = None, set()
+
+    def _existing(self, group) -> set[int]:
+        """The shards already in the output folder of this run, found by rank 0 (which makes the folder and clears
+        it of orphans) and told to every rank, as is any problem with the folder."""
+        problem, existing = None, set()
         if group.rank == 0:
             make_writable_folder(self.output, self.output)
             remove_orphans(self.output)
             try:
-                self.existing = self._check_folder()
+                existing = self._check_folder()
             except ValueError as e:
                 problem = str(e)
-        problem, self.existing = group.broadcast((problem, self.existing))
+        problem, existing = group.broadcast((problem, existing))
         if problem:
             raise ValueError(problem)
+        return existing
 
     def __getstate__(self) -> dict:
         state = dict(vars(self))
@@ -304,7 +271,7 @@ class Job:
         return check_shard(self.output, record, self.options.verify)
 
     def prepare(self, embedder: Embedder, task: ShardTask) -> Prepared:
-        return prepare(embedder, self.records(task), self.options, self.max_length)
+        return prepare(embedder, self.records(task), self.options, self.max_length, self.options.store_text)
 
     def embed(self, embedder: Embedder, prepared: Prepared, progress: Progress | None) -> np.ndarray:
         return embed(embedder, prepared.tokens, self.dim, self.options, progress)
@@ -362,9 +329,12 @@ def _lines(name: str, first: int, records: int) -> str:
     return f"{name} records {first + 1}-{first + records}"
 
 
-def prepare(embedder: Embedder, records: Iterable[Record | BadRecord], options: Options, max_length: int) -> Prepared:
-    """Tokenize the good records; a bad one, or one the tokenizer refuses (a token outside the model's vocabulary, a
-    text over max_length without truncation), is skipped with its message when `options.skip_bad`, else raised."""
+def prepare(
+    embedder: Embedder, records: Iterable[Record | BadRecord], options: Options, max_length: int, texts: bool = False
+) -> Prepared:
+    """Tokenize the good records (keeping their texts too with `texts`); a bad one, or one the tokenizer refuses (a
+    token outside the model's vocabulary, a text over max_length without truncation), is skipped with its message
+    when `options.skip_bad`, else raised."""
     out, good = Prepared(), []
     for record in records:
         if isinstance(record, BadRecord):
@@ -393,7 +363,7 @@ def prepare(embedder: Embedder, records: Iterable[Record | BadRecord], options: 
             except ValueError:
                 out.cut.append(record.where)
     out.ids, out.tokens = [r.id for r in good], tokens
-    out.texts = [r.text for r in good] if options.store_text else None
+    out.texts = [r.text for r in good] if texts else None
     return out
 
 
@@ -407,37 +377,12 @@ def embed(
     embedder: Embedder, tokens: list[list[int]], dim: int, options: Options, progress: Progress | None
 ) -> np.ndarray:
     """Vectors [len(tokens), dim] as Embedder.encode computes them, in `options.vector_dtype` (quantized by
-    search.quantize, int8 and uint8 with the ranges of `options.calibration`)."""
+    store.quantize, int8 and uint8 with the ranges of `options.calibration`)."""
     vectors = np.empty((0, dim), np.float32)
     if tokens:
         vectors = embedder.run(tokens, lambda last: last[:, :dim].float(), options.batch_tokens, progress)
         vectors = embedder.finish(vectors, True).numpy()
     return quantize(vectors, options.vector_dtype, calibration=options.calibration)
-
-
-def quantization_of(options: Options, dim: int) -> np.ndarray | None:
-    """The int8/uint8 ranges [2, dim] of `options.calibration` (None for the other dtypes); a missing, misshapen or
-    needless calibration is an error saying what to give."""
-    if options.vector_dtype not in VECTOR_DTYPES:
-        raise ValueError(f"vector_dtype={options.vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
-    if options.vector_dtype not in ("int8", "uint8"):
-        if options.calibration is not None:
-            raise ValueError(f"calibration vectors set the ranges of int8 and uint8, not of {options.vector_dtype}")
-        return None
-    if options.calibration is None:
-        raise ValueError(
-            f"{options.vector_dtype} vectors need calibration vectors (each dimension's range over them is cut into "
-            "256 steps): embed a representative sample of the corpus, a thousand texts or more, into one file "
-            "(`qwen3-embed encode --input sample.txt --output calibration.npy`) and pass it with --calibration "
-            "calibration.npy (calibration= in Python)"
-        )
-    calibration = np.asarray(options.calibration)
-    if calibration.ndim != 2 or calibration.shape[1] != dim or calibration.dtype.kind != "f":
-        raise ValueError(
-            f"calibration vectors must be float [n, {dim}] (this run's dim), not {calibration.dtype} "
-            f"{list(calibration.shape)}: embed them with the same model and dim"
-        )
-    return quantization_ranges(calibration)
 
 
 def warn_cut(cut: list[str], max_length: int) -> None:

@@ -10,27 +10,17 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import checkpoint
 from ..checks import resolve_device
 from ..embedder import Embedder
 from ..pipeline import Progress, resolve_dtype
+from ..store.files import atomic_write, make_writable_folder, serialize_vectors
+from ..store.shards import VECTOR_FORMATS, shard_name
 from .inputs import check_fields, read_all, resolve_inputs
-from .job import (
-    Interrupted,
-    Job,
-    Options,
-    Prepared,
-    Solo,
-    embed,
-    prepare,
-    quantization_of,
-    tokenizer_only,
-    warn_cut,
-)
-from .shards import VECTOR_FORMATS, atomic_write, make_writable_folder, serialize_vectors, shard_name
+from .job import Interrupted, Job, Prepared, ShardTask, Solo, embed, prepare, tokenizer_only, warn_cut
+from .options import Options, ShardOptions
 
 
 @dataclass
@@ -60,11 +50,11 @@ def encode_corpus(
 
     model: hub id or local folder (identified by its content, so a path and its absolute form are the same model).
     inputs: a file, folder, glob pattern, or a Source. embedder: the model already loaded from `model`, else it is
-    loaded after every check has passed. group: a torchrun.Group under torchrun. options: see Options.
+    loaded after every check has passed. group: a torchrun.Group under torchrun. options: see ShardOptions.
     A rerun of the same call skips the shards that are complete and sound (verified against their records) and
     embeds the rest, so its output is that of an uninterrupted run.
     """
-    options = Options(**options)
+    options = ShardOptions(**options)
     group = group or Solo()
     run_dtype = embedder.dtype if embedder else resolve_dtype(resolve_device(device), dtype)
     job = Job(model, inputs, output, options, run_dtype, group)
@@ -72,27 +62,11 @@ def encode_corpus(
         embedder = Embedder.from_pretrained(job.checkpoint, device=device, dtype=dtype)
     todo = sum(task.records for task in job.plan if task.index not in job.existing)
     desc = f"rank 0 of {group.world_size} (its share)" if group.world_size > 1 else None
-    done = Summary({})
     progress = Progress(-(-todo // group.world_size), enabled=show_progress and group.rank == 0 and todo > 0, desc=desc)
-    cut = []
+    done, cut = Summary({}), []
     try:
         for k in group.claims(len(job.plan)):
-            task = job.plan[k]
-            problem = job.problem(task)
-            if problem is None:
-                done.verified += 1
-                continue
-            if problem != "missing":
-                done.redone.append(f"{shard_name(k)}: {problem}")
-                warnings.warn(f"{shard_name(k)} of {job.output}: {problem}; embedding it again", stacklevel=2)
-                if k in job.existing:
-                    progress.bar.total += task.records
-            prepared = job.prepare(embedder, task)
-            vectors = job.embed(embedder, prepared, progress)
-            job.write(task, vectors, prepared)
-            progress.update(len(prepared.skipped), 0)
-            cut += prepared.cut
-            done.embedded += 1
+            cut += run_shard(job, job.plan[k], embedder, progress, done)
     except KeyboardInterrupt:
         where = f" by rank {group.rank}" if group.world_size > 1 else ""
         raise Interrupted(
@@ -110,6 +84,26 @@ def encode_corpus(
     return done
 
 
+def run_shard(job: Job, task: ShardTask, embedder: Embedder, progress: Progress, done: Summary) -> list[str]:
+    """Embed and write one shard of the plan unless it is sound from an earlier run, counting it in `done`;
+    returns the records cut to max_length."""
+    problem = job.problem(task)
+    if problem is None:
+        done.verified += 1
+        return []
+    if problem != "missing":
+        done.redone.append(f"{shard_name(task.index)}: {problem}")
+        warnings.warn(f"{shard_name(task.index)} of {job.output}: {problem}; embedding it again", stacklevel=3)
+        if task.index in job.existing:
+            progress.bar.total += task.records
+    prepared = job.prepare(embedder, task)
+    vectors = job.embed(embedder, prepared, progress)
+    job.write(task, vectors, prepared)
+    progress.update(len(prepared.skipped), 0)
+    done.embedded += 1
+    return prepared.cut
+
+
 def encode_file(
     model: str | os.PathLike,
     inputs,
@@ -118,23 +112,14 @@ def encode_file(
     embedder: Embedder | None = None,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
-    text_field: str | None = None,
-    id_field: str | None = None,
-    input_format: str | None = None,
-    skip_bad: bool = False,
-    vector_dtype: str = "float32",
-    calibration: np.ndarray | None = None,
-    instruction: str | None = None,
-    prompt_name: str | None = None,
-    dim: int | None = None,
-    max_length: int | None = None,
-    truncate: bool = True,
-    batch_tokens: int | None = None,
     show_progress: bool = True,
+    **options,
 ) -> dict:
     """Embed every record of an input into one file built in memory: `NAME.npy`, or `NAME.safetensors` (one tensor
     "vectors"); their ids go beside it to `NAME.ids.json` unless they are the rows' positions 0..n-1. Returns
-    {rows, dim, skipped, cut, ids_file}. Every check, and the reading of the input, comes before the model loads."""
+    {rows, dim, skipped, cut, ids_file}. options: see Options (those of a folder of shards are refused). Every
+    check, and the reading of the input, comes before the model loads."""
+    options = Options(**options)
     output = Path(output)
     fmt = output.suffix.lower().removeprefix(".")
     if fmt not in VECTOR_FORMATS:
@@ -143,18 +128,11 @@ def encode_file(
         raise IsADirectoryError(f"output {output} is a folder; give a file name ending in .{fmt}, or drop the suffix")
     make_writable_folder(output.parent, output)
     dtype = embedder.dtype if embedder else resolve_dtype(resolve_device(device), dtype)  # the device checked too
-    source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, input_format)
-    check_fields(source, text_field, id_field, skip_bad)
+    source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, options.input_format)
+    check_fields(source, options.text_field, options.id_field, options.skip_bad)
     folder = checkpoint.resolve(model)
-    options = Options(text_field=text_field, id_field=id_field, vector_dtype=vector_dtype, instruction=instruction,
-                      prompt_name=prompt_name, dim=dim, max_length=max_length, truncate=truncate,
-                      batch_tokens=batch_tokens, skip_bad=skip_bad, calibration=calibration)  # fmt: skip
-    checks = embedder or tokenizer_only(folder)
-    dim, max_length = checks.check_dim(dim), checks.max_length(max_length)
-    quantization_of(options, dim)
-    checks.batch_tokens(batch_tokens)
-    checks.tokenize([""], instruction, prompt_name, max_length)
-    records, skipped = read_all(source, text_field, id_field, skip_bad)
+    dim, max_length, _ = options.settle(embedder or tokenizer_only(folder))
+    records, skipped = read_all(source, options.text_field, options.id_field, options.skip_bad)
     if embedder is None:
         embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
     prepared: Prepared = prepare(embedder, records, options, max_length)
@@ -168,8 +146,8 @@ def encode_file(
         ids_file.unlink(missing_ok=True)  # a stale one from an earlier run would mislabel the rows
         ids_file = None
     warn_cut(prepared.cut, max_length)
-    return {"rows": len(vectors), "dim": dim, "skipped": skipped + prepared.skipped, "cut": prepared.cut,
-            "ids_file": ids_file}  # fmt: skip
+    skipped += prepared.skipped
+    return {"rows": len(vectors), "dim": dim, "skipped": skipped, "cut": prepared.cut, "ids_file": ids_file}
 
 
 def report(skipped: list[str]) -> None:

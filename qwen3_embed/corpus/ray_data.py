@@ -12,15 +12,18 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
+from collections.abc import Iterable
 
 import torch
 
 from ..checkpoint import resolve_dtype
+from ..checks import check_int
 from ..embedder import Embedder
 from ..pipeline import Progress
-from .job import Interrupted, Job, Options, Solo, warn_cut
+from ..store.shards import shard_name
+from .job import Interrupted, Job, Solo, folder_source, warn_cut
 from .local import Summary
-from .shards import shard_name
+from .options import ShardOptions
 
 
 def _ray():
@@ -108,8 +111,12 @@ def encode_corpus_ray(
     started on this machine when none is), with the same output as `encode_corpus`.
 
     workers: embedding actors (default: one per GPU of the cluster, else 1); gpus_per_worker: default 1 when the
-    cluster has GPUs, else 0 (CPU actors, `cpus_per_worker` threads each). options: see job.Options.
+    cluster has GPUs, else 0 (CPU actors, `cpus_per_worker` threads each). options: see ShardOptions.
     """
+    options = ShardOptions(**options)
+    if workers is not None:
+        check_int("workers", workers, 1)
+    source = folder_source(inputs, options.input_format)
     ray = _ray()
     if not ray.is_initialized():
         ray.init(logging_level="WARNING")
@@ -118,11 +125,9 @@ def encode_corpus_ray(
         gpus_per_worker = 1 if gpus else 0
     if workers is None:
         workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else 1
-    if workers < 1:
-        raise ValueError(f"workers={workers} must be at least 1")
     device = "cuda" if gpus_per_worker else "cpu"  # the actors', not this process's
     dtype = resolve_dtype(dtype) if dtype is not None else torch.bfloat16 if gpus_per_worker else torch.float32
-    job = Job(model, inputs, output, Options(**options), dtype, Cluster())
+    job = Job(model, source, output, options, dtype, Cluster())
     todo = sum(task.records for task in job.plan if task.index not in job.existing)
     data = ray.data.DataContext.get_current()
     data.enable_progress_bars = False
@@ -133,26 +138,33 @@ def encode_corpus_ray(
     # An actor pool's actors are restarted when they die, and their tasks retried (Ray Data's defaults:
     # max_restarts=-1, max_task_retries=-1).
     shards = shards.map(
-        Embed, fn_constructor_kwargs={"job": job, "device": device, "dtype": dtype, "threads": cpus_per_worker},
-        compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker,
+        Embed,
+        fn_constructor_kwargs={"job": job, "device": device, "dtype": dtype, "threads": cpus_per_worker},
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_gpus=gpus_per_worker,
         num_cpus=0 if gpus_per_worker else cpus_per_worker,
-    )  # fmt: skip
+    )
+    with Progress(todo, enabled=show_progress) as progress:
+        return collect(job, shards.iter_rows(), progress)
+
+
+def collect(job: Job, rows: Iterable[dict], progress: Progress) -> Summary:
+    """Count the pipeline's rows as they come (raising the error a row carries), then write the manifest."""
     done, cut = Summary({}), []
     try:
-        with Progress(todo, enabled=show_progress) as progress:
-            for row in shards.iter_rows():
-                if row["error"]:
-                    kind, message = row["error"].split("\n", 1)
-                    raise ERRORS[kind](message)
-                if row["problem"] == "":
-                    done.verified += 1
-                    continue
-                if row["problem"] != "missing":
-                    done.redone.append(f"{shard_name(row['index'])}: {row['problem']}")
-                    warnings.warn(f"{done.redone[-1]} (in {job.output}); embedded again", stacklevel=2)
-                progress.update(row["records"], row["tokens"])
-                cut += list(row["cut"])
-                done.embedded += 1
+        for row in rows:
+            if row["error"]:
+                kind, message = row["error"].split("\n", 1)
+                raise ERRORS[kind](message)
+            if row["problem"] == "":
+                done.verified += 1
+                continue
+            if row["problem"] != "missing":
+                done.redone.append(f"{shard_name(row['index'])}: {row['problem']}")
+                warnings.warn(f"{done.redone[-1]} (in {job.output}); embedded again", stacklevel=3)
+            progress.update(row["records"], row["tokens"])
+            cut += list(row["cut"])
+            done.embedded += 1
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted after {done.embedded + done.verified} of {len(job.plan)} shards; rerun the same command to "

@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import torch
+
+TIMEOUT = timedelta(hours=24)  # of a collective: a rank waits while the others index their files (see Group)
 
 
 def launched() -> bool:
@@ -21,8 +24,14 @@ def launched() -> bool:
 
 
 class Group:
-    """This process's rank in the launch (gloo on CPU, NCCL on GPUs, one GPU per rank), with the methods the
-    engine calls (the same as job.Solo's)."""
+    """This process's rank in the launch (one GPU per rank on GPUs), with the methods the engine calls (the same as
+    job.Solo's).
+
+    The ranks exchange only Python objects (the indexes of the input files, the state of the output folder) and
+    counters in the store, never tensors, so the process group is gloo on every device: under NCCL an object
+    collective would stage each object through GPU memory and wait, under NCCL's timeout and watchdog, while the
+    other ranks still index their files. The timeout covers the indexing of a rank's share of the input, however
+    large; a lost rank ends the launch anyway (torchrun stops the others)."""
 
     def __init__(self, device: str | None = None):
         import torch.distributed as dist
@@ -32,7 +41,7 @@ class Group:
         if cuda:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("gloo", timeout=TIMEOUT)
         self.device = device or "cpu"
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.store = dist.distributed_c10d._get_default_store()  # the launch's key-value store
