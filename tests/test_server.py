@@ -113,9 +113,9 @@ def runs(embedder):
 
 @pytest.fixture(scope="module")
 def url(embedder, reranker, runs):
-    limits = Limits(max_input_length=MAX_INPUT, max_batch_tokens=4096, max_queue_tokens=65536)
+    limits = Limits(max_input_length=MAX_INPUT, max_batch_tokens=4096, max_queue_tokens=65536, max_wait_ms=5)
     app = create_app(embedder, reranker, served_model_name="tiny-embedder", served_reranker_name="tiny-reranker",
-                     limits=limits, max_wait_ms=5)  # fmt: skip
+                     limits=limits)  # fmt: skip
     with Served(app) as base:
         yield base
 
@@ -399,6 +399,124 @@ def test_a_failing_request_does_not_take_down_its_batch(embedder):
         worker.close()
 
 
+class Launching:
+    """Stands in for a pipeline on a GPU: each forward pass is reported (update) as soon as it is launched, and its
+    rows reach the host `seconds` later."""
+
+    def __init__(self, pipeline, seconds: float):
+        self.pipeline, self.seconds = pipeline, seconds
+
+    def run(self, ids, head, progress=None):
+        progress.update(len(ids), sum(map(len, ids)))
+        time.sleep(self.seconds)
+        return self.pipeline.run(ids, head)
+
+
+def test_the_rate_is_measured_until_the_rows_are_on_the_host(embedder):
+    """tokens_per_s (and so drain_seconds and Retry-After) counts the time until a batch's rows are on the host, not
+    the launch: timed at launch, these 0.3 s batches would measure thousands of times faster."""
+    worker = BatchingWorker(Launching(embedder, 0.3), lambda last: last.float(), max_batch_tokens=4096,
+                            max_queue_tokens=4096, max_wait_ms=0)  # fmt: skip
+    ids = embedder.tokenize(["gravity " * 40, "a short one"])
+    try:
+        for _ in range(2):
+            worker.submit(ids, lambda rows: rows).future.result(60)
+    finally:
+        worker.close()
+    assert 0 < worker.tokens_per_s <= sum(map(len, ids)) / 0.3
+
+
+def test_each_model_is_warmed_up_before_the_server_takes_requests(embedder, reranker, caplog, monkeypatch):
+    """On a device where first passes compile and autotune (CUDA; here the CPU made one), one forward pass per power
+    of two from 1024 tokens up to the largest the worker can run (here the CPU's batch budget of 2048), and one of
+    that size, of inputs up to max_input_length, before the server is up; the time it took is logged. On the CPU,
+    none."""
+    from qwen3_embed.server import worker
+
+    passes, served = {"embed": [], "rerank": []}, None
+
+    def recording(name: str, run):
+        def run_(ids, *args, **kwargs):
+            passes[name].append((sum(map(len, ids)), max(map(len, ids)), served.server.started))
+            return run(ids, *args, **kwargs)
+
+        return run_
+
+    for name, model in (("embed", embedder), ("rerank", reranker)):
+        monkeypatch.setattr(model, "run", recording(name, model.run))
+    limits = Limits(max_input_length=600, max_batch_tokens=4096, max_queue_tokens=4096)
+    for devices in (worker.WARM_UP_DEVICES, ("cuda", "cpu")):
+        monkeypatch.setattr(worker, "WARM_UP_DEVICES", devices)
+        served, passes["embed"], passes["rerank"] = Served(create_app(embedder, reranker, limits=limits)), [], []
+        with caplog.at_level("INFO", logger="qwen3_embed.server"), served as base:
+            assert httpx.post(f"{base}/embed", json={"inputs": "x"}).status_code == 200
+        if "cpu" not in devices:
+            assert len(passes["embed"]) == 1 and passes["rerank"] == []  # the request only
+            assert not any("warmed up" in r.getMessage() for r in caplog.records)
+    for name in passes:
+        warm_up = passes[name][:2]
+        assert [(tokens, longest) for tokens, longest, _ in warm_up] == [(1024, 600), (2048, 600)]
+        assert not any(started for _, _, started in warm_up)  # before the server was up
+        assert any(f"warmed up the {name} model in " in r.getMessage() for r in caplog.records)
+    assert len(passes["embed"]) == 3 and passes["embed"][2][2] and len(passes["rerank"]) == 2  # then the request
+
+
+@pytest.mark.parametrize(
+    "largest, batching, sizes",
+    [(16384, True, [1024, 2048, 4096, 8192, 16384]), (3000, True, [1024, 2048, 4096, 5999]), (64, True, [127]),
+     (64, False, [64]), (1024, False, [1024])],
+)  # fmt: skip
+def test_the_warm_up_meets_every_power_of_two_a_pass_can_reach(embedder, largest, batching, sizes):
+    """A drain holds up to max_batch_tokens plus one request (2x - 1 tokens), cut into passes of the batch budget
+    (here 16384, as on CUDA)."""
+    seen = []
+
+    class Recording:
+        tokenizer, device = embedder.tokenizer, torch.device("cuda")
+
+        def batch_tokens(self, batch_tokens):
+            return 16384
+
+        def run(self, ids, head, progress=None):
+            seen.append(sum(map(len, ids)))
+
+    worker = BatchingWorker(Recording(), None, max_batch_tokens=largest, max_queue_tokens=2 * largest,
+                            max_wait_ms=0, batching=batching)  # fmt: skip
+    try:
+        worker.warm_up(8192)
+    finally:
+        worker.close()
+    assert seen == sizes
+
+
+def test_the_server_modules_import_each_other_without_a_circle():
+    """The admission gate (guard.py) depends on an interface, not on the service; limits.py imports neither."""
+    import ast
+    from pathlib import Path
+
+    import qwen3_embed.server
+
+    paths = list(Path(qwen3_embed.server.__file__).parent.glob("*.py"))
+    graph: dict[str, set[str]] = {path.stem: set() for path in paths}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                graph[path.stem] |= {name for name in names if name in graph}
+
+    def below(module: str) -> set[str]:
+        """The modules that `module` imports, directly or through others."""
+        found, todo = set(), list(graph[module])
+        while todo:
+            if (name := todo.pop()) not in found:
+                found.add(name)
+                todo += graph[name]
+        return found
+
+    assert graph["limits"].isdisjoint({"service", "guard", "worker"}) and "service" not in below("guard")
+    assert [module for module in graph if module in below(module)] == []
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_schema_fuzzing_gives_no_server_errors(url):
     schemathesis = pytest.importorskip("schemathesis")
@@ -428,8 +546,27 @@ def test_schema_fuzzing_gives_no_server_errors(url):
 def test_serve_refuses_a_max_input_length_the_reranker_prompt_does_not_fit(tiny, tmp_path):
     make_reranker_checkpoint(tmp_path, TINY_SHAPES["gqa1"], tied=True)
     arguments = ["serve", "--model", str(tiny[0]), "--reranker", str(tmp_path), "--port", str(free_port())]
-    with pytest.raises(SystemExit, match="--max-input-length 8 leaves no room for a document in the reranker's"):
+    with pytest.raises(SystemExit, match="max_input_length=8 leaves no room for a document in the reranker's"):
         main([*arguments, "--max-input-length", "8", "--max-batch-tokens", "64", "--max-queue-tokens", "64"])
+
+
+def test_serve_checks_the_limits_against_the_models_before_they_load(tiny, monkeypatch):
+    """max_batch_tokens must hold one input of the default max_input_length too (8192, the tiny model allowing
+    32768), and max_input_length must fit every model served: both said before any weights load."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the limits were checked")
+
+    monkeypatch.setattr("qwen3_embed.pipeline.load_model", fail)
+    arguments = ["serve", "--model", str(tiny[0]), "--port", str(free_port())]
+    for option, message in [
+        (["--max-batch-tokens", "4096", "--max-queue-tokens", "4096"], "max_batch_tokens=4096 must be at least "
+         "max_input_length=8192"),
+        (["--reranker", str(tiny[0]), "--max-input-length", "40000", "--max-batch-tokens", "40000"],
+         "max_input_length=40000 is outside 2..32768, the model's maximum sequence length"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit, match=message):
+            main([*arguments, *option])
 
 
 def test_serve_command(tiny, tmp_path):
@@ -449,10 +586,10 @@ def test_serve_command(tiny, tmp_path):
         (["--read-timeout-s", "0"], "read_timeout_s=0.0 must be positive and finite"),
         (["--keep-alive-s", "inf"], "keep_alive_s=inf must be positive and finite"),
         (["--health-stall-s", "nan"], "health_stall_s=nan must be positive and finite"),
-        (["--max-wait-ms", "nan"], "--max-wait-ms nan must be a finite number of at least 0"),
+        (["--max-wait-ms", "nan"], "max_wait_ms=nan must be a finite number of at least 0"),
         (["--api-key", "two words"], "the API key must be non-empty printable ASCII without spaces"),
         (["--device", "cuda:7"], "cuda:7"),
-        (["--model", str(tiny[0]), *big], r"--max-input-length=1000000 is outside 2\.\.\d+, the model's maximum"),
+        (["--model", str(tiny[0]), *big], r"max_input_length=1000000 is outside 2\.\.\d+, the model's maximum"),
     ]:
         with pytest.raises(SystemExit, match=message):
             main([*arguments, *option])

@@ -197,7 +197,7 @@ def test_max_chars_bounds_what_fits(reranker):
 
 
 def overloaded_app(embedder, **limits):
-    app = create_app(embedder, limits=Limits(**limits), max_wait_ms=1)
+    app = create_app(embedder, limits=Limits(**limits, max_wait_ms=1))
     return app, Gate(embedder)
 
 

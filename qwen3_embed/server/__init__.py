@@ -7,36 +7,92 @@ Needs the `server` extra (FastAPI, uvicorn, prometheus-client): `pip install qwe
 The pieces, in the order a request meets them:
 - connections.py: uvicorn with deadlines for receiving each request and for a client that stops reading its
   answer, a cap on open connections, a graceful shutdown, and logs that do not flood;
-- limits.py: the Guard in front of every route (API key, 429 admission, body size, 500s with an id), the limits,
-  and the error bodies (TEI's, or OpenAI's under /v1/ and /v2/);
+- guard.py: the Guard in front of every route (API key, 429 admission, body size, 500s with an id);
+- limits.py: the limits (every serve flag's check, before any model loads), and the error bodies (TEI's, or
+  OpenAI's under /v1/ and /v2/);
 - tei.py, openai.py, cohere.py, metrics.py: the routes of each API family;
 - service.py: what the routes call: inputs checked before they are tokenized, tokenized in a few threads, queued,
   and awaited only while the client is there;
-- worker.py: one thread per model that owns it, drains its queue and runs the sequences of every queued request
-  together in packed batches, handing each request exactly its own rows.
+- worker.py: one thread per model that owns it (the model warmed up first), drains its queue and runs the sequences
+  of every queued request together in packed batches, handing each request exactly its own rows.
+
+`serve` checks every setting, loads the models and serves them; `create_app` builds the app for models already
+loaded.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from .. import __version__
+from .. import __version__, checkpoint
+from ..checks import resolve_device
 from ..embedder import Embedder
 from ..reranker import Reranker
 from . import cohere, metrics, openai, tei
 from .connections import ConnectionLimits, check_port, reserve_files, run
-from .limits import ApiError, Guard, Limits, check_api_key, error_response
+from .guard import Guard
+from .limits import ApiError, Limits, check_api_key, error_response
 from .metrics import Metrics
 from .service import Service
 from .worker import BatchingWorker
 
-__all__ = ["BatchingWorker", "ConnectionLimits", "Limits", "check_api_key", "check_port", "create_app",
-           "reserve_files", "run", "served_name"]  # fmt: skip
+__all__ = [
+    "BatchingWorker",
+    "ConnectionLimits",
+    "Limits",
+    "check_api_key",
+    "check_port",
+    "create_app",
+    "reserve_files",
+    "run",
+    "serve",
+    "served_name",
+]
+FAMILIES = (tei, openai, cohere, metrics)
+
+
+def serve(
+    model: str | os.PathLike | None,
+    reranker: str | os.PathLike | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    check_kind: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    api_key: str | None = None,
+    served_model_name: str | None = None,
+    served_reranker_name: str | None = None,
+    limits: Limits | None = None,
+    connections: ConnectionLimits | None = None,
+) -> None:
+    """Serve an embedding model and/or a reranker (hub ids or local folders) until SIGTERM or Ctrl-C. Everything
+    that can be checked is checked before a model loads: the API key, the address, the open files that
+    `connections.max_connections` needs, the device, and the limits against each model's config.json."""
+    limits, connections = limits or Limits(), connections or ConnectionLimits()
+    check_api_key(api_key)
+    check_port(host, port)
+    reserve_files(connections.max_connections)
+    resolve_device(device)
+    names = [name for name in (model, reranker) if name is not None]
+    limits.input_length([checkpoint.read_config(name) for name in names])
+    loading = dict(device=device, dtype=dtype, check_kind=check_kind)
+    embedder = Embedder.from_pretrained(model, **loading) if model is not None else None
+    scorer = Reranker.from_pretrained(reranker, **loading) if reranker is not None else None
+    served = {}
+    if model is not None:
+        served["served_model_name"] = served_model_name or served_name(os.fspath(model))
+    if reranker is not None:
+        served["served_reranker_name"] = served_reranker_name or served_name(os.fspath(reranker))
+    app = create_app(embedder, scorer, limits=limits, api_key=api_key, **served)
+    run(app, host, port, connections)
 
 
 def create_app(
@@ -47,18 +103,17 @@ def create_app(
     served_reranker_name: str = "qwen3-reranker",
     limits: Limits | None = None,
     api_key: str | None = None,
-    max_wait_ms: float = 2.0,
-    batching: bool = True,
 ) -> FastAPI:
-    """The FastAPI app serving an embedder and/or a reranker; each gets its batching worker while the app runs.
+    """The FastAPI app serving an embedder and/or a reranker; each gets its batching worker while the app runs, its
+    model warmed up before the app takes requests.
 
     The served names are what /info, /v1/models and the OpenAI and Cohere responses call the models. `api_key`:
-    every route but /health then needs `Authorization: Bearer <api_key>`. `max_wait_ms`: how long an idle worker
-    waits for more requests to batch; `batching=False` runs each request alone (for comparison).
+    every route but /health then needs `Authorization: Bearer <api_key>`. `limits`: what the server accepts and how
+    it batches.
     """
     limits = limits or Limits()
     app_metrics = Metrics()
-    service = Service(embedder, reranker, limits, app_metrics, max_wait_ms=max_wait_ms, batching=batching)
+    service = Service(embedder, reranker, limits, app_metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -70,9 +125,24 @@ def create_app(
     app.state.service, app.state.metrics = service, app_metrics
     names = {"embed": served_model_name, "rerank": served_reranker_name}
     app.state.served_names = {kind: names[kind] for kind in service.models}
-    families = (tei, openai, cohere, metrics)
-    for family in families:
+    for family in FAMILIES:
         app.include_router(family.router)
+    add_error_handlers(app, app_metrics)
+    routes = {
+        route.path
+        for router in (app, *(f.router for f in FAMILIES))
+        for route in router.routes
+        if hasattr(route, "path")
+    }
+    app.add_middleware(
+        Guard, service=service, metrics=app_metrics, payload_limit=limits.payload_limit, api_key=api_key, routes=routes
+    )
+    return app
+
+
+def add_error_handlers(app: FastAPI, app_metrics: Metrics) -> None:
+    """Every error in TEI's shape, or OpenAI's under /v1/ and /v2/: the routes' own, and FastAPI's (a body that is
+    not JSON or not the route's shape, an unknown route or method)."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
@@ -97,12 +167,6 @@ def create_app(
         else:
             message = str(e.detail)
         return error_response(path, e.status_code, message, "Validation", e.headers)
-
-    routes = {route.path for router in (app, *(f.router for f in families)) for route in router.routes
-              if hasattr(route, "path")}  # fmt: skip
-    app.add_middleware(Guard, service=service, metrics=app_metrics, payload_limit=limits.payload_limit,
-                       api_key=api_key, routes=routes)  # fmt: skip
-    return app
 
 
 def served_name(name_or_path: str) -> str:

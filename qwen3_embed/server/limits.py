@@ -1,29 +1,28 @@
-"""The server's limits and errors: what a request may hold, the error bodies, and the Guard in front of every route
-(API key, admission, body size, 500s with an id)."""
+"""The server's limits and errors: what a server accepts and how it batches (every `qwen3-embed serve` flag's
+check, made before any model loads), what a request may hold, and the error bodies."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import uuid
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .metrics import Metrics
-
-if TYPE_CHECKING:
-    from .service import Service
+from ..checks import check_int
+from ..config import Qwen3Config
+from ..pipeline import DEFAULT_MAX_LENGTH
 
 log = logging.getLogger("qwen3_embed.server")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one server accepts. Each field is a `qwen3-embed serve` flag of the same name."""
+    """What one server accepts, and how it batches. Each field is a `qwen3-embed serve` flag of the same name
+    (`batching`: not --no-batching); each is checked when the Limits are made, and against the models' configs by
+    `input_length`, all before any model loads."""
 
     max_input_length: int | None = None  # tokens per input (default 8192, at most the model's maximum)
     max_batch_tokens: int = 16384  # tokens per request, and per drain of the queue
@@ -32,23 +31,39 @@ class Limits:
     max_concurrent_requests: int = 512  # requests in flight (POST) before 429
     max_queue_tokens: int = 131072  # tokens waiting for a model before 429
     health_stall_s: float = 60.0  # with work pending and no progress for this long, /health answers 503
+    max_wait_ms: float = 2.0  # how long an idle worker waits for more requests to batch
+    batching: bool = True  # False: each request runs alone (for comparison)
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
+            if f.name in ("max_wait_ms", "batching") or value is None:
+                continue  # max_wait_ms may be 0 (checked below)
+            if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{f.name}={value} must be positive and finite")
+        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            raise ValueError(f"max_wait_ms={self.max_wait_ms:g} must be a finite number of at least 0")
         if self.max_input_length is not None and self.max_input_length < 2:
             raise ValueError(f"max_input_length={self.max_input_length} must be at least 2 (a token and the EOS)")
-        if self.max_input_length is not None and self.max_batch_tokens < self.max_input_length:
-            raise ValueError(
-                f"max_batch_tokens={self.max_batch_tokens} must be at least max_input_length={self.max_input_length}"
-            )
         if self.max_queue_tokens < self.max_batch_tokens:
             raise ValueError(
                 f"max_queue_tokens={self.max_queue_tokens} must be at least max_batch_tokens={self.max_batch_tokens}, "
                 "or a request of that size could never be queued"
             )
+
+    def input_length(self, configs: Sequence[Qwen3Config]) -> int:
+        """The tokens an input may hold on a server of models of these configs: max_input_length (default 8192), at
+        most each model's maximum sequence length; max_batch_tokens must hold an input of that length."""
+        positions = [config.max_position_embeddings for config in configs]
+        if self.max_input_length is None:
+            length = min(DEFAULT_MAX_LENGTH, *positions)
+        else:
+            for limit in positions:
+                check_int("max_input_length", self.max_input_length, 2, limit, "the model's maximum sequence length")
+            length = self.max_input_length
+        if self.max_batch_tokens < length:
+            raise ValueError(f"max_batch_tokens={self.max_batch_tokens} must be at least max_input_length={length}")
+        return length
 
 
 def check_api_key(key: str | None) -> None:
@@ -93,108 +108,6 @@ def internal_error(path: str, error: BaseException) -> JSONResponse:
     error_id = uuid.uuid4().hex[:16]
     log.error("internal error %s on %s", error_id, path, exc_info=error)
     return error_response(path, 500, f"internal error {error_id}; the server's log has the details", "Backend")
-
-
-@dataclass
-class Guard:
-    """The ASGI layer in front of every route, in this order: the API key (all routes but /health), admission of
-    POST requests (429 past `max_concurrent_requests`, 503 while shutting down), the body read in full up to
-    `payload_limit` before anything parses it (413), and a generic 500 with a logged id for any unexpected error.
-    It counts every answer by route and status."""
-
-    app: ASGIApp
-    service: Service
-    metrics: Metrics
-    payload_limit: int
-    api_key: str | None
-    routes: set[str] = field(default_factory=set)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        status = 499  # until a response starts: the client left first
-
-        async def send_(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self._handle(scope, receive, send_, lambda: status != 499)
-        finally:
-            self.metrics.requests.labels(path if path in self.routes else "other", str(status)).inc()
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, started) -> None:
-        path = scope["path"]
-        admitted = False
-        try:
-            self._authorize(scope)
-            if scope["method"] == "POST":
-                self.service.admit()
-                admitted = True
-            body = await read_body(scope, receive, self.payload_limit)
-            if body is not None:  # None: the client left while sending it
-                await self.app(scope, replay(body, receive), send)
-        except ApiError as e:
-            if e.cause:
-                self.metrics.reject(e.cause)
-            await error_response(path, e.status, e.message, e.kind, e.headers)(scope, receive, send)
-        except ClientGone:
-            self.metrics.reject("client_gone")
-        except Exception as e:
-            if started():
-                log.error("error on %s after the response started", path, exc_info=e)
-            else:
-                await internal_error(path, e)(scope, receive, send)
-        finally:
-            if admitted:
-                self.service.release()
-
-    def _authorize(self, scope: Scope) -> None:
-        if self.api_key is None or scope["path"] == "/health":
-            return
-        given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-        scheme, _, token = given.partition(b" ")  # the scheme's case does not matter (RFC 9110)
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token, self.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                           "Unauthorized", cause="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
-    """The request body, read in full unless it passes `limit` bytes (413, said before reading when the
-    Content-Length announces it); None when the client disconnects first."""
-    declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
-    if declared is not None and int(declared) > limit:  # h11 has checked that it is a number
-        raise too_large(f"{int(declared)} bytes", limit)
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large(f"more than {limit} bytes", limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def too_large(size: str, limit: int) -> ApiError:
-    return ApiError(413, f"the request body holds {size}, over this server's payload limit of {limit} bytes",
-                    cause="payload_too_large")  # fmt: skip
-
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives the body that was read, then what the client sends next (its disconnect)."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive_() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return receive_
 
 
 def check_text(text: str, name: str, max_chars: int | None, truncate: bool) -> str:

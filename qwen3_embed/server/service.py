@@ -28,40 +28,46 @@ TOKENIZATION_WORKERS = min(4, os.cpu_count() or 1)
 class Service:
     """The models, their workers and the limits of one server."""
 
-    def __init__(
-        self,
-        embedder: Embedder | None,
-        reranker: Reranker | None,
-        limits: Limits,
-        metrics: Metrics,
-        *,
-        max_wait_ms: float,
-        batching: bool,
-    ):
+    def __init__(self, embedder: Embedder | None, reranker: Reranker | None, limits: Limits, metrics: Metrics):
         self.models: dict[str, Embedder | Reranker] = {
             name: p for name, p in (("embed", embedder), ("rerank", reranker)) if p is not None
         }
         if not self.models:
             raise ValueError("give an embedder, a reranker, or both")
         self.limits, self.metrics = limits, metrics
-        self.max_input_length = min(p.max_length(limits.max_input_length) for p in self.models.values())
-        if limits.max_batch_tokens < self.max_input_length:
-            raise ValueError(
-                f"max_batch_tokens={limits.max_batch_tokens} must be at least max_input_length={self.max_input_length}"
-            )
+        self.max_input_length = limits.input_length([p.config for p in self.models.values()])
+        if reranker is not None:
+            try:
+                reranker.tokenize_query("", [""], max_length=self.max_input_length)
+            except TextTooLong:
+                raise ValueError(
+                    f"max_input_length={self.max_input_length} leaves no room for a document in the reranker's "
+                    "prompt, even with an empty query; raise it"
+                ) from None
         self.max_chars = {name: p.tokenizer.max_chars(self.max_input_length) for name, p in self.models.items()}
-        self.worker_options = dict(max_batch_tokens=limits.max_batch_tokens, max_queue_tokens=limits.max_queue_tokens,
-                                   max_wait_ms=max_wait_ms, batching=batching, metrics=metrics)  # fmt: skip
         self.workers: dict[str, BatchingWorker] = {}
         self.in_flight = 0
         self.shutdown_deadline: float | None = None  # set when draining starts
         self.started_at = int(time.time())
 
     def start(self) -> None:
+        """A batching worker for each model, its model warmed up first (see BatchingWorker.warm_up)."""
         self.tokenizing = ThreadPoolExecutor(TOKENIZATION_WORKERS, thread_name_prefix="qwen3-embed-tokenize")
+        limits = self.limits
         for name, pipeline in self.models.items():
             head = pipeline.head if name == "rerank" else lambda last: last.float()
-            self.workers[name] = BatchingWorker(pipeline, head, name=name, **self.worker_options)
+            worker = BatchingWorker(
+                pipeline,
+                head,
+                name=name,
+                max_batch_tokens=limits.max_batch_tokens,
+                max_queue_tokens=limits.max_queue_tokens,
+                max_wait_ms=limits.max_wait_ms,
+                batching=limits.batching,
+                metrics=self.metrics,
+            )
+            self.workers[name] = worker
+            worker.warm_up(self.max_input_length)
 
     def drain(self, seconds: float) -> None:
         """Shutting down: refuse new requests (503) and fail the queued ones (503); the running batches finish."""

@@ -1,0 +1,127 @@
+"""The Guard in front of every route: the API key, admission (429, 503), the body read within its size limit (413),
+and a 500 with a logged id for anything unexpected. It admits requests through a small interface, `Admission`, which
+the Service provides."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .limits import ApiError, ClientGone, error_response, internal_error
+from .metrics import Metrics
+
+log = logging.getLogger("qwen3_embed.server")
+
+
+class Admission(Protocol):
+    """Counts the requests in flight: `admit` one (or raise the ApiError that refuses it), `release` it when done."""
+
+    def admit(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass
+class Guard:
+    """The ASGI layer in front of every route, in this order: the API key (all routes but /health), admission of
+    POST requests (429 past `max_concurrent_requests`, 503 while shutting down), the body read in full up to
+    `payload_limit` before anything parses it (413), and a generic 500 with a logged id for any unexpected error.
+    It counts every answer by route and status."""
+
+    app: ASGIApp
+    service: Admission
+    metrics: Metrics
+    payload_limit: int
+    api_key: str | None
+    routes: set[str] = field(default_factory=set)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        status = 499  # until a response starts: the client left first
+
+        async def send_(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, send_, lambda: status != 499)
+        finally:
+            self.metrics.requests.labels(path if path in self.routes else "other", str(status)).inc()
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, started) -> None:
+        path = scope["path"]
+        admitted = False
+        try:
+            self._authorize(scope)
+            if scope["method"] == "POST":
+                self.service.admit()
+                admitted = True
+            body = await read_body(scope, receive, self.payload_limit)
+            if body is not None:  # None: the client left while sending it
+                await self.app(scope, replay(body, receive), send)
+        except ApiError as e:
+            if e.cause:
+                self.metrics.reject(e.cause)
+            await error_response(path, e.status, e.message, e.kind, e.headers)(scope, receive, send)
+        except ClientGone:
+            self.metrics.reject("client_gone")
+        except Exception as e:
+            if started():
+                log.error("error on %s after the response started", path, exc_info=e)
+            else:
+                await internal_error(path, e)(scope, receive, send)
+        finally:
+            if admitted:
+                self.service.release()
+
+    def _authorize(self, scope: Scope) -> None:
+        if self.api_key is None or scope["path"] == "/health":
+            return
+        given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+        scheme, _, token = given.partition(b" ")  # the scheme's case does not matter (RFC 9110)
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token, self.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                           "Unauthorized", cause="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The request body, read in full unless it passes `limit` bytes (413, said before reading when the
+    Content-Length announces it); None when the client disconnects first."""
+    declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+    if declared is not None and int(declared) > limit:  # h11 has checked that it is a number
+        raise too_large(f"{int(declared)} bytes", limit)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"more than {limit} bytes", limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def too_large(size: str, limit: int) -> ApiError:
+    return ApiError(413, f"the request body holds {size}, over this server's payload limit of {limit} bytes",
+                    cause="payload_too_large")  # fmt: skip
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the body that was read, then what the client sends next (its disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive_() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return receive_
