@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from qwen3_embed.cli import CARD_DOCUMENTS, CARD_QUERIES, main
+from qwen3_embed.cli import main
+from qwen3_embed.cli.similarity import CARD_DOCUMENTS, CARD_QUERIES
 from qwen3_embed.corpus import load_corpus
 from qwen3_embed.pipeline import DEFAULT_INSTRUCTION
 
@@ -181,7 +182,7 @@ def no_loading(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr("qwen3_embed.checkpoint.load_model", fail)
+    monkeypatch.setattr("qwen3_embed.pipeline.load_model", fail)
 
 
 def error_of(argv: list[str]) -> str:
@@ -216,6 +217,8 @@ def reranker_folder(tmp_path_factory):
         (["rerank", "--query", "q", "--document", "d", "--id-field", "id"], "--id-field read fields of an --input"),
         (["rerank", "--query", "q", "--input", "missing.txt"], "input missing.txt does not exist"),
         (["rerank", "--query", "q", "--document", "d", "--top-k", "0"], "--top-k=0 must be at least 1"),
+        (["rerank", "--query", "q", "--document", "d", "--max-length", "40000"], "--max-length=40000 is outside 2"),
+        (["similarity", "--batch-tokens", "0"], "batch_tokens=0 must be at least 1"),
     ],
 )
 def test_bad_options_are_named_before_the_model_loads(tiny, no_loading, argv, message):
@@ -310,5 +313,6 @@ def test_python_dash_m(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "qwen3_embed", "--version"], capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.startswith("qwen3-embed ")
+    for module in ("qwen3_embed", "qwen3_embed.cli"):  # the second as torchrun launches it
+        done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.startswith("qwen3-embed "), module

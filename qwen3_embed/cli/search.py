@@ -1,0 +1,99 @@
+"""`qwen3-embed search`: the documents of an encoded corpus nearest to queries, optionally reranked. The index is
+opened (and verified) and every option checked before any model loads; then one Retriever call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+from .. import checkpoint
+from ..checks import check_int, resolve_device
+from ..embedder import Embedder
+from ..reranker import Reranker
+from ..search import Index, Retriever
+from ..store.fingerprint import model_fingerprint
+from ..store.quantize import FLOATS, PRECISIONS
+from .common import DEVICE, add_command, add_model, loading
+
+
+def add_parser(commands) -> None:
+    help = "find the documents of an encoded corpus nearest to queries, optionally reranked"
+    p = add_command(commands, "search", help, (DEVICE,))
+    p.add_argument("--index", type=Path, required=True, help="a folder written by `qwen3-embed encode --output DIR`")
+    p.add_argument("--query", action="append", required=True, help="a query (repeat for several)")
+    add_model(p, None, "embedding model (default: the one that embedded the corpus, from its manifest)")
+    p.add_argument("--instruction", help="task for the queries (default: the checkpoint's query prompt, the card's)")
+    p.add_argument("--top-k", type=int, default=10, help="documents to print per query")
+    p.add_argument(
+        "--reranker",
+        help="rerank the candidates with this reranker (hub id or local folder); needs the texts kept by encode "
+        "--store-text",
+    )
+    p.add_argument("--candidates", type=int, default=100, help="nearest documents the reranker scores")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="search at a coarser precision than the stored vectors' (a quantized copy in memory), then rescore "
+        "(default: the stored precision)",
+    )
+    rescore = "a quantized search rescores this many times --top-k candidates (default: 4)"
+    p.add_argument("--rescore-multiplier", type=int, help=rescore)
+    p.add_argument("--no-verify", action="store_true", help="check the shards by size and count, not by checksum")
+    p.add_argument("--json", action="store_true", help="print one JSON object per result: query, rank, id, score, text")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    resolve_device(args.device)
+    index = Index.open(args.index, precision=args.precision, verify=not args.no_verify, device=args.device)
+    embedded_by = index.manifest["model_name"]
+    model = args.model or embedded_by
+    check_int("--top-k", args.top_k, 1, len(index), f"the {len(index)} vectors of the index")
+    rescoring = {}
+    if args.rescore_multiplier is not None:
+        if index.precision in FLOATS:
+            raise ValueError(
+                f"--rescore-multiplier applies to a quantized search, and {args.index} is searched in "
+                f"{index.precision}; drop it, or give --precision int8 or binary"
+            )
+        rescoring["rescore_multiplier"] = args.rescore_multiplier
+    if args.reranker is not None:
+        check_int("--candidates", args.candidates, args.top_k, None)
+        if index.texts is None:
+            raise ValueError(
+                f"--reranker reads the documents' texts, and {args.index} keeps none: encode the corpus again with "
+                "--store-text"
+            )
+    folder = checkpoint.resolve(model)
+    config = checkpoint.read_config(folder)
+    if index.dim > config.hidden_size:
+        raise ValueError(
+            f"{args.index} holds {index.dim}-dimensional vectors, more than {model} makes ({config.hidden_size}): "
+            f"search it with {embedded_by}, which embedded it"
+        )
+    if model_fingerprint(folder) != index.manifest["settings"]["model"]:
+        warnings.warn(
+            f"{model} is not the model that embedded {args.index} ({embedded_by}, by content): its scores against "
+            "these vectors mean little",
+            stacklevel=2,
+        )
+    embedder = Embedder.from_pretrained(folder, **loading(args))
+    reranker = Reranker.from_pretrained(args.reranker, **loading(args)) if args.reranker is not None else None
+    found = Retriever(embedder, index, reranker).search(
+        args.query, args.top_k, candidates=args.candidates, instruction=args.instruction, **rescoring
+    )
+    print_hits(args, found)
+
+
+def print_hits(args: argparse.Namespace, found: list) -> None:
+    for query, hits in zip(args.query, found):
+        if not args.json and len(args.query) > 1:
+            print(f"query: {query}")
+        for rank, hit in enumerate(hits, start=1):
+            if args.json:
+                line = {"query": query, "rank": rank, "id": hit.id, "score": hit.score, "text": hit.text}
+                print(json.dumps(line, ensure_ascii=False))
+            else:
+                print(f"{rank:>3}  {hit.score:.4f}  {hit.id}" + (f"  {hit.text}" if hit.text is not None else ""))
