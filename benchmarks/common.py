@@ -20,7 +20,18 @@ from qwen3_embed.backends import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SHARED_TOKENIZER = Path(os.environ.get("QWEN3_TOKENIZER_DIR", ROOT.parent / "shared" / "qwen3-tokenizer"))
+
+
+def _tokenizer_dir() -> Path:
+    """The real Qwen3 tokenizer's folder: $QWEN3_TOKENIZER_DIR, else local/qwen3-tokenizer in the checkout (git-ignored;
+    where a GPU run carries it) when it is there, else ../shared/qwen3-tokenizer beside the checkout."""
+    if "QWEN3_TOKENIZER_DIR" in os.environ:
+        return Path(os.environ["QWEN3_TOKENIZER_DIR"])
+    local = ROOT / "local" / "qwen3-tokenizer"
+    return local if (local / "tokenizer.json").exists() else ROOT.parent / "shared" / "qwen3-tokenizer"
+
+
+SHARED_TOKENIZER = _tokenizer_dir()
 
 
 def machine() -> dict:
