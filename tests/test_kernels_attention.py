@@ -231,3 +231,25 @@ def test_the_custom_op(poisoned):
     checks = torch.library.opcheck(torch.ops.qwen3_embed.varlen_attention.default, (q, k, v, work, 0.125),
                                    test_utils=("test_schema", "test_autograd_registration"))  # fmt: skip
     assert set(checks.values()) == {"SUCCESS"}
+
+
+def test_each_launch_runs_on_its_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: a model on cuda:1 must make cuda:1 current for each launch, or it
+    launches on device 0 (an illegal address). The guard for a CUDA tensor, nothing for a CPU one; every launch of
+    the attention kernel and the RMSNorm kernels goes through it (recorded here on CPU tensors)."""
+    from types import SimpleNamespace
+
+    from qwen3_embed import kernels
+    from qwen3_embed.kernels import rmsnorm
+
+    guard = kernels.on_device(SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1)))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    seen = []
+    for module in (attention, rmsnorm):
+        monkeypatch.setattr(module, "on_device", lambda t: seen.append(t.device) or kernels.on_device(t))
+    q, k, v, cu = pack([3, 9], 4, 2, 64, DTYPE)
+    varlen_attention(q, k, v, cu, 0.125)
+    rmsnorm.rms_norm(q, torch.ones(64, device=DEVICE, dtype=DTYPE), 1e-6)
+    cos = torch.ones(12, 32, device=DEVICE, dtype=DTYPE)
+    rmsnorm.qk_norm_rope(q, k, cos[0].repeat(2), cos[0].repeat(2), 1e-6, cos, cos)
+    assert seen == [q.device] * 3
