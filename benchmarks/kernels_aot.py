@@ -22,9 +22,8 @@ from qwen3_embed.kernels import aot
 
 def config_of(r: dict) -> str:
     if r["op"] == "attention":
-        return f"{r['BLOCK_M']}/{r['BLOCK_N']}/{r['num_warps']}/{r['num_stages']}" + (
-            f", diagonal {r['DIAG_N']}" if r["DIAG_N"] != r["BLOCK_N"] else ""
-        )
+        diagonal = f"{r['DIAG_TILES']} x {r['DIAG_N']}"  # unrolled masked tiles x their keys
+        return f"{r['BLOCK_M']}/{r['BLOCK_N']}/{r['num_warps']}/{r['num_stages']}, diagonal {diagonal}"
     return f"{r.get('BLOCK', r.get('head_dim'))}, {r['num_warps']} warps"
 
 
@@ -63,9 +62,10 @@ def main() -> None:
         f"Kernels compiled ahead of time (Triton {triton.__version__}, {ptxas}) on {m['cpu']}, {len(results)} launches "
         f"with a cold cache in {seconds:.0f} s ({cpu:.0f} s of CPU in 2 processes; the machine is shared, so the "
         "wall time varies with its load). Attention config: BLOCK_M/BLOCK_N/warps/stages; RMSNorm: block width, "
-        "warps. Shared memory in KB against the architecture's opt-in limit; registers and spilled bytes per thread "
-        "(cuobjdump); values per dtype; wgmma waits: the pending-group counts of every wgmma wait (0: no overlap "
-        "of QK^T, softmax and PV). GQA groups 1 to 8 share one binary (the group is a runtime argument)."
+        "warps; diagonal: its unrolled masked tiles x their keys. Shared memory in KB against the architecture's "
+        "opt-in limit; registers and spilled bytes per thread (cuobjdump); values per dtype; wgmma waits: the "
+        "pending-group counts of every wgmma wait (0: no overlap of QK^T, softmax and PV). GQA groups 1 to 8 "
+        "share one binary (the group is a runtime argument)."
         + (f" FAILED to compile: {len(failed)}" if failed else ""),
         ["arch", "op", "head dim / width", "variant", "config", "dtype", "shared KB", "registers", "spill B", "MMA",
          "loads", "wgmma waits"],
