@@ -39,7 +39,7 @@ from common import (
 )
 from qwen3_embed import Qwen3Config
 from qwen3_embed.corpus import load_corpus, verify_corpus
-from qwen3_embed.corpus.shards import FORMAT, MANIFEST, write_shard
+from qwen3_embed.store.shards import FORMAT, MANIFEST, write_shard
 
 
 def rss(pid: int) -> int:

@@ -1,6 +1,5 @@
-"""Search: exact top-k equal to a brute-force torch.topk over shard folders and arrays, quantization bit for bit as
-sentence-transformers', rescoring that recovers planted neighbours, retrieve-then-rerank equal to the steps done by
-hand, and every bad input said plainly."""
+"""Search: exact top-k equal to a brute-force torch.topk over shard folders and arrays, rescoring that recovers
+planted neighbours, retrieve-then-rerank equal to the steps done by hand, and every bad input said plainly."""
 
 from __future__ import annotations
 
@@ -15,8 +14,8 @@ import torch.nn.functional as F
 from checkpoints import TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
 from qwen3_embed import Reranker
 from qwen3_embed.corpus import encode_corpus, load_corpus, read_manifest
-from qwen3_embed.search import Index, Retriever, quantization_ranges, quantize
-from qwen3_embed.search import index as index_module
+from qwen3_embed.search import Index, Retriever, quantization_ranges, quantize, scorers
+from qwen3_embed.store import Vectors
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -58,7 +57,7 @@ def folders(tiny, embedder, tmp_path_factory):
 @pytest.mark.parametrize("block_rows, piece_bytes", [(3, None), (8, 192), (1000, 192)])  # 192: pieces of 2 to 6 rows
 def test_exact_search_over_shards_equals_brute_force(folders, device, block_rows, piece_bytes, monkeypatch):
     if piece_bytes is not None:
-        monkeypatch.setattr(index_module, "PIECE_BYTES", piece_bytes)
+        monkeypatch.setattr(scorers, "PIECE_BYTES", piece_bytes)
     for folder, options in folders:
         vectors, ids = load_corpus(folder)
         queries = unit(5, vectors.shape[1], seed=1)
@@ -100,24 +99,6 @@ def test_ties_are_broken_by_position_across_blocks():
     for block_rows in (1, 5):
         index = Index(codes, precision="int8", ranges=ranges, block_rows=block_rows)
         assert index._scan(basis[:1] / 3, 5)[1].tolist() == [[1, 3, 4, 7, 9]]
-
-
-@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
-def test_quantize_is_bit_exact_with_sentence_transformers(precision):
-    vectors = unit(300, 77, seed=5)  # 77 dims: binary pads its last byte
-    calibration = unit(500, 77, seed=6)
-    cases = [({}, {})]  # ranges from the vectors themselves
-    if precision.endswith("int8"):
-        ranges = quantization_ranges(calibration)
-        cases += [
-            ({"calibration": calibration}, {"calibration_embeddings": calibration.numpy()}),
-            ({"ranges": ranges}, {"ranges": ranges}),
-        ]
-    for ours, theirs in cases:
-        for given in (vectors, vectors.numpy(), vectors.bfloat16()):
-            expected = quantize_embeddings(given, precision, **theirs)
-            got = quantize(given, precision, **ours)
-            assert got.dtype == expected.dtype and np.array_equal(got, expected), (ours.keys(), given.dtype)
 
 
 def planted(n=400, dim=64, queries=6, seed=7):
@@ -181,10 +162,15 @@ def test_ranges_of_a_quantized_copy():
 
 
 @pytest.fixture(scope="module")
-def reranker(tmp_path_factory):
+def reranker_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reranker")
     make_reranker_checkpoint(folder, TINY_SHAPES["gqa2"], tied=True)
-    return Reranker.from_pretrained(folder, device="cpu")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reranker(reranker_folder):
+    return Reranker.from_pretrained(reranker_folder, device="cpu")
 
 
 def test_retrieve_then_rerank_equals_the_steps_by_hand(embedder, reranker):
@@ -195,7 +181,7 @@ def test_retrieve_then_rerank_equals_the_steps_by_hand(embedder, reranker):
     queries = ["capital of China", "gravity attracts bodies"]
     task = "Find the passage that answers the question"
     results = Retriever(embedder, index, reranker, texts=texts).search(queries, top_k=3, candidates=8, instruction=task)
-    candidates = torch.topk(embedder.encode(queries, instruction=task) @ index._parts[0].T, 8).indices
+    candidates = torch.topk(embedder.encode(queries, instruction=task) @ index.vectors.parts[0].T, 8).indices
     for query, row, hits in zip(queries, candidates.tolist(), results):
         scores = reranker.score(query, [documents[i] for i in row], instruction=task).tolist()
         best = sorted(range(8), key=lambda j: -scores[j])[:3]
@@ -227,9 +213,6 @@ def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders
         (lambda: Index(vectors.half(), precision="float32"), ValueError, "cannot be searched at precision 'float32'"),
         (lambda: Index(vectors, precision="int4"), ValueError, "precision='int4' is not one of"),
         (lambda: Index(vectors, precision="int8").search(vectors, 2, rescore_multiplier=0), ValueError, "at least 1"),
-        (lambda: quantize(vectors, "int8", ranges=np.zeros((2, 3))), ValueError, r"ranges must be \[2, 16\]"),
-        (lambda: quantize(quantize(vectors, "int8"), "binary"), TypeError, "look quantized already"),
-        (lambda: quantization_ranges(vectors[:1]), ValueError, "at least 2 calibration vectors"),
         (lambda: Retriever(embedder, index, reranker), ValueError, "encode the corpus with --store-text, or pass"),
         (lambda: Retriever(embedder, Index(unit(3, 200))), ValueError, "more than the embedder's hidden size 96"),
         (lambda: Retriever(embedder, Index(unit(5, 96)), reranker, texts=list("abcde")).search("q", 3, candidates=2),
@@ -263,6 +246,17 @@ def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders
     (damaged / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="shard-00000: its vectors have 96 values a row where the manifest's dim 32"):
         Index.open(damaged, verify=False)
+
+
+def test_an_index_over_a_vectors_store(folders):
+    folder = folders[2][0]  # float16 safetensors shards
+    vectors = Vectors.open(folder)
+    queries = unit(3, vectors.dim, seed=4)
+    expected = Index.open(folder, precision="binary").search(queries, 5)
+    got = Index(vectors, precision="binary").search(queries, 5)
+    assert got.positions.tolist() == expected.positions.tolist() and got.ids == expected.ids
+    with pytest.raises(ValueError, match="a Vectors store holds its own ids: give them to Vectors.from_array"):
+        Index(vectors, list(range(len(vectors))))
 
 
 @pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])

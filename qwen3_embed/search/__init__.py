@@ -2,13 +2,13 @@
 (memory-mapped, streamed in blocks), vectors quantized exactly as sentence-transformers quantizes them and searched
 with rescoring, and retrieve-then-rerank with Qwen3-Reranker.
 
-- quantize.py: int8, uint8, binary and ubinary vectors, bit for bit as sentence-transformers' quantize_embeddings.
-- index.py: Index, over arrays or shard folders, exact or quantized with rescoring.
+- index.py: Index, over arrays or shard folders (store.Vectors), exact or quantized with rescoring.
+- scorers.py: the first stage's scorer of each precision (float, int8/uint8, binary/ubinary).
 - retriever.py: Retriever: embed the queries, search, rerank.
 """
 
+from ..store.quantize import PRECISIONS, quantization_ranges, quantize
 from .index import Hits, Index
-from .quantize import PRECISIONS, quantization_ranges, quantize
 from .retriever import Hit, Retriever
 
 __all__ = ["PRECISIONS", "Hit", "Hits", "Index", "Retriever", "quantization_ranges", "quantize"]

@@ -1,11 +1,11 @@
 """The output format every engine writes and `load_corpus`, `verify` and search read.
 
 A folder of shards. Shard k is three files: `shard-0000k.npy` (or `.safetensors`) with its vectors (float32,
-float16, or quantized as qwen3_embed.search.quantize does: the settings say which, and hold the int8 and uint8
-ranges), `shard-0000k.ids.json` with the ids of its rows (and `shard-0000k.texts.json` with their texts, when asked
-to keep them), and `shard-0000k.json`, its record, written last: the input file and record range it covers, its row
-count, and the size and sha256 of each of its files, with the dtype and shape of each array. Every file is written
-under a temporary name, fsynced, renamed, and the folder fsynced, so a shard whose record exists is complete on
+float16, or quantized as quantize.py does: the settings say which, and hold the int8 and uint8 ranges),
+`shard-0000k.ids.json` with the ids of its rows (and `shard-0000k.texts.json` with their texts, when asked to keep
+them), and `shard-0000k.json`, its record, written last: the input file and record range it covers, its row count,
+and the size and sha256 of each of its files, with the dtype and shape of each array. Every file is written under a
+temporary name, fsynced, renamed, and the folder fsynced (files.py), so a shard whose record exists is complete on
 disk. `manifest.json`, written once every shard is, holds the settings, the inputs and every shard's record in input
 order. A reader trusts nothing it has not checked against the record: sizes and counts always, checksums unless told
 otherwise.
@@ -13,26 +13,21 @@ otherwise.
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import io
+import bisect
 import json
 import os
-import secrets
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..search.quantize import PRECISIONS, quantize
+from .files import atomic_write, parse_vectors, read_json, serialize_vectors, sha256, vectors_header
+from .quantize import PRECISIONS, quantize
 
 FORMAT = "qwen3-embed-shards/1"
 VECTOR_FORMATS = ("npy", "safetensors")
-VECTOR_DTYPES = PRECISIONS  # float32, float16, and quantized: int8, uint8, binary, ubinary (see search.quantize)
+VECTOR_DTYPES = PRECISIONS  # float32, float16, and quantized: int8, uint8, binary, ubinary (see quantize.py)
 MANIFEST = "manifest.json"
-# safetensors' dtype codes by numpy's names, for the headers of vectors files (quantized ones included)
-SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8"}
 REDO = "rerun the encode command that wrote it: a rerun embeds the damaged shards again"
 
 
@@ -44,98 +39,9 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def serialize_vectors(vectors: np.ndarray, fmt: str) -> bytes:
-    """The bytes of a vectors file: a .npy array, or a .safetensors file holding one tensor named "vectors"."""
-    if fmt == "npy":
-        buffer = io.BytesIO()
-        np.lib.format.write_array(buffer, np.ascontiguousarray(vectors), allow_pickle=False)
-        return buffer.getvalue()
-    from safetensors.numpy import save
-
-    return save({"vectors": np.ascontiguousarray(vectors)})
-
-
-def parse_vectors(data: bytes, fmt: str) -> np.ndarray:
-    if fmt == "npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    from safetensors.numpy import load
-
-    return load(data)["vectors"]
-
-
-def vectors_header(path: Path, fmt: str) -> tuple[str, list[int]]:
-    """(dtype, shape) of a vectors file, from its header alone."""
-    with open(path, "rb") as f:
-        if fmt == "npy":
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            shape, _, dtype = read_header[np.lib.format.read_magic(f)](f)
-            return np.dtype(dtype).name, list(shape)
-        length = int.from_bytes(f.read(8), "little")
-        entry = json.loads(f.read(length))["vectors"]
-    return SAFETENSORS_DTYPES.get(entry["dtype"], entry["dtype"]), entry["shape"]
-
-
 def file_entry(name: str, data: bytes, **array) -> dict:
     """A file's line in a shard record: its name, size and sha256 (and dtype and shape, for an array)."""
     return {"name": name, "bytes": len(data), "sha256": sha256(data), **array}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `path` so that it is either absent or complete, even after a crash or a power cut: a temporary file in
-    the same folder, fsynced, renamed over `path`, then the folder fsynced. A failed write leaves no temporary."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, e) from None
-    fsync_folder(path.parent)
-
-
-def make_writable_folder(folder: Path, output: Path) -> None:
-    """Create `folder` (with its parents) and check that a file can be written in it, before any work: else an
-    OSError naming `output`, the reason and the fix."""
-    probe = folder / f".write-check.{os.getpid()}.{secrets.token_hex(4)}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
-        raise OSError(f"cannot write --output {output} ({folder}: {why}); choose another place") from None
-
-
-def fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_error(path: Path, error: OSError) -> OSError:
-    """The error of a failed write, saying what to do (its errno kept)."""
-    why = error.strerror or str(error)
-    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        free = shutil.disk_usage(path.parent).free / 2**30
-        why = f"the disk is full, or a quota or file-size limit was reached ({why}; {free:.2f} GiB free on its disk)"
-        why += "; make room and rerun the same command to resume"
-    failed = OSError(f"could not write {path}: {why}")
-    failed.errno = error.errno
-    return failed
-
-
-def read_json(path: Path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def remove_orphans(folder: Path) -> int:
@@ -174,15 +80,16 @@ def write_shard(
     if len(ids) != len(vectors) or (texts is not None and len(texts) != len(ids)):
         raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors and {len(texts or ids)} texts")
     name = shard_name(index)
+    contents = [
+        ("vectors", f"{name}.{vector_format}", serialize_vectors(vectors, vector_format)),
+        ("ids", f"{name}.ids.json", json.dumps(ids).encode()),
+    ]
+    if texts is not None:
+        contents.append(("texts", f"{name}.texts.json", json.dumps(texts, ensure_ascii=False).encode()))
     files = {}
-    for role, file, data, array in (
-        ("vectors", f"{name}.{vector_format}", serialize_vectors(vectors, vector_format),
-         {"dtype": vectors.dtype.name, "shape": list(vectors.shape)}),
-        ("ids", f"{name}.ids.json", json.dumps(ids).encode(), {}),
-        *([("texts", f"{name}.texts.json", json.dumps(texts, ensure_ascii=False).encode(), {})] if texts is not None
-          else []),
-    ):  # fmt: skip
+    for role, file, data in contents:
         atomic_write(folder / file, data)
+        array = {"dtype": vectors.dtype.name, "shape": list(vectors.shape)} if role == "vectors" else {}
         files[role] = file_entry(file, data, **array)
     record = {"format": FORMAT, "index": index, **fields, "rows": len(ids), "files": files}
     atomic_write(folder / f"{name}.json", json.dumps(record, indent=1).encode())
@@ -325,3 +232,32 @@ def verify_corpus(
     if rows != manifest["rows"]:
         problems.append(f"{MANIFEST}: its shards hold {rows} rows, it says {manifest['rows']}")
     return problems
+
+
+class ShardColumn(Sequence):
+    """A per-row JSON list of a shard folder (ids, or texts kept by `encode --store-text`) as one sequence over the
+    rows of `records` (those with rows, in order, starting at `starts`); each shard's file is read when a row of it is
+    first asked for."""
+
+    def __init__(self, folder: Path, records: list[dict], starts: np.ndarray, role: str):
+        self.folder, self.records, self.starts, self.role = folder, records, starts.tolist(), role
+        self.loaded: dict[int, list] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, position: int):
+        if not 0 <= position < len(self):
+            raise IndexError(f"position {position} is outside 0..{len(self) - 1}")
+        shard = bisect.bisect_right(self.starts, position) - 1
+        if shard not in self.loaded:
+            record = self.records[shard]
+            path = self.folder / record["files"][self.role]["name"]
+            values = json.loads(path.read_bytes())
+            if len(values) != record["rows"]:
+                raise DamagedShard(
+                    f"{path} holds {len(values)} {self.role}, not {record['rows']}: it changed after it was verified; "
+                    f"check the folder with `qwen3-embed verify {self.folder}`"
+                )
+            self.loaded[shard] = values
+        return self.loaded[shard][position - self.starts[shard]]

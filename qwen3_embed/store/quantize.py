@@ -1,5 +1,5 @@
 """Quantized vectors, bit for bit as sentence-transformers' `quantize_embeddings` makes them: int8 and uint8 (each
-dimension's range cut into 256 steps) and binary and ubinary (the sign bits packed 8 per byte)."""
+dimension's range cut into 256 steps) and binary and ubinary (the sign bits packed 8 per byte); and back to float."""
 
 from __future__ import annotations
 
@@ -57,6 +57,38 @@ def code_grid(ranges: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     starts = ranges[0, :]
     steps = (ranges[1, :] - starts) / 255
     return starts, np.where(steps == 0, 1, steps)
+
+
+def dequantize(codes: torch.Tensor, precision: str, dim: int, ranges: np.ndarray | None = None) -> torch.Tensor:
+    """Vectors stored in `precision` as float32 [n, dim]: float ones as they are, int8 and uint8 codes at the start of
+    their step (with their `ranges`), binary and ubinary unpacked to 0/1 bits (as sentence-transformers rescores)."""
+    if precision in FLOATS:
+        return codes.float()
+    if precision.endswith("binary"):
+        return unpack_bits(codes, precision, signs=False)[:, :dim].float()
+    starts, steps = (torch.from_numpy(x).to(codes.device) for x in code_grid(ranges, dim))
+    return (codes.float() + (128 if precision == "int8" else 0)) * steps + starts
+
+
+def unpack_bits(packed: torch.Tensor, precision: str, signs: bool) -> torch.Tensor:
+    """binary or ubinary bits [n, bytes] -> [n, 8 * bytes] int8: +1/-1 when `signs`, else 1/0 (one table lookup per
+    byte)."""
+    table = _BYTE_BITS[precision, signs].to(packed.device)
+    return table.index_select(0, packed.reshape(-1).view(torch.uint8).int()).view(torch.int8).view(len(packed), -1)
+
+
+def _byte_bits(offset: int, signs: bool) -> torch.Tensor:
+    """[256] int64: for each stored byte, its 8 bits (first dimension in the highest bit) as 8 int8 values."""
+    packbits_byte = torch.arange(256, dtype=torch.uint8) ^ offset  # binary stores the packbits byte minus 128
+    bits = ((packbits_byte.unsqueeze(-1) >> torch.arange(7, -1, -1, dtype=torch.uint8)) & 1).to(torch.int8)
+    return (bits * 2 - 1 if signs else bits).contiguous().view(torch.int64).view(256)
+
+
+_BYTE_BITS = {
+    (precision, signs): _byte_bits(0x80 if precision == "binary" else 0, signs)
+    for precision in ("binary", "ubinary")
+    for signs in (True, False)
+}
 
 
 def check_precision(precision: str) -> None:

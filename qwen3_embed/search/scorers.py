@@ -1,0 +1,131 @@
+"""The first stage of a search, one scorer per precision: each prepares the queries once, then scores blocks of rows
+against them. Float scores are float32 dot products. The integer score of int8 and uint8 is the dot product of the
+codes with the query weighted by each dimension's step and rounded to int8: the float query against the dequantized
+vectors, but for that rounding. That of binary and ubinary is the number of equal bits less the number of unequal
+ones (minus twice the Hamming distance, plus a constant).
+
+On the CPU, rows that must be converted before they are scored (float16 to float32, uint8 to centred int8, bits to
++-1) are converted and scored a cache-sized piece at a time, so that the converted rows are read back from the cache,
+not from memory; the converted rows go to one reused buffer, so memory stays bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..store.quantize import FLOATS, code_grid, unpack_bits
+
+PIECE_BYTES = 1 << 20  # x 4 for float32: the rows converted at a time on the CPU, to stay in the cache
+
+
+class Scorer:
+    """What the scorers share: a block scored a piece at a time, and the buffer converted rows go to."""
+
+    def __init__(self, dim: int, device: torch.device, block_rows: int):
+        self.dim, self.device, self.block_rows = dim, device, block_rows
+        self._buffer = None
+
+    def prepare(self, queries: torch.Tensor) -> torch.Tensor:
+        """The float32 queries [Q, dim] as this scorer scores them."""
+        raise NotImplementedError
+
+    def converts(self, rows: torch.Tensor) -> bool:
+        """Whether rows must be converted before they are scored."""
+        raise NotImplementedError
+
+    def piece_scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """[Q, len(rows)] scores of prepared queries against rows."""
+        raise NotImplementedError
+
+    def scores(self, queries: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """[Q, len(block)] scores of prepared queries against a block of rows, a piece at a time."""
+        piece = self._piece_rows(block)
+        pieces = [self.piece_scores(queries, block[s : s + piece]) for s in range(0, len(block), piece)]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
+
+    def _piece_rows(self, rows: torch.Tensor) -> int:
+        if self.device.type != "cpu" or not self.converts(rows):
+            return self.block_rows
+        return min(self.block_rows, max(1, PIECE_BYTES // self.dim))
+
+    def _converted(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`rows` copied to `dtype` on the device, into the reused buffer."""
+        shape = (self._piece_rows(rows), rows.shape[1])
+        if self._buffer is None or self._buffer.dtype != dtype or self._buffer.shape != shape:
+            self._buffer = torch.empty(shape, dtype=dtype, device=self.device)
+        return self._buffer[: len(rows)].copy_(rows)
+
+
+class FloatScorer(Scorer):
+    """float32, float16 (and bfloat16, float64 vectors a caller hands over): float32 dot products."""
+
+    def prepare(self, queries: torch.Tensor) -> torch.Tensor:
+        return queries
+
+    def converts(self, rows: torch.Tensor) -> bool:
+        return rows.dtype != torch.float32 or rows.device != self.device
+
+    def piece_scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.converts(rows):
+            rows = self._converted(rows, torch.float32)
+        return queries @ rows.T
+
+
+class CodeScorer(Scorer):
+    """int8 and uint8: the codes (uint8 ones centred, as int8) against the query weighted by each dimension's step
+    and rounded to int8."""
+
+    def __init__(self, dim: int, device: torch.device, block_rows: int, ranges: np.ndarray):
+        super().__init__(dim, device, block_rows)
+        self.steps = torch.from_numpy(code_grid(ranges, dim)[1]).to(device)
+
+    def prepare(self, queries: torch.Tensor) -> torch.Tensor:
+        weights = queries * self.steps
+        scale = 127 / weights.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        return torch.round(weights * scale).to(torch.int8)
+
+    def converts(self, rows: torch.Tensor) -> bool:
+        return rows.dtype != torch.int8 or rows.device != self.device
+
+    def piece_scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.converts(rows):
+            centre = rows.dtype == torch.uint8
+            rows = self._converted(rows, torch.int8)
+            rows = rows.bitwise_xor_(-128) if centre else rows  # uint8 codes as int8 ones
+        return int_scores(queries, rows)
+
+
+class BitScorer(Scorer):
+    """binary and ubinary: the query's signs (+-1) against the rows' bits unpacked to +-1."""
+
+    def __init__(self, dim: int, device: torch.device, block_rows: int, precision: str):
+        super().__init__(dim, device, block_rows)
+        self.precision = precision
+
+    def prepare(self, queries: torch.Tensor) -> torch.Tensor:
+        signs = torch.where(queries > 0, 1, -1).to(torch.int8)
+        pad = -self.dim % 8  # packbits pads with zero bits, in queries and rows alike
+        return torch.cat([signs, signs.new_full((len(queries), pad), -1)], 1)
+
+    def converts(self, rows: torch.Tensor) -> bool:
+        return True
+
+    def piece_scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return int_scores(queries, unpack_bits(rows.to(self.device), self.precision, signs=True))
+
+
+def int_scores(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[Q, n] int32 dot products of int8 queries and rows: torch._int_mm on the CPU, float32 products elsewhere
+    (exact below 2**24)."""
+    if queries.device.type == "cpu":
+        return torch._int_mm(queries, rows.T)
+    return (queries.float() @ rows.float().T).to(torch.int32)
+
+
+def scorer(precision: str, dim: int, device: torch.device, block_rows: int, ranges: np.ndarray | None) -> Scorer:
+    """The scorer of a search at `precision` (int8 and uint8 with their `ranges`)."""
+    if precision in FLOATS:
+        return FloatScorer(dim, device, block_rows)
+    if precision in ("int8", "uint8"):
+        return CodeScorer(dim, device, block_rows, ranges)
+    return BitScorer(dim, device, block_rows, precision)
