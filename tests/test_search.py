@@ -1,9 +1,11 @@
 """Search: exact top-k equal to a brute-force torch.topk over shard folders and arrays, rescoring that recovers
-planted neighbours, retrieve-then-rerank equal to the steps done by hand, and every bad input said plainly."""
+planted neighbours, retrieve-then-rerank equal to the steps done by hand, the checks a retriever makes against its
+index before a model loads, and every bad input said plainly."""
 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoints import TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
-from qwen3_embed import Reranker
+from qwen3_embed import Embedder, Reranker
 from qwen3_embed.corpus import encode_corpus, load_corpus, read_manifest
 from qwen3_embed.search import Index, Retriever, quantization_ranges, quantize, scorers
 from qwen3_embed.store import Vectors
@@ -213,8 +215,9 @@ def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders
         (lambda: Index(vectors.half(), precision="float32"), ValueError, "cannot be searched at precision 'float32'"),
         (lambda: Index(vectors, precision="int4"), ValueError, "precision='int4' is not one of"),
         (lambda: Index(vectors, precision="int8").search(vectors, 2, rescore_multiplier=0), ValueError, "at least 1"),
-        (lambda: Retriever(embedder, index, reranker), ValueError, "encode the corpus with --store-text, or pass"),
-        (lambda: Retriever(embedder, Index(unit(3, 200))), ValueError, "more than the embedder's hidden size 96"),
+        (lambda: Retriever(embedder, index, reranker), ValueError, "the index keeps none: encode the corpus again"),
+        (lambda: Retriever(embedder, Index(unit(3, 200))), ValueError, r"the index holds 200-dimensional vectors, more "
+         r"than the embedder makes \(96\): use the model that embedded them"),
         (lambda: Retriever(embedder, Index(unit(5, 96)), reranker, texts=list("abcde")).search("q", 3, candidates=2),
          ValueError, "candidates=2 is outside|candidates=2 must be at least 3"),
         (lambda: Retriever(embedder, Index(unit(5, 96)), reranker, texts={}).search("q", 3), KeyError,
@@ -246,6 +249,65 @@ def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders
     (damaged / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="shard-00000: its vectors have 96 values a row where the manifest's dim 32"):
         Index.open(damaged, verify=False)
+
+
+def test_a_retriever_checks_its_index_before_a_model_loads(tiny, build_checkpoint, embedder, folders, monkeypatch):
+    """What `qwen3-embed search` checks before it loads a model, Retriever.from_pretrained checks too, with the same
+    messages, and Retriever.search checks every argument before it embeds the queries."""
+    folder = folders[0][0]  # float32, 96 dimensions, embedded by the tiny checkpoint, no texts
+    index = Index.open(folder)
+    narrower = build_checkpoint("gqa1", TINY_SHAPES["gqa1"])[0]  # 64 dimensions, where the index holds 96
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was loaded, or queries embedded, before the arguments were checked")
+
+    with monkeypatch.context() as no_loading:
+        no_loading.setattr(Embedder, "from_pretrained", fail)
+        no_loading.setattr(Reranker, "from_pretrained", fail)
+        no_loading.setattr(Embedder, "encode_query", fail)
+        where, which, narrow = (re.escape(str(x)) for x in (folder, tiny[0], narrower))
+        for call, message in [
+            (
+                lambda: Retriever.from_pretrained(index, narrower),
+                rf"{where} holds 96-dimensional vectors, more than {narrow} makes \(64\): search it with {which}, "
+                "which embedded it",
+            ),
+            (
+                lambda: Retriever.from_pretrained(index, reranker="R"),
+                rf"a reranker reads the documents' texts, and {where} keeps none: encode the corpus again with "
+                "--store-text, or pass texts=",
+            ),
+            (lambda: Retriever.from_pretrained(Index(unit(5, 96))), "an index of vectors in memory names no model"),
+            (
+                lambda: index.search(unit(96), 2, rescore_multiplier=4),
+                rf"rescore_multiplier applies to a quantized search, and {where} is searched in float32; drop it, or "
+                "give precision='int8' or 'binary'",
+            ),
+            (lambda: Retriever(embedder, index).search("q", 2, rescore_multiplier=4), "applies to a quantized search"),
+            (lambda: Retriever(embedder, index).search("q", 46), "top_k=46 is outside 1..45"),
+            (
+                lambda: Retriever(embedder, Index(unit(3, 96))).search("q", 1, rescore_multiplier=2),
+                "the index is searched in float32",
+            ),
+        ]:
+            with pytest.raises(ValueError, match=message):
+                call()
+    # The model the manifest names by default; another one (by content) is a warning, the same one is not.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        retriever = Retriever.from_pretrained(index, device="cpu")
+    assert retriever.search(["capital", "gravity"], 3) == Retriever(embedder, index).search(["capital", "gravity"], 3)
+    wider = build_checkpoint("gqa4", TINY_SHAPES["gqa4"])[0]  # 128 dimensions: it can embed 96-dimensional queries
+    another = rf"{re.escape(str(wider))} is not the model that embedded {where} \({which}, by content\)"
+    with pytest.warns(UserWarning, match=another):
+        Retriever.from_pretrained(index, wider, device="cpu")
+
+
+def test_a_retriever_loads_the_reranker_and_takes_texts(embedder, reranker, reranker_folder, folders):
+    index = Index.open(folders[0][0])
+    retriever = Retriever.from_pretrained(index, reranker=reranker_folder, texts=TEXTS, device="cpu")
+    expected = Retriever(embedder, index, reranker, texts=TEXTS).search("capital of China", 3, candidates=6)
+    assert retriever.search("capital of China", 3, candidates=6) == expected
 
 
 def test_an_index_over_a_vectors_store(folders):

@@ -29,6 +29,7 @@ from .scorers import scorer
 
 # Lower is coarser; a search runs at its stored vectors' rank or below.
 RANK = {"binary": 0, "ubinary": 0, "int8": 1, "uint8": 1, "float16": 2, "bfloat16": 2, "float32": 3, "float64": 4}
+DEFAULT_RESCORE_MULTIPLIER = 4
 
 
 class Hits(NamedTuple):
@@ -106,24 +107,45 @@ class Index:
         return len(self.vectors)
 
     @property
+    def name(self) -> str:
+        """What messages call this index: the folder it was opened from, else "the index"."""
+        return str(self.vectors.folder) if self.vectors.folder is not None else "the index"
+
+    @property
     def exact(self) -> bool:
         """Whether a search scores the stored float vectors as they are (else it rescores candidates)."""
         return self.precision == self.stored and self.precision in FLOATS
 
-    def search(self, queries: torch.Tensor | np.ndarray, top_k: int = 10, *, rescore_multiplier: int = 4) -> Hits:
-        """The `top_k` rows of largest inner product with each query [Q, dim] (or [dim]), best first, ties by
-        position. Float precisions are exact; quantized ones rescore `rescore_multiplier x top_k` candidates."""
-        queries = torch.as_tensor(queries)
-        single = queries.dim() == 1
-        queries = torch.atleast_2d(queries).to(self.device, torch.float32)
+    def check_search(self, top_k: int, rescore_multiplier: int | None = None) -> tuple[int, int | None]:
+        """(top_k, rescore_multiplier) checked as `search` checks them, for a caller that checks before it embeds
+        its queries: top_k in 1..len(self); rescore_multiplier (default 4) only for a quantized search."""
         if len(self) == 0:
             raise ValueError("the index is empty: it holds no vectors (was its input empty, or every record skipped?)")
-        queries = self._checked(queries)
         top_k = check_int("top_k", top_k, 1, len(self), f"the {len(self)} vectors of the index")
+        if self.exact:
+            if rescore_multiplier is not None:
+                raise ValueError(
+                    f"rescore_multiplier applies to a quantized search, and {self.name} is searched in "
+                    f"{self.precision}; drop it, or give precision='int8' or 'binary'"
+                )
+            return top_k, None
+        if rescore_multiplier is None:
+            return top_k, DEFAULT_RESCORE_MULTIPLIER
+        return top_k, check_int("rescore_multiplier", rescore_multiplier, 1)
+
+    def search(
+        self, queries: torch.Tensor | np.ndarray, top_k: int = 10, *, rescore_multiplier: int | None = None
+    ) -> Hits:
+        """The `top_k` rows of largest inner product with each query [Q, dim] (or [dim]), best first, ties by
+        position. Float precisions are exact; quantized ones rescore `rescore_multiplier x top_k` candidates
+        (default 4; an error on an exact search)."""
+        top_k, rescore_multiplier = self.check_search(top_k, rescore_multiplier)
+        queries = torch.as_tensor(queries)
+        single = queries.dim() == 1
+        queries = self._checked(torch.atleast_2d(queries).to(self.device, torch.float32))
         if self.exact:
             scores, positions = self._scan(queries, top_k)
         else:
-            rescore_multiplier = check_int("rescore_multiplier", rescore_multiplier, 1)
             _, candidates = self._scan(queries, min(top_k * rescore_multiplier, len(self)))
             scores, positions = self._rescore(queries, candidates, top_k)
         scores, positions = scores.cpu(), positions.cpu()

@@ -3,10 +3,18 @@ Qwen3-Reranker over them."""
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+import torch
+
+from .. import checkpoint
 from ..checks import check_int
+from ..embedder import Embedder
+from ..reranker import Reranker
+from ..store.fingerprint import model_fingerprint
 from .index import Index
 
 
@@ -23,18 +31,54 @@ class Retriever:
     keeps (`encode --store-text`). A reranker needs them.
     """
 
-    def __init__(self, embedder, index: Index, reranker=None, texts: Mapping | Sequence | None = None):
-        if index.dim > embedder.config.hidden_size:
-            raise ValueError(
-                f"the index holds {index.dim}-dimensional vectors, more than the embedder's hidden size "
-                f"{embedder.config.hidden_size}: use the model that embedded the corpus"
-            )
-        if reranker is not None and texts is None and index.texts is None:
-            raise ValueError(
-                "a reranker reads the documents' texts, and this index keeps none: encode the corpus with "
-                "--store-text, or pass texts= (a mapping from id to text)"
-            )
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: Index,
+        reranker: Reranker | None = None,
+        texts: Mapping | Sequence | None = None,
+    ):
+        check_width(index, "the embedder", embedder.config.hidden_size)
+        if reranker is not None:
+            check_texts(index, texts)
         self.embedder, self.index, self.reranker, self.texts = embedder, index, reranker, texts
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        index: Index,
+        model: str | os.PathLike | None = None,
+        reranker: str | os.PathLike | None = None,
+        *,
+        texts: Mapping | Sequence | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        check_kind: bool = True,
+    ) -> Retriever:
+        """A Retriever over `index` with an embedding model (a hub id or local folder; default: the one the index's
+        manifest names) and a reranker, checked against the index before either loads: a model that makes narrower
+        vectors than the index holds, or a reranker over an index that keeps no texts (and no `texts` given), is an
+        error; another model than the one that embedded the index (by content) is a warning. device, dtype,
+        check_kind: as for Embedder.from_pretrained and Reranker.from_pretrained."""
+        if reranker is not None:
+            check_texts(index, texts)
+        embedded_by = index.manifest["model_name"] if index.manifest is not None else None
+        model = model if model is not None else embedded_by
+        if model is None:
+            raise ValueError("an index of vectors in memory names no model: give model=, the one that embedded them")
+        folder = checkpoint.resolve(model)
+        check_width(index, str(model), checkpoint.read_config(folder).hidden_size)
+        if index.manifest is not None and model_fingerprint(folder) != index.manifest["settings"]["model"]:
+            warnings.warn(
+                f"{model} is not the model that embedded {index.name} ({embedded_by}, by content): its scores against "
+                "these vectors mean little",
+                stacklevel=2,
+            )
+        loading = dict(device=device, dtype=dtype, check_kind=check_kind)
+        embedder = Embedder.from_pretrained(folder, **loading)
+        return cls(
+            embedder, index, Reranker.from_pretrained(reranker, **loading) if reranker is not None else None, texts
+        )
 
     def search(
         self,
@@ -43,15 +87,15 @@ class Retriever:
         *,
         candidates: int = 100,
         instruction: str | None = None,
-        rescore_multiplier: int = 4,
+        rescore_multiplier: int | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """The best `top_k` documents for each query, best first. The queries are embedded with the instruction (the
         model card's web-search task by default) by `Embedder.encode_query`; with a reranker, the `candidates`
         nearest (all, in a smaller index) are scored by `Reranker.score` with the same instruction and reordered
-        (ties in retrieval order)."""
+        (ties in retrieval order). Every argument is checked before the queries are embedded."""
         single = isinstance(queries, str)
         queries = [queries] if single else list(queries)
-        top_k = check_int("top_k", top_k, 1, len(self.index), f"the {len(self.index)} vectors of the index")
+        top_k, rescore_multiplier = self.index.check_search(top_k, rescore_multiplier)
         if self.reranker is not None:
             candidates = check_int("candidates", candidates, top_k, None)
         vectors = self.embedder.encode_query(queries, instruction=instruction, dim=self.index.dim)
@@ -74,3 +118,23 @@ class Retriever:
             except (KeyError, IndexError):
                 raise KeyError(f"no text for document id {id!r} in the texts given to the Retriever") from None
         return self.index.texts[position] if self.index.texts is not None else None
+
+
+def check_width(index: Index, model: str, hidden_size: int) -> None:
+    """A model makes vectors of at most its hidden size: an index of wider ones was embedded by another model."""
+    if index.dim > hidden_size:
+        fix = "use the model that embedded them"
+        if index.manifest is not None:
+            fix = f"search it with {index.manifest['model_name']}, which embedded it"
+        raise ValueError(
+            f"{index.name} holds {index.dim}-dimensional vectors, more than {model} makes ({hidden_size}): {fix}"
+        )
+
+
+def check_texts(index: Index, texts: Mapping | Sequence | None) -> None:
+    """A reranker reads the documents' texts: given, or kept by the index."""
+    if texts is None and index.texts is None:
+        raise ValueError(
+            f"a reranker reads the documents' texts, and {index.name} keeps none: encode the corpus again with "
+            "--store-text, or pass texts= (a mapping from id to text)"
+        )
