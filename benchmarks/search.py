@@ -174,7 +174,7 @@ def recall(args) -> tuple[dict, list[str]]:
     exact = Index(documents).search(queries, 10).positions
 
     def recall_of(index: Index, multiplier: int) -> float:
-        found = index.search(queries, 10, rescore_multiplier=multiplier).positions
+        found = index.search(queries, 10, rescore_multiplier=None if index.exact else multiplier).positions
         return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), exact.tolist())]))
 
     calibration = documents[:1000]
