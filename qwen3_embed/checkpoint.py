@@ -147,10 +147,11 @@ def split_stacked(model, state: dict, prefix: str, local_metadata=None) -> None:
 
 def stack_parts(model, state: dict, prefix: str, *_) -> None:
     """load_state_dict pre-hook: the checkpoint's tensors of each stacked parameter, checked for shape and stacked
-    when all are there; else they stay apart (unexpected, and the stacked parameter missing: `name_missing_parts`)."""
+    when all are there; else they stay apart (unexpected, and the stacked parameter missing: `name_missing_parts`).
+    Every layer the model holds, whatever its config says (a reader may add or drop layers)."""
     config = model.config
-    for stacked in stacked_parts(config):
-        for layer in range(config.num_hidden_layers):
+    for layer in range(len(model.layers)):
+        for stacked in stacked_parts(config):
             key = f"{prefix}layers.{layer}.{stacked}"
             parts = _parts_of(key, config)
             for part, rows in parts:

@@ -33,6 +33,9 @@ class RMSNorm(nn.Module):
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
 
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
 
 class RotaryEmbedding(nn.Module):
     """The RoPE angles of each token's position, position * theta^(-2i/D), computed in float32 as transformers."""
@@ -48,6 +51,9 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (self.theta ** (exponents / self.head_dim))  # [D/2]
         angles = position_ids.float()[:, None] * inv_freq[None, :]  # [T, D/2]
         return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, theta={self.theta}"
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -94,7 +100,8 @@ class Attention(nn.Module):
         return apply_rotary(self.q_norm(q), cos, sin), apply_rotary(self.k_norm(k), cos, sin)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: ops.AttentionPlan) -> torch.Tensor:
-        """softmax(q k^T / sqrt(D), causal) v within each sequence; query head h reads key/value head h // (Hq/Hkv)."""
+        """softmax(q k^T / sqrt(D), causal) v within each sequence; query head h reads key/value head h // (Hq/Hkv),
+        as if k and v were `repeat_interleave`d Hq/Hkv times along the heads (SDPA's `enable_gqa`)."""
         return ops.varlen_attention(q, k, v, plan.bounds, self.scale)
 
 

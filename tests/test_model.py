@@ -128,3 +128,19 @@ def test_the_activation_is_a_module_and_dropping_a_layer_changes_the_vectors(tin
     torch.testing.assert_close(embedder.encode(texts), before, rtol=0, atol=0)
     del embedder.model.layers[-1]
     assert (embedder.encode(texts) - before).abs().max() > 1e-3
+
+
+def test_the_checkpoint_keys_follow_the_layers_the_model_holds(tiny):
+    """A reader who appends or drops a decoder layer still round-trips state_dict() through load_state_dict()."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    model = Qwen3Model(Embedder.from_pretrained(tiny[0], device="cpu").config)
+    model.load_state_dict(load_file(tiny[0] / "model.safetensors"))
+    model.layers.append(copy.deepcopy(model.layers[0]))
+    state = model.state_dict()
+    assert "layers.3.self_attn.q_proj.weight" in state and model.config.num_hidden_layers == 3
+    copy.deepcopy(model).load_state_dict(state, strict=True)
+    del model.layers[0]
+    model.load_state_dict(model.state_dict(), strict=True)

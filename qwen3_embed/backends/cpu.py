@@ -8,9 +8,10 @@ float32 rounding. oneDNN builds and keeps a kernel per row count, so rows are pa
 of two (at most 1/8 more): without it, 400 batch sizes grew a 4-layer model's memory by 7 GB.
 
 A packed layer is still an nn.Module: `.to(dtype)`, `.half()`, `.double()`, `.to(device)` unpack, convert and
-pack again where oneDNN takes the result; `state_dict()` gives the plain weight; `parameters()` counts it. What a
-packed tensor cannot do is refused with the fix: reading `.weight` (use `state_dict()`, or `unpack(model)`), and
-gradients (packing is for inference; `unpack(model)` to train).
+pack again where oneDNN takes the result; `state_dict()` gives a plain copy of the weight (editing it in place
+changes nothing until `load_state_dict()`); `parameters()` counts it (`packed_weight`, an opaque oneDNN tensor).
+What a packed tensor cannot do is refused with the fix: reading `.weight` (use `state_dict()`, or `unpack(model)`),
+and gradients (packing is for inference; `unpack(model)` to train).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class PackedLinear(nn.Module):
         if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
             raise RuntimeError(
                 "gradients do not flow through weights packed for oneDNN (CPU inference): call "
-                "qwen3_embed.backends.cpu.unpack(model) first to train or differentiate through the model"
+                "qwen3_embed.backends.cpu.unpack(model) first to differentiate through the model (and "
+                "model.requires_grad_(True) to train its weights: a loaded model's parameters are frozen)"
             )
         if not (w.is_mkldnn or (x.device.type == "cpu" and x.dtype == torch.bfloat16)):
             return F.linear(x, w)
@@ -74,9 +76,9 @@ class PackedLinear(nn.Module):
     def __getattr__(self, name: str):
         if name == "weight":
             raise AttributeError(
-                "this layer's weight is packed in oneDNN's layout for CPU inference (qwen3_embed.backends.cpu): read "
-                "the plain weights from model.state_dict(), or call qwen3_embed.backends.cpu.unpack(model) to get "
-                "nn.Linear layers back"
+                "this layer's weight is packed in oneDNN's layout for CPU inference (qwen3_embed.backends.cpu): "
+                "model.state_dict() gives plain copies (load_state_dict() writes edited ones back), or call "
+                "qwen3_embed.backends.cpu.unpack(model) to get nn.Linear layers whose weights you can read and change"
             )
         return super().__getattr__(name)
 

@@ -1,20 +1,16 @@
 """`qwen3-embed search`: the documents of an encoded corpus nearest to queries, optionally reranked. The index is
-opened (and verified) and every option checked before any model loads; then one Retriever call."""
+opened (and verified) and every option checked before any model loads (by the index and the Retriever, which check
+the same for a Python caller); then one Retriever call."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
-from .. import checkpoint
-from ..checks import check_int, resolve_device
-from ..embedder import Embedder
-from ..reranker import Reranker
+from ..checks import check_int
 from ..search import Index, Retriever
-from ..store.fingerprint import model_fingerprint
-from ..store.quantize import FLOATS, PRECISIONS
+from ..store.quantize import PRECISIONS
 from .common import DEVICE, add_command, add_model, loading
 
 
@@ -46,45 +42,15 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    resolve_device(args.device)
     index = Index.open(args.index, precision=args.precision, verify=not args.no_verify, device=args.device)
-    embedded_by = index.manifest["model_name"]
-    model = args.model or embedded_by
-    check_int("--top-k", args.top_k, 1, len(index), f"the {len(index)} vectors of the index")
-    rescoring = {}
-    if args.rescore_multiplier is not None:
-        if index.precision in FLOATS:
-            raise ValueError(
-                f"--rescore-multiplier applies to a quantized search, and {args.index} is searched in "
-                f"{index.precision}; drop it, or give --precision int8 or binary"
-            )
-        rescoring["rescore_multiplier"] = args.rescore_multiplier
+    index.check_search(args.top_k, args.rescore_multiplier)  # as the search checks them, before any model loads
     if args.reranker is not None:
-        check_int("--candidates", args.candidates, args.top_k, None)
-        if index.texts is None:
-            raise ValueError(
-                f"--reranker reads the documents' texts, and {args.index} keeps none: encode the corpus again with "
-                "--store-text"
-            )
-    folder = checkpoint.resolve(model)
-    config = checkpoint.read_config(folder)
-    if index.dim > config.hidden_size:
-        raise ValueError(
-            f"{args.index} holds {index.dim}-dimensional vectors, more than {model} makes ({config.hidden_size}): "
-            f"search it with {embedded_by}, which embedded it"
-        )
-    if model_fingerprint(folder) != index.manifest["settings"]["model"]:
-        warnings.warn(
-            f"{model} is not the model that embedded {args.index} ({embedded_by}, by content): its scores against "
-            "these vectors mean little",
-            stacklevel=2,
-        )
-    embedder = Embedder.from_pretrained(folder, **loading(args))
-    reranker = Reranker.from_pretrained(args.reranker, **loading(args)) if args.reranker is not None else None
-    found = Retriever(embedder, index, reranker).search(
-        args.query, args.top_k, candidates=args.candidates, instruction=args.instruction, **rescoring
+        check_int("candidates", args.candidates, args.top_k, None)
+    retriever = Retriever.from_pretrained(index, args.model, args.reranker, **loading(args))
+    searched = dict(
+        candidates=args.candidates, instruction=args.instruction, rescore_multiplier=args.rescore_multiplier
     )
-    print_hits(args, found)
+    print_hits(args, retriever.search(args.query, args.top_k, **searched))
 
 
 def print_hits(args: argparse.Namespace, found: list) -> None:
