@@ -9,7 +9,17 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_TOKENIZER = Path(os.environ.get("QWEN3_TOKENIZER_DIR", REPO.parent / "shared" / "qwen3-tokenizer"))
+# The real Qwen3 tokenizer, as the benchmarks find it: $QWEN3_TOKENIZER_DIR, else the checkout's git-ignored
+# local/qwen3-tokenizer (where a GPU run carries it), else ../shared/qwen3-tokenizer beside the checkout.
+_LOCAL_TOKENIZER = REPO / "local" / "qwen3-tokenizer"
+SHARED_TOKENIZER = Path(
+    os.environ.get(
+        "QWEN3_TOKENIZER_DIR",
+        _LOCAL_TOKENIZER
+        if (_LOCAL_TOKENIZER / "tokenizer.json").exists()
+        else REPO.parent / "shared" / "qwen3-tokenizer",
+    )
+)
 
 CARD_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 
