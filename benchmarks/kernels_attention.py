@@ -128,8 +128,9 @@ def benchmark(device: str, dtype: torch.dtype, smoke: bool = False) -> tuple[dic
             print(rows[-1], flush=True)
     table = markdown_table(
         f"Varlen causal attention, {dtype}, head_dim {d}, on {m.get('gpu', m['cpu'])} (causal TFLOP/s; x = kernel "
-        "speed-up). Kernel variants with the config autotune chose (BLOCK_M/BLOCK_N/warps/stages); the work table "
-        "is built once per batch, outside the timing, as the model does"
+        "speed-up). Kernel variants with the config autotune chose (BLOCK_M/BLOCK_N/warps/stages; autotune keys on "
+        "the head dim and a token-count bucket, so the cases of one bucket run the choice made on its first); the "
+        "work table is built once per batch, outside the timing, as the model does"
         + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if smoke else ""),
         ["case", "tokens", "Hq/Hkv", "kernel variant (config)", "kernel", "per-sequence SDPA (CUDA: flash)",
          "padded SDPA (CUDA: flash)", "max diff vs SDPA"],

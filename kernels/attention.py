@@ -17,8 +17,8 @@ architecture (one config under Triton's interpreter); float32 has none on CUDA (
 architecture and do not fit sm_80/sm_89 shared memory), so the model sends float32 to the PyTorch reference there.
 The diagonal runs in unrolled tiles of at most 64 keys (`DIAG_N`; a 128-key diagonal tile spills registers on sm_90
 at head dim 128), as many as the keys of any block of any GQA group need (`diagonal_tiles`). The kernel's `DIAG_N`
-and `TMA` switches also serve the variants in `qwen3_embed.kernels.experimental`; the default loads by pointers. `qwen3_embed.kernels.aot` compiles every
-launch ahead of time.
+and `TMA` switches also serve the variants in `qwen3_embed.kernels.experimental`; the default loads by pointers.
+`qwen3_embed.kernels.aot` compiles every launch ahead of time.
 
 The PyTorch reference is `qwen3_embed.ops.varlen_attention`.
 """
@@ -291,8 +291,12 @@ def launch(
     if t == 0 or work.shape[0] == 0:
         return out
     kernel = _tuned(variant, _settings(configs(d, hq // hkv, q.dtype, capability_of(q.device))))
+    # The default runs inside the custom op, where torch.compile may trace it through wrap_triton; the variants run
+    # outside it, never traced, and launch directly (torch's tracing wrapper refuses their autotune pre-hooks, and
+    # outside an op it costs ~0.5 ms of host time per call)
+    runner = torch.library.wrap_triton(kernel) if variant == BASE else kernel
     with on_device(q):
-        torch.library.wrap_triton(kernel)[(work.shape[0], hkv)](
+        runner[(work.shape[0], hkv)](
             q, k, v, out, *descriptors, work, scale * LOG2_E, hq // hkv, tokens_bucket(t),
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
             HEAD_DIM=d,

@@ -8,10 +8,11 @@ import torch
 
 # Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter; it must be chosen before
 # a kernel module is imported.
-GPU = torch.cuda.is_available()
-if not GPU:
+if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from checkpoints import SHAPE_0_6B, TINY_SHAPES, make_checkpoint
+
+GPU = torch.cuda.is_available()
 
 
 @pytest.fixture(autouse=True)

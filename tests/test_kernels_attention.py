@@ -253,3 +253,34 @@ def test_each_launch_runs_on_its_tensors_device(monkeypatch):
     cos = torch.ones(12, 32, device=DEVICE, dtype=DTYPE)
     rmsnorm.qk_norm_rope(q, k, cos[0].repeat(2), cos[0].repeat(2), 1e-6, cos, cos)
     assert seen == [q.device] * 3
+
+
+GPU_CALL_CHAIN = """
+import torch
+from triton.runtime.autotuner import Autotuner
+launched = []
+Autotuner.run = lambda self, *args, **kwargs: launched.append(kwargs["HEAD_DIM"])  # the launch itself, stubbed
+from qwen3_embed.kernels import attention
+from qwen3_embed.kernels.experimental import attention as experimental
+attention.capability_of = lambda device: (9, 0)  # an H100's configs and variants
+q, k, v = (torch.randn(371, h, 128).bfloat16() for h in (8, 2, 2))
+cu = torch.tensor([0, 1, 8, 41, 171, 371], dtype=torch.int32)
+attention.varlen_attention(q, k, v, cu, 128**-0.5)
+for variant in experimental.variants((9, 0), 128, torch.bfloat16):
+    experimental.varlen_attention(q, k, v, cu, 128**-0.5, variant)
+print(len(launched))
+"""
+
+
+def test_the_gpu_call_chain_reaches_the_launch_for_the_kernel_and_every_variant():
+    """What a GPU runs, down to the launch (stubbed), with compiled kernels rather than the interpreter, which hands
+    torch's wrappers its functions unwrapped: the variants launched through torch's tracing wrapper failed there
+    (it refuses the TMA variant's autotune pre-hook), and only on a GPU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", GPU_CALL_CHAIN], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == str(1 + len(experimental.variants((9, 0), 128, torch.bfloat16)))

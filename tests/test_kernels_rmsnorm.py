@@ -117,7 +117,7 @@ def test_the_custom_ops():
     for op, args, expected in cases:
         out = op(*args)
         for a, b in zip(out if isinstance(out, tuple) else (out,), expected):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6 if DEVICE == "cpu" else 4e-6)  # a GPU's sums, FMAs
         checks = torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration"))
         assert set(checks.values()) == {"SUCCESS"}
 

@@ -23,7 +23,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from sentence_transformers.quantization import quantize_embeddings
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else [])
 TEXTS = list(dict.fromkeys(texts_of_lengths(60, seed=5, max_words=12)))[:45]  # no duplicates, so no ties
 
 
