@@ -1,5 +1,6 @@
-"""Checks of arguments shared across the package: integers in range, devices, and a packed batch's offsets.
-The ground floor: it imports nothing of the package, so the kernels, the ops and every command can use it."""
+"""Checks of arguments shared across the package: integers in range, devices, a model's dim and max_length, and a
+packed batch's offsets. The ground floor: it imports nothing of the package, so the kernels, the ops and every
+command can use it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,21 @@ def check_int(name: str, value: object, low: int, high: int | None = None, high_
     if high is not None and not low <= value <= high:
         raise ValueError(f"{name}={value} is outside {bounds}" + (f", {high_is}" if high_is else ""))
     return int(value)
+
+
+DEFAULT_MAX_LENGTH = 8192  # tokens per text (EOS or prompt included), at most the model's positions
+
+
+def check_dim(dim: object, hidden_size: int, name: str = "dim") -> int:
+    """The output dimensions (Matryoshka): an integer in 1..hidden_size, default hidden_size."""
+    return hidden_size if dim is None else check_int(name, dim, 1, hidden_size, "the model's hidden size")
+
+
+def check_max_length(max_length: object, positions: int, name: str = "max_length") -> int:
+    """Tokens per sequence: an integer in 2..positions, default DEFAULT_MAX_LENGTH (or positions, if fewer)."""
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, positions)
+    return check_int(name, max_length, 2, positions, "the model's maximum sequence length")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_int
+from .checks import check_dim
 from .config import read_json_object
 from .model import Qwen3Model
 from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress
@@ -147,8 +147,7 @@ class Embedder(Pipeline):
 
     def check_dim(self, dim: int | None) -> int:
         """The output dimensions: an integer in 1..hidden, default hidden."""
-        hidden = self.config.hidden_size
-        return hidden if dim is None else check_int("dim", dim, 1, hidden, "the model's hidden size")
+        return check_dim(dim, self.config.hidden_size)
 
     def finish(self, vectors: torch.Tensor, normalize: bool) -> torch.Tensor:
         """Pooled vectors [n, dim] -> L2-normalized (when asked); non-finite rows are an error naming them."""

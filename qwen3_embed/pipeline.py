@@ -12,14 +12,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import backends, checkpoint
-from .checks import check_int, resolve_device
+from .checks import check_int, check_max_length, resolve_device
 from .config import Qwen3Config
 from .model import Qwen3Model
 from .tokenize import Tokenizer, batches
 
 # The model cards' task: for the embedding models' queries, and the rerankers' default instruction.
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-DEFAULT_MAX_LENGTH = 8192
 # Texts tokenized at a time by `run_texts`, the next chunk while the model runs this one: thousands of texts fill
 # many batches, so a GPU is never kept waiting for tokens after the first chunk.
 TOKENIZE_CHUNK = 4096  # what the official evaluation uses
@@ -101,10 +100,7 @@ class Pipeline:
 
     def max_length(self, max_length: int | None) -> int:
         """The token limit per sequence: default 8192, at most the model's maximum."""
-        limit = self.config.max_position_embeddings
-        if max_length is None:
-            return min(DEFAULT_MAX_LENGTH, limit)
-        return check_int("max_length", max_length, 2, limit, "the model's maximum sequence length")
+        return check_max_length(max_length, self.config.max_position_embeddings)
 
     def batch_tokens(self, batch_tokens: int | None) -> int:
         if batch_tokens is None:

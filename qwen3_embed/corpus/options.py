@@ -9,10 +9,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks import check_int
+from ..checks import check_dim, check_int, check_max_length
 from ..config import Qwen3Config
 from ..embedder import Embedder
-from ..pipeline import DEFAULT_MAX_LENGTH
 from ..store.quantize import quantization_ranges
 from ..store.shards import VECTOR_DTYPES, VECTOR_FORMATS
 
@@ -68,12 +67,8 @@ class Options:
         """(dim, max_length) for a checkpoint of this config, defaults filled in: dim at most its hidden size,
         max_length at most its positions. `flags`: errors name the options as the command line does (--dim)."""
         name = flag if flags else str
-        hidden, positions = config.hidden_size, config.max_position_embeddings
-        dim = hidden if self.dim is None else check_int(name("dim"), self.dim, 1, hidden, "the model's hidden size")
-        if self.max_length is None:
-            return dim, min(DEFAULT_MAX_LENGTH, positions)
-        limit = "the model's maximum sequence length"
-        return dim, check_int(name("max_length"), self.max_length, 2, positions, limit)
+        dim = check_dim(self.dim, config.hidden_size, name("dim"))
+        return dim, check_max_length(self.max_length, config.max_position_embeddings, name("max_length"))
 
     def settle(self, model: Embedder) -> Settled:
         """`check_model` with the checkpoint's tokenizer and prompts (a weightless model will do): the instruction

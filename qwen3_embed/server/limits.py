@@ -11,9 +11,8 @@ from dataclasses import dataclass, fields
 
 from starlette.responses import JSONResponse
 
-from ..checks import check_int
+from ..checks import DEFAULT_MAX_LENGTH, check_int
 from ..config import Qwen3Config
-from ..pipeline import DEFAULT_MAX_LENGTH
 
 log = logging.getLogger("qwen3_embed.server")
 
