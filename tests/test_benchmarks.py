@@ -107,3 +107,15 @@ def test_gpu_check_smoke(tmp_path):
                     for corpus in corpora for system in ("qwen3-embed", "sentence-transformers")}  # fmt: skip
     assert all(r["min_cosine_vs_qwen3_embed"] > 0.999 for r in results["end_to_end"])
     assert [t["target"] for t in sections["targets"]][0].startswith("attention")
+
+
+def test_throughput_warms_up_on_the_whole_workload_on_a_gpu():
+    """On a GPU every token-count bucket autotunes and compiles on its first pass: the warm-up before the timing runs
+    the whole workload there (a few texts on the CPU, where nothing compiles)."""
+    import throughput
+
+    texts = [f"text {i}" for i in range(10)]
+    for device, expected in (("cuda", texts), ("cuda:1", texts), ("cpu", texts[:4])):
+        seen = []
+        throughput.warm_up(seen.append, texts, device)
+        assert seen == [expected], device
