@@ -119,24 +119,25 @@ class PackedLinear(nn.Module):
 
 
 def pack(model: nn.Module) -> nn.Module:
-    """Every bias-free nn.Linear of `model` swapped for a PackedLinear, in place (each plain weight freed as its
-    packed copy is made, when nothing else holds it)."""
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if type(child) is nn.Linear and child.bias is None:
-                setattr(parent, name, PackedLinear(child.weight))
+    """Every bias-free nn.Linear of `model` swapped for a PackedLinear, in place, each plain weight freed as its
+    packed copy is made (when nothing else holds it: nothing here keeps the replaced layers)."""
+    for parent, name in _children(model, lambda child: type(child) is nn.Linear and child.bias is None):
+        setattr(parent, name, PackedLinear(getattr(parent, name).weight))
     return model
+
+
+def _children(model: nn.Module, wanted) -> list[tuple[nn.Module, str]]:
+    """(parent, name) of each `wanted` submodule, without a reference to the submodules themselves."""
+    return [(parent, name) for parent in model.modules() for name, child in parent.named_children() if wanted(child)]
 
 
 def unpack(model: nn.Module) -> nn.Module:
     """Every PackedLinear of `model` swapped back for a plain nn.Linear, in place: for training, torch.compile, or
     reading and changing the weights."""
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, PackedLinear):
-                weight = unpack_weight(child.packed_weight.data)
-                with torch.device("meta"):
-                    linear = nn.Linear(child.in_features, child.out_features, bias=False)
-                linear.weight = nn.Parameter(weight, requires_grad=False)
-                setattr(parent, name, linear)
+    for parent, name in _children(model, lambda child: isinstance(child, PackedLinear)):
+        packed = getattr(parent, name)
+        with torch.device("meta"):
+            linear = nn.Linear(packed.in_features, packed.out_features, bias=False)
+        linear.weight = nn.Parameter(unpack_weight(packed.packed_weight.data), requires_grad=False)
+        setattr(parent, name, linear)
     return model
