@@ -252,8 +252,9 @@ def end_to_end(args, shape_name: str, config: Qwen3Config, tokenizer_dir: Path, 
                 encode(texts if device == "cuda" and system.startswith("qwen3-embed") else texts[:2])  # warm-up
                 vectors, seconds = timed(functools.partial(encode, texts), device)
                 memory = torch.cuda.max_memory_allocated() if device == "cuda" else 0
-                ours = report.vectors.setdefault((shape_name, corpus), on_host(vectors))
-                cosine = torch.nn.functional.cosine_similarity(on_host(vectors), ours, dim=-1).min()
+                vectors = on_host(vectors)
+                ours = report.vectors.setdefault((shape_name, corpus), vectors)
+                cosine = torch.nn.functional.cosine_similarity(vectors, ours, dim=-1).min()
                 tokens, flops = sum(lengths), model_flops(config, lengths)
                 run = {"shape": shape_name, "layers": config.num_hidden_layers, "corpus": corpus, "system": system,
                        "texts": len(texts), "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,

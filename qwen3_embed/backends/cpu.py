@@ -64,9 +64,9 @@ class PackedLinear(nn.Module):
         if not (w.is_mkldnn or (x.device.type == "cpu" and x.dtype == torch.bfloat16)):
             return F.linear(x, w)
         rows = x.reshape(-1, self.in_features)
-        n = rows.shape[0]
-        if padded_rows(n) != n:  # F.pad copies even when it adds nothing
-            rows = F.pad(rows, (0, 0, 0, padded_rows(n) - n))
+        n, padded = rows.shape[0], padded_rows(rows.shape[0])
+        if padded != n:  # F.pad copies even when it adds nothing
+            rows = F.pad(rows, (0, 0, 0, padded - n))
         if w.is_mkldnn:
             out = torch.ops.mkldnn._linear_pointwise(rows, w, None, "none", [], "")
         else:
