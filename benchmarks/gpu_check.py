@@ -523,6 +523,18 @@ def interpreter_problem() -> str | None:
     return None
 
 
+def positive(kind):
+    """An argparse type: a finite number of `kind` above 0."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} is not a positive finite number")
+        return value
+
+    return parse
+
+
 def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="folder for gpu-<card>.json and .md")
@@ -534,11 +546,16 @@ def arguments() -> argparse.Namespace:
         help=f"time the run's Triton compiles on this CPU with a cold cache, into {COMPILES.name}",
     )
     p.add_argument("--tokenizer", type=Path, default=SHARED_TOKENIZER, help="folder with the real Qwen3 tokenizer")
-    p.add_argument("--layers-8b", type=int, default=8, help="layers of the 8B shape (36 in the real model)")
-    p.add_argument("--checkpoints", type=Path, default=ROOT / "local", help="where to write the checkpoints")
+    p.add_argument("--layers-8b", type=positive(int), default=8, help="layers of the 8B shape (36 in the real model)")
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=ROOT / "local",
+        help="where to write the checkpoints (and, for --smoke without the real one, a tokenizer)",
+    )
     p.add_argument(
         "--budget-s",
-        type=float,
+        type=positive(float),
         default=BUDGET_S,
         help="skip, with a note, a section whose estimate would take the run past this many seconds",
     )

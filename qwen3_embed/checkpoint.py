@@ -158,7 +158,7 @@ def stack_parts(model, state: dict, prefix: str, *_) -> None:
                 if part in state and tuple(state[part].shape) != (rows, config.hidden_size):
                     shape = tuple(state[part].shape)
                     raise ValueError(f"{part} has shape {shape}; this model takes {(rows, config.hidden_size)}")
-            if all(part in state for part, _ in parts):
+            if key not in state and all(part in state for part, _ in parts):  # given both ways: the parts unexpected
                 state[key] = torch.cat([state.pop(part) for part, _ in parts])
 
 

@@ -168,6 +168,8 @@ class Qwen3Model(nn.Module):
         plan = cu_seqlens  # the sequence layout, made once per batch for every layer
         if not isinstance(plan, ops.AttentionPlan):
             plan = ops.AttentionPlan(cu_seqlens, input_ids.shape[0], input_ids.device)
+            if empty := [b for b, (start, end) in enumerate(zip(plan.bounds, plan.bounds[1:])) if start == end]:
+                raise ValueError(f"sequences {empty} of cu_seqlens are empty: each needs a last token to pool")
         x = self.embed_tokens(input_ids)  # [T, hidden]
         rope = self.rotary(position_ids, x.dtype)
         states = [x] if output_hidden_states else None

@@ -152,7 +152,7 @@ class Reranker(Pipeline):
 
     def head(self, last: torch.Tensor) -> torch.Tensor:
         """l_yes - l_no from the final-normed last-token states [B, hidden]: [B] float32."""
-        no, yes = (last @ self.no_yes.T).float().unbind(-1)
+        no, yes = (last @ self.no_yes.to(last).T).float().unbind(-1)  # in the model's dtype, after a .half() too
         return yes - no
 
 

@@ -119,3 +119,9 @@ def test_throughput_warms_up_on_the_whole_workload_on_a_gpu():
         seen = []
         throughput.warm_up(seen.append, texts, device)
         assert seen == [expected], device
+
+
+@pytest.mark.parametrize("flag, value", [("--layers-8b", "0"), ("--layers-8b", "-3"), ("--budget-s", "nan")])
+def test_a_bad_size_or_budget_is_refused(tmp_path, flag, value):
+    done = run_gpu_check(str(tmp_path), "--plan", flag, value, returncode=2)
+    assert f"argument {flag}: {value} is not a positive finite number" in done.stderr

@@ -219,6 +219,10 @@ def reranker_folder(tmp_path_factory):
         (["rerank", "--query", "q", "--document", "d", "--top-k", "0"], "--top-k=0 must be at least 1"),
         (["rerank", "--query", "q", "--document", "d", "--max-length", "40000"], "--max-length=40000 is outside 2"),
         (["similarity", "--batch-tokens", "0"], "batch_tokens=0 must be at least 1"),
+        (
+            ["encode", "--input", "README.md", "--output", "shards/", "--chunk-size", "0"],
+            "chunk_size=0 must be at least",
+        ),
     ],
 )
 def test_bad_options_are_named_before_the_model_loads(tiny, no_loading, argv, message):

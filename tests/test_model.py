@@ -144,3 +144,26 @@ def test_the_checkpoint_keys_follow_the_layers_the_model_holds(tiny):
     copy.deepcopy(model).load_state_dict(state, strict=True)
     del model.layers[0]
     model.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_what_load_state_dict_cannot_place_is_reported_never_dropped(tiny):
+    """On the packed CPU model as loaded: a key a layer does not have (a bias) is unexpected, and a stacked key given
+    beside its parts replaces nothing silently (the parts are unexpected)."""
+    from safetensors.torch import load_file
+
+    loaded = Embedder.from_pretrained(tiny[0], device="cpu")
+    stored = load_file(tiny[0] / "model.safetensors")
+    bias = "layers.0.self_attn.o_proj.bias"
+    with pytest.raises(RuntimeError, match=rf'Unexpected key\(s\) in state_dict: "{bias}"'):
+        loaded.model.load_state_dict({**stored, bias: torch.ones(loaded.config.hidden_size)})
+    stacked = Qwen3Model(loaded.config).state_dict(keep_vars=True)  # as the checkpoint's keys
+    both = {**stored, "layers.0.self_attn.qkv_proj.weight": torch.cat([stacked[f"layers.0.self_attn.{p}_proj.weight"]
+                                                                      for p in "qkv"])}  # fmt: skip
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: .*"layers.0.self_attn.q_proj.weight"'):
+        loaded.model.load_state_dict(both)
+
+
+def test_an_empty_sequence_has_nothing_to_pool(embedder):
+    ids = torch.tensor([5, 6, 7, 8, 9])
+    with pytest.raises(ValueError, match=r"sequences \[1\] of cu_seqlens are empty"):
+        embedder.model(ids, torch.tensor([0, 3, 3, 5], dtype=torch.int32), torch.tensor([0, 1, 2, 0, 1]))

@@ -184,3 +184,11 @@ def test_rank_takes_numpy_and_tuples(reranker):
     assert reranker.rank(QUERY, tuple(DOCUMENTS), top_k=np.int64(2)) == ranked[:2]
     with pytest.raises(TypeError, match=r"top_k=1.5 must be an integer"):
         reranker.rank(QUERY, DOCUMENTS, top_k=1.5)
+
+
+def test_a_converted_model_still_scores(checkpoint):
+    """The yes/no rows follow the model's dtype: .double() (or .half()) on the loaded model keeps score working."""
+    converted = Reranker.from_pretrained(checkpoint[0], device="cpu")
+    before = converted.score("capital", ["Beijing", "gravity"])
+    converted.model.double()
+    torch.testing.assert_close(converted.score("capital", ["Beijing", "gravity"]), before, rtol=0, atol=1e-5)

@@ -121,6 +121,9 @@ def test_damaged_and_foreign_folders_are_named(tmp_path):
     (tmp_path / "manifest.json").write_text('{"format": "other/9"}')
     with pytest.raises(ValueError, match="in format 'other/9', not 'qwen3-embed-shards/1'"):
         read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": "qwen3-embed-shards/1", "settings": {}, "dim": 8}')
+    with pytest.raises(ValueError, match="lacks shards, rows or holds another type there: it was edited"):
+        read_manifest(tmp_path)
     write_folder(tmp_path / "out", unit(10, 8).numpy(), 4, vector_dtype="float32")
     (tmp_path / "out" / "shard-00001.ids.json").write_text('["x", "y", "z", "w"]')  # another size
     with pytest.raises(DamagedShard, match="shard-00001 of .*: shard-00001.ids.json has 20 bytes, not 24; rerun"):

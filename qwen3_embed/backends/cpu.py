@@ -93,6 +93,7 @@ class PackedLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
         key = prefix + "weight"
+        unexpected += [k for k in state_dict if k.startswith(prefix) and k != key]  # a bias, say: this layer has none
         if key not in state_dict:
             missing.append(key)
         elif state_dict[key].shape != (self.out_features, self.in_features):

@@ -141,7 +141,7 @@ def to_file(args: argparse.Namespace, options: dict) -> None:
 
 def to_folder(args: argparse.Namespace, options: dict) -> None:
     options.update(
-        chunk_size=args.chunk_size or 10_000,
+        chunk_size=10_000 if args.chunk_size is None else args.chunk_size,
         vector_format=args.vector_format or "npy",
         verify=not args.no_verify,
         store_text=args.store_text,

@@ -28,6 +28,7 @@ FORMAT = "qwen3-embed-shards/1"
 VECTOR_FORMATS = ("npy", "safetensors")
 VECTOR_DTYPES = PRECISIONS  # float32, float16, and quantized: int8, uint8, binary, ubinary (see quantize.py)
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = {"shards": list, "settings": dict, "dim": int, "rows": int}  # what readers use
 REDO = "rerun the encode command that wrote it: a rerun embeds the damaged shards again"
 
 
@@ -179,6 +180,11 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise ValueError(
             f"{path} is in format {found!r}, not {FORMAT!r}: written by another version of qwen3-embed; encode the "
             "corpus again with this one"
+        )
+    wrong = [key for key, kind in MANIFEST_KEYS.items() if not isinstance(manifest.get(key), kind)]
+    if wrong:
+        raise ValueError(
+            f"{path} lacks {', '.join(wrong)} or holds another type there: it was edited or damaged; {REDO}"
         )
     return manifest
 
