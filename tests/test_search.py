@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -101,6 +102,26 @@ def test_ties_are_broken_by_position_across_blocks():
     for block_rows in (1, 5):
         index = Index(codes, precision="int8", ranges=ranges, block_rows=block_rows)
         assert index._scan(basis[:1] / 3, 5)[1].tolist() == [[1, 3, 4, 7, 9]]
+
+
+@pytest.mark.parametrize("stored", ["float16", "uint8"])
+def test_threads_searching_one_index_get_the_serial_answers(stored, monkeypatch):
+    """8 threads x 200 queries on one Index whose scorer converts its rows (float16 to float32, uint8 to int8) a piece
+    at a time: every thread converts into a buffer of its own, so each answer equals the serial one."""
+    monkeypatch.setattr(scorers, "PIECE_BYTES", 64 * 64)  # pieces of 64 rows: many conversions per search
+    vectors, queries = unit(1000, 64, seed=4), unit(200, 64, seed=5)
+    ranges = quantization_ranges(vectors)
+    given = vectors.half() if stored == "float16" else torch.from_numpy(quantize(vectors, "uint8", ranges=ranges))
+    index = Index(given, precision=stored, ranges=ranges if stored == "uint8" else None, block_rows=500)
+    serial = [index.search(q, 5).positions.tolist() for q in queries]
+
+    def search_all(seed: int) -> dict[int, list[int]]:
+        order = torch.randperm(len(queries), generator=torch.Generator().manual_seed(seed)).tolist()
+        return {i: index.search(queries[i], 5).positions.tolist() for i in order}
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(search_all, range(8)))
+    assert all(answer[i] == serial[i] for answer in answers for i in range(len(queries)))
 
 
 def planted(n=400, dim=64, queries=6, seed=7):

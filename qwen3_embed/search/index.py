@@ -9,8 +9,7 @@ Quantized search takes `rescore_multiplier x top_k` candidates by their integer 
 float query against the stored vectors and keeps the best `top_k`. (sentence-transformers quantizes an int8 query
 with the corpus's ranges instead, which centres each dimension at the middle of its range and weights it by
 1/step^2: on the vectors of benchmarks/search.py its first stage keeps 46% of the true top 10, this one 96%.)
-Results are ordered by score, ties by position. One search at a time per Index (its scorer reuses a conversion
-buffer).
+Results are ordered by score, ties by position. Any number of threads may search one Index at once.
 """
 
 from __future__ import annotations

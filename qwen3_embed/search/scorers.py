@@ -6,9 +6,12 @@ ones (minus twice the Hamming distance, plus a constant).
 
 On the CPU, rows that must be converted before they are scored (float16 to float32, uint8 to centred int8, bits to
 +-1) are converted and scored a cache-sized piece at a time, so that the converted rows are read back from the cache,
-not from memory; the converted rows go to one reused buffer, so memory stays bounded."""
+not from memory; the converted rows go to a buffer reused by each thread (its own, so that searches from many threads
+never share one), so memory stays bounded."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import torch
@@ -23,7 +26,7 @@ class Scorer:
 
     def __init__(self, dim: int, device: torch.device, block_rows: int):
         self.dim, self.device, self.block_rows = dim, device, block_rows
-        self._buffer = None
+        self._local = threading.local()  # each thread's conversion buffer
 
     def prepare(self, queries: torch.Tensor) -> torch.Tensor:
         """The float32 queries [Q, dim] as this scorer scores them."""
@@ -49,11 +52,12 @@ class Scorer:
         return min(self.block_rows, max(1, PIECE_BYTES // self.dim))
 
     def _converted(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """`rows` copied to `dtype` on the device, into the reused buffer."""
+        """`rows` copied to `dtype` on the device, into this thread's reused buffer."""
         shape = (self._piece_rows(rows), rows.shape[1])
-        if self._buffer is None or self._buffer.dtype != dtype or self._buffer.shape != shape:
-            self._buffer = torch.empty(shape, dtype=dtype, device=self.device)
-        return self._buffer[: len(rows)].copy_(rows)
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.dtype != dtype or buffer.shape != shape:
+            buffer = self._local.buffer = torch.empty(shape, dtype=dtype, device=self.device)
+        return buffer[: len(rows)].copy_(rows)
 
 
 class FloatScorer(Scorer):
