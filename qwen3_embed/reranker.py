@@ -79,7 +79,8 @@ class Reranker(Pipeline):
         Also takes a list of (query, document) pairs in place of query and documents.
         instruction: the task (default: the card's web-search instruction).
         max_length: tokens per pair, prompt included (default 8192); a longer pair has its document's end cut,
-        never the prompt, with a warning, or is an error when `truncate` is False.
+        never the prompt, with a warning, or is an error when `truncate` is False. A query that leaves no room for
+        a document is an error (TextTooLong), as the server's 413.
         batch_tokens: tokens per forward pass (default 2048 on CPU, 16384 on CUDA).
         raw: return the logit difference `l_yes - l_no` instead of its sigmoid.
         """
@@ -116,9 +117,12 @@ class Reranker(Pipeline):
         first: int = 0,
         cut: Cut | None = None,
     ) -> list[list[int]]:
-        """The token ids `score` runs for each pair: prefix, the pair's text (cut to fit max_length), suffix (see
-        `Tokenizer.encode` for `warn`, `first` and `cut`)."""
+        """The token ids `score` runs for each pair: prefix, the pair's text (its document's end cut to fit
+        max_length), suffix (see `Tokenizer.encode` for `warn`, `first` and `cut`). A query that leaves no room for a
+        document is an error (TextTooLong), as in `tokenize_query`."""
         instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+        for query in dict.fromkeys(q for q, _ in pairs):
+            self.tokenize_query(query, [], instruction, max_length)  # no documents: the query's check alone
         texts = [format_pair(instruction, q, d) for q, d in pairs]
         return self.tokenizer.encode(texts, self.max_length(max_length), truncate, self.prefix, self.suffix, warn,
                                      first, cut)  # fmt: skip
@@ -131,21 +135,24 @@ class Reranker(Pipeline):
         max_length: int | None = None,
         truncate: bool = True,
         warn: bool = True,
+        *,
+        name: str = "max_length",
     ) -> list[list[int]]:
         """The ids `tokenize` gives for the pairs of `query` with each document, with the query tokenized once.
 
         Each pair's text is cut after '<Document>:', before the space that leads the document; Qwen's tokenizer
         (NFC, then a split before every space-led run) never joins tokens across that cut, so the ids are exactly
         those of the whole pair (tests/test_server_limits.py checks it against the real tokenizer). A query that
-        leaves no room for a document is an error (TextTooLong) where `tokenize` would cut into the query.
+        leaves no room for a document is an error (TextTooLong; the server's 413) that names the limit as `name`.
         """
         instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
         max_length = self.max_length(max_length)
         head = self.prefix + self.tokenizer.ids(format_pair(instruction, query, "").removesuffix(" "))
         if len(head) + len(self.suffix) >= max_length:
             raise TextTooLong(
-                f"the query takes {len(head) + len(self.suffix)} tokens with the prompt, leaving no room for a "
-                f"document within max_length={max_length}; shorten the query"
+                f"the query has {len(self.tokenizer.ids(query))} tokens, {len(head) + len(self.suffix)} with the "
+                f"prompt, leaving no room for a document within {name}={max_length}: shorten the query, or use "
+                f"{name} of at least {len(head) + len(self.suffix) + 1}"
             )
         documents = [" " + d for d in documents]
         return self.tokenizer.encode(documents, max_length, truncate, prefix=head, suffix=self.suffix, warn=warn)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from checkpoints import SHARED_TOKENIZER, TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
+from checkpoints import REPO, SHARED_TOKENIZER, TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
 from qwen3_embed.reranker import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, Reranker, format_pair
+from qwen3_embed.tokenize import TextTooLong
 
 QUERY = "What is the capital of China?"
 DOCUMENTS = [
@@ -136,13 +140,57 @@ def test_bad_input(reranker):
 
 
 def test_max_length_too_small_says_the_minimum(reranker):
-    minimum = len(reranker.prefix) + len(reranker.suffix) + 1
-    with pytest.raises(ValueError, match=f"use at least {minimum}"):
+    with pytest.raises(TextTooLong, match=r"leaving no room for a document within max_length=10") as error:
+        reranker.score(QUERY, ["a"], max_length=10)
+    minimum = int(re.search(r"use max_length of at least (\d+)$", str(error.value))[1])
+    assert reranker.score(QUERY, [""], max_length=minimum).shape == (1,)  # fits without a cut: no warning
+    with pytest.raises(TextTooLong, match=f"at least {minimum}$"):
         reranker.score(QUERY, ["a"], max_length=minimum - 1)
     with pytest.raises(ValueError, match="longer than max_length"):
         reranker.score(QUERY, ["a b c d e f g h i j k l m n o p"], max_length=minimum, truncate=False)
     with pytest.raises(ValueError, match="max_length=1000000 is outside 2..32768"):
         reranker.score(QUERY, ["a"], max_length=10**6)
+
+
+def test_a_query_that_leaves_no_room_for_a_document_is_refused(reranker):
+    """Cutting such a pair's end would cut its whole document away, and score every document the same: refused, by
+    the rule the server refuses it with (413), naming the query's length and the limit. A pair whose query fits still
+    has its document's end cut."""
+    query = "word " * 600
+    tokens = len(reranker.tokenizer.ids(query))
+    with pytest.raises(TextTooLong) as server:
+        reranker.tokenize_query(query, DOCUMENTS[:2], max_length=512)
+    message = str(server.value)
+    assert re.fullmatch(rf"the query has {tokens} tokens, \d+ with the prompt, leaving no room for a document within "
+                        r"max_length=512: shorten the query, or use max_length of at least \d+", message)  # fmt: skip
+    calls = [
+        lambda: reranker.score(query, DOCUMENTS[:2], max_length=512),
+        lambda: reranker.score(query, DOCUMENTS[:2], max_length=512, truncate=False),
+        lambda: reranker.rank(query, DOCUMENTS[:2], max_length=512),
+        lambda: reranker.score([(QUERY, "d"), (query, "d")], max_length=512),
+    ]
+    for call in calls:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # refused, not cut with a warning
+            with pytest.raises(TextTooLong) as refused:
+                call()
+        assert str(refused.value) == message
+    with pytest.warns(UserWarning, match="1 of 2 text"):
+        scores = reranker.score(QUERY, ["word " * 600, "word"], max_length=512)
+    assert scores[0] != scores[1]
+
+
+def test_the_command_refuses_a_query_that_leaves_no_room_for_a_document(tmp_path):
+    """`qwen3-embed rerank` in a process of its own: the refusal names --max-length, and nothing is scored."""
+    make_reranker_checkpoint(tmp_path, TINY_SHAPES["gqa2"], tied=True)
+    argv = ["rerank", "--model", str(tmp_path), "--max-length", "512", "--query", "word " * 600,
+            "--document", "Beijing is the capital", "--document", "Gravity is a force"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "qwen3_embed.cli", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert re.fullmatch(r"qwen3-embed: error: the query has \d+ tokens, \d+ with the prompt, leaving no room for a "
+                        r"document within --max-length=512: shorten the query, or use --max-length of at least \d+\n",
+                        done.stderr)  # fmt: skip
 
 
 def test_untied_config_without_lm_head_is_an_error(checkpoint, tmp_path):

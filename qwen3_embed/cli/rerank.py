@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         ids, documents = corpus.read_documents(args.input, args.text_field, args.id_field)
     reranker = Reranker.from_pretrained(args.model, **loading(args))
+    reranker.tokenize_query(args.query, [], args.instruction, args.max_length, name="--max-length")  # leaves room?
     ranked = reranker.rank(
         args.query,
         documents,
