@@ -8,7 +8,7 @@ last token of each sequence: never the vocabulary-wide logits.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -64,8 +64,8 @@ class Reranker(Pipeline):
 
     def score(
         self,
-        query: str | Sequence[tuple[str, str]],
-        documents: Sequence[str] | None = None,
+        query: str | Iterable[tuple[str, str]],
+        documents: Iterable[str] | None = None,
         *,
         instruction: str | None = None,
         max_length: int | None = None,
@@ -76,7 +76,8 @@ class Reranker(Pipeline):
     ) -> torch.Tensor:
         """Relevance probability of each document for the query: float32 CPU tensor [len(documents)], in order.
 
-        Also takes a list of (query, document) pairs in place of query and documents.
+        Also takes a list of (query, document) pairs in place of query and documents (either: any iterable, read
+        once).
         instruction: the task (default: the card's web-search instruction).
         max_length: tokens per pair, prompt included (default 8192); a longer pair has its document's end cut,
         never the prompt, with a warning, or is an error when `truncate` is False. A query that leaves no room for
@@ -163,17 +164,22 @@ class Reranker(Pipeline):
         return yes - no
 
 
-def pairs(query: str | Sequence[tuple[str, str]], documents: Sequence[str] | None) -> list[tuple[str, str]]:
-    """(query, document) pairs from a query and its documents, or from a list of pairs; non-strings are named."""
+def pairs(query: str | Iterable[tuple[str, str]], documents: Iterable[str] | None) -> list[tuple[str, str]]:
+    """(query, document) pairs from a query and its documents, or from pairs (any iterable, read once); non-strings
+    are named."""
     if isinstance(query, str):
-        if documents is None or isinstance(documents, str):
+        if documents is None or isinstance(documents, str) or not isinstance(documents, Iterable):
             raise TypeError("pass a query and a list of documents, or a list of (query, document) pairs")
+        documents = list(documents)
         for i, d in enumerate(documents):
             if not isinstance(d, str):
                 raise TypeError(f"documents[{i}] is {type(d).__name__}, not str")
         return [(query, d) for d in documents]
     if documents is not None:
         raise TypeError("pass either a query with documents, or a list of (query, document) pairs, not both")
+    if not isinstance(query, Iterable):
+        raise TypeError(f"the query is {type(query).__name__}: pass a str with a list of documents, or a list of "
+                        "(query, document) pairs")  # fmt: skip
     result = list(query)
     for i, pair in enumerate(result):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):

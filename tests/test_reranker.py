@@ -110,6 +110,17 @@ def test_pairs_input(reranker):
     torch.testing.assert_close(scores[1:], reranker.score("Explain gravity", [DOCUMENTS[1], DOCUMENTS[0]]))
 
 
+def test_generators_are_read_once(reranker):
+    scores = reranker.score(QUERY, DOCUMENTS)
+    torch.testing.assert_close(reranker.score(QUERY, (d for d in DOCUMENTS)), scores, rtol=0, atol=0)
+    torch.testing.assert_close(reranker.score((QUERY, d) for d in DOCUMENTS), scores, rtol=0, atol=0)
+    assert reranker.rank(QUERY, iter(DOCUMENTS)) == reranker.rank(QUERY, DOCUMENTS)
+    with pytest.raises(TypeError, match="the query is int: pass a str with a list of documents"):
+        reranker.score(5)
+    with pytest.raises(TypeError, match="a list of documents"):
+        reranker.score(QUERY, 5)
+
+
 def test_rank_and_top_k(reranker):
     documents = texts_of_lengths(8, seed=2)
     scores = reranker.score(QUERY, documents).tolist()
