@@ -5,7 +5,10 @@ index before a model loads, and every bad input said plainly."""
 from __future__ import annotations
 
 import json
+import math
 import re
+import subprocess
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,12 +16,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_store import write_folder
 
-from checkpoints import TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
+from checkpoints import REPO, TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
 from qwen3_embed import Embedder, Reranker
 from qwen3_embed.corpus import encode_corpus, load_corpus, read_manifest
 from qwen3_embed.search import Index, Retriever, quantization_ranges, quantize, scorers
-from qwen3_embed.store import Vectors
+from qwen3_embed.store import DamagedShard, Vectors
+from qwen3_embed.store import vectors as stored_vectors
+from qwen3_embed.store.vectors import non_finite
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -270,6 +276,60 @@ def test_bad_inputs_are_clear_errors(tiny, embedder, reranker, tmp_path, folders
     (damaged / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="shard-00000: its vectors have 96 values a row where the manifest's dim 32"):
         Index.open(damaged, verify=False)
+
+
+def test_non_finite_rows_of_a_shard_are_refused_when_first_read(tmp_path, monkeypatch):
+    """NaN or infinite rows (which encode never writes) would score first: each block's rows are checked the first
+    time they are read, by the first search or a quantized copy, naming the shard and row; never again after."""
+    vectors = unit(300, 16).numpy()
+    write_folder(tmp_path / "sound", vectors, 100, vector_dtype="float32")
+    vectors[234, 5] = np.nan
+    write_folder(tmp_path / "nan", vectors, 100, vector_dtype="float32")
+    refused = r"shard-00002.npy of .*nan holds NaN or infinite values in row 34 \(row 234 of the index\)"
+    index = Index.open(tmp_path / "nan", block_rows=32)
+    for call in (lambda: index.search(unit(16), 3), lambda: Index.open(tmp_path / "nan", precision="binary")):
+        with pytest.raises(DamagedShard, match=refused):
+            call()
+    index = Index.open(tmp_path / "sound", block_rows=32)
+    checks = []
+    monkeypatch.setattr(stored_vectors, "non_finite", lambda rows: checks.append(len(rows)) or non_finite(rows))
+    index.search(unit(2, 16), 3)
+    assert sorted(checks) == [4] * 3 + [32] * 9  # each block once: 3 shards of 4 blocks
+    index.search(unit(2, 16), 3)
+    assert len(checks) == 12  # never again
+    huge = torch.full((3, 4), 3e38)  # finite, though their sum overflows
+    assert non_finite(huge) is None
+    huge[1, 2] = -math.inf
+    assert non_finite(huge) == 1
+
+
+# A shard cut short under an open index: a search reads the shard through its memory map, where rows past the file's
+# new end would kill the process (SIGBUS). An exact search streams blocks; a binary one gathers rows to rescore.
+CUT_SHORT = """
+import os, sys
+import torch
+from qwen3_embed.search import Index
+exact, binary = Index.open(sys.argv[1], block_rows=256), Index.open(sys.argv[1], precision="binary")
+query = torch.ones(64)
+exact.search(query, 3), binary.search(query, 3)
+os.truncate(os.path.join(sys.argv[1], "shard-00001.npy"), 1000)
+for index in (binary, exact):
+    try:
+        index.search(query, 3)
+    except Exception as e:
+        print(type(e).__name__, e)
+"""
+
+
+def test_a_shard_cut_short_under_an_open_index_is_an_error_not_a_crash(tmp_path):
+    write_folder(tmp_path / "out", unit(3000, 64).numpy(), 1000, vector_dtype="float32")
+    done = subprocess.run([sys.executable, "-c", CUT_SHORT, str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr  # not killed by SIGBUS (-7)
+    message = (f"DamagedShard shard-00001.npy of {tmp_path / 'out'} has 1000 bytes, its record says 256128: it changed "
+               f"after the index was opened; check the folder with `qwen3-embed verify {tmp_path / 'out'}`, and open "
+               "the index again")  # fmt: skip
+    assert done.stdout == f"{message}\n{message}\n"
 
 
 def test_a_retriever_checks_its_index_before_a_model_loads(tiny, build_checkpoint, embedder, folders, monkeypatch):
