@@ -7,13 +7,15 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checkpoints import texts_of_lengths
+from checkpoints import REPO, texts_of_lengths
 from qwen3_embed import Embedder, backends, ops
 from qwen3_embed.backends import compiled, cpu
 from qwen3_embed.tokenize import pack
@@ -35,10 +37,23 @@ def test_the_backend_is_chosen_once_at_load(monkeypatch):
     assert backends.choose(cuda) == "torch"
     monkeypatch.setenv("QWEN3_EMBED_BACKEND", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="needs a model on CUDA, or TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match="QWEN3_EMBED_BACKEND=triton asks for the Triton kernels, which run on CUDA"):
         backends.choose(cpu_device)
+    with pytest.raises(ValueError, match="backend='triton' asks for"):
+        backends.choose(cpu_device, "triton")
     monkeypatch.delenv("QWEN3_EMBED_BACKEND")
     assert backends.choose(cuda) == "triton"
+
+
+def test_the_triton_backend_on_a_cpu_is_a_setup_error_that_says_what_to_set(tiny):
+    """In a process of its own, as a user meets it: an error saying what to set, not a bug to report."""
+    env = {**os.environ, "QWEN3_EMBED_BACKEND": "triton", "TRITON_INTERPRET": "0", "CUDA_VISIBLE_DEVICES": ""}
+    argv = ["similarity", "--model", str(tiny[0]), "--query", "q", "--document", "d"]
+    done = subprocess.run([sys.executable, "-m", "qwen3_embed.cli", *argv], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1 and "looks like a bug" not in done.stderr
+    assert done.stderr.startswith("qwen3-embed: error: QWEN3_EMBED_BACKEND=triton asks for the Triton kernels, "
+                                  "which run on CUDA, for a model on the cpu: set TRITON_INTERPRET=1")  # fmt: skip
 
 
 def test_a_cpu_model_is_packed_and_gives_the_plain_models_vectors(tiny, embedder):

@@ -45,8 +45,13 @@ def choose(device: torch.device, backend: str | None = None) -> str:
         return "triton" if device.type == "cuda" and triton else "torch"
     if choice not in BACKENDS:
         raise ValueError(f"backend {choice!r} is not one of auto, {', '.join(BACKENDS)} (QWEN3_EMBED_BACKEND)")
+    asked = f"backend={choice!r}" if backend else f"QWEN3_EMBED_BACKEND={choice}"
     if choice == "triton" and not triton:
-        raise RuntimeError("the Triton backend was asked for, but triton is not installed: pip install triton")
+        raise ImportError(f"{asked} asks for the Triton kernels, but triton is not installed: pip install triton")
     if choice == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("the Triton backend needs a model on CUDA, or TRITON_INTERPRET=1 to run on the CPU")
+        raise ValueError(
+            f"{asked} asks for the Triton kernels, which run on CUDA, for a model on the {device.type}: set "
+            "TRITON_INTERPRET=1 in the environment before Python starts to run them on the CPU through Triton's "
+            "interpreter (slow; for testing them), or use QWEN3_EMBED_BACKEND=torch"
+        )
     return choice
