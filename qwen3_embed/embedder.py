@@ -153,9 +153,14 @@ class Embedder(Pipeline):
         """Pooled vectors [n, dim] -> L2-normalized (when asked); non-finite rows are an error naming them."""
         bad = (~torch.isfinite(vectors).all(dim=1)).nonzero().flatten().tolist()
         if bad:
+            weights = "the checkpoint's weights may hold NaN or infinite values: download it again"
+            advice = {
+                torch.float16: "float16 overflows on some inputs: use dtype='bfloat16' or 'float32'",
+                torch.bfloat16: f"try dtype='float32'; if it gives them too, {weights}",
+            }.get(self.dtype, weights)
             raise FloatingPointError(
                 f"the model produced non-finite values (inf or NaN) in {self.dtype} for the texts at indices {bad}; "
-                "float16 overflows on some inputs: use dtype='bfloat16' or 'float32'"
+                f"{advice}"
             )
         return F.normalize(vectors, dim=-1) if normalize else vectors
 

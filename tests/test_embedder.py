@@ -171,6 +171,20 @@ def test_fp16_overflow_names_the_texts(tiny, tmp_path):
         Embedder.from_pretrained(folder, dtype="float16").encode(texts)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_non_finite_vectors_get_the_advice_of_the_dtype_in_use(tiny, tmp_path, dtype):
+    """Only float16 overflows where the others do not: in bfloat16 or float32, NaN points at the weights."""
+    folder = tmp_path / "nan"
+    shutil.copytree(tiny[0], folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["norm.weight"][0] = float("nan")
+    save_file(weights, folder / "model.safetensors")
+    advice = {"bfloat16": "try dtype='float32'; if it gives them too, the", "float32": "the"}[dtype]
+    with pytest.raises(FloatingPointError, match=rf"in torch.{dtype} for the texts at indices \[0\]; {advice} "
+                       "checkpoint's weights may hold NaN or infinite values: download it again$"):  # fmt: skip
+        Embedder.from_pretrained(folder, dtype=dtype).encode(["a"])
+
+
 def test_defaults_on_cpu(embedder):
     assert embedder.device.type == "cpu" and embedder.dtype == torch.float32
 
