@@ -1,6 +1,6 @@
-"""Checks of arguments shared across the package: integers in range, devices, a model's dim and max_length, and a
-packed batch's offsets. The ground floor: it imports nothing of the package, so the kernels, the ops and every
-command can use it."""
+"""Checks of arguments shared across the package: integers in range, booleans, strings, devices, a model's dim
+and max_length, and a packed batch's offsets. The ground floor: it imports nothing of the package, so the kernels, the
+ops and every command can use it."""
 
 from __future__ import annotations
 
@@ -18,6 +18,28 @@ def check_int(name: str, value: object, low: int, high: int | None = None, high_
     if high is not None and not low <= value <= high:
         raise ValueError(f"{name}={value} is outside {bounds}" + (f", {high_is}" if high_is else ""))
     return int(value)
+
+
+def check_bools(**options: object) -> None:
+    """Each boolean option, by name, is True or False (a numpy bool too), never another value read as one ("no")."""
+    for name, value in options.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}={value!r} must be True or False")
+
+
+def check_str(name: str, value: object) -> str:
+    """A text option's value: a str of valid Unicode. A lone surrogate (how Python reads bytes that are not UTF-8, on
+    a command line for one) is named with its place in this value."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} is {type(value).__name__}, not str")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{name} is not valid Unicode: it holds the lone surrogate U+{ord(value[e.start]):04X} at character "
+            f"{e.start} (bytes that are not UTF-8?)"
+        ) from None
+    return value
 
 
 DEFAULT_MAX_LENGTH = 8192  # tokens per text (EOS or prompt included), at most the model's positions

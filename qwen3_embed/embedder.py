@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_dim
+from .checks import check_bools, check_dim
 from .config import read_json_object
 from .model import Qwen3Model
 from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress
@@ -79,6 +79,9 @@ class Embedder(Pipeline):
         batch_size: not used (batches are packed by tokens); passing it warns and names batch_tokens.
         convert_to_numpy: return a numpy array instead of a tensor.
         """
+        check_bools(
+            normalize=normalize, truncate=truncate, show_progress=show_progress, convert_to_numpy=convert_to_numpy
+        )
         single = isinstance(texts, str)
         if truncate_dim is not None:
             if dim is not None and dim != truncate_dim:

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import backends, checkpoint
-from .checks import check_int, check_max_length, resolve_device
+from .checks import check_bools, check_int, check_max_length, resolve_device
 from .config import Qwen3Config
 from .model import Qwen3Model
 from .tokenize import Tokenizer, batches
@@ -89,6 +89,7 @@ class Pipeline:
     ):
         """(folder, model, tokenizer) of a local folder or hub id; default: CUDA in bf16 when available, else CPU
         in float32. A checkpoint of the other kind is an error unless `check_kind` is False."""
+        check_bools(check_kind=check_kind)
         device = resolve_device(device)
         dtype = resolve_dtype(device, dtype)
         folder = checkpoint.resolve(name_or_path)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from . import checkpoint
-from .checks import check_int
+from .checks import check_bools, check_int
 from .model import Qwen3Model
 from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress
 from .tokenize import Cut, TextTooLong, Tokenizer
@@ -85,6 +85,7 @@ class Reranker(Pipeline):
         batch_tokens: tokens per forward pass (default 2048 on CPU, 16384 on CUDA).
         raw: return the logit difference `l_yes - l_no` instead of its sigmoid.
         """
+        check_bools(truncate=truncate, show_progress=show_progress, raw=raw)
         both = pairs(query, documents)
         cut = Cut(self.max_length(max_length))
 

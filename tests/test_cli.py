@@ -295,7 +295,7 @@ def test_rerank_a_file_as_json_with_ids(reranker_folder, tmp_path, capsys):
 
 def test_rerank_no_truncate(reranker_folder):
     argv = ["rerank", "--model", str(reranker_folder), "--query", "q", "--document", "word " * 200]
-    assert "longer than max_length=200" in error_of([*argv, "--max-length", "200", "--no-truncate"])
+    assert "longer than max_length=300" in error_of([*argv, "--max-length", "300", "--no-truncate"])
 
 
 def test_truncation_warning_is_one_line(tiny, capsys):

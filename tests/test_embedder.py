@@ -185,6 +185,13 @@ def test_non_finite_vectors_get_the_advice_of_the_dtype_in_use(tiny, tmp_path, d
         Embedder.from_pretrained(folder, dtype=dtype).encode(["a"])
 
 
+@pytest.mark.parametrize("option", ["normalize", "truncate", "show_progress", "convert_to_numpy"])
+def test_boolean_options_take_only_booleans(embedder, option):
+    with pytest.raises(TypeError, match=f"{option}='no' must be True or False"):
+        embedder.encode(["a"], **{option: "no"})
+    assert embedder.encode("a", **{option: np.True_}).shape == (96,)
+
+
 def test_defaults_on_cpu(embedder):
     assert embedder.device.type == "cpu" and embedder.dtype == torch.float32
 

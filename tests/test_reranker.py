@@ -150,6 +150,14 @@ def test_bad_input(reranker):
         reranker.rank(QUERY, ["a"], top_k=-1)
 
 
+@pytest.mark.parametrize("option", ["truncate", "show_progress", "raw"])
+def test_boolean_options_take_only_booleans(checkpoint, reranker, option):
+    with pytest.raises(TypeError, match=f"{option}='no' must be True or False"):
+        reranker.score(QUERY, ["a"], **{option: "no"})
+    with pytest.raises(TypeError, match="check_kind=0 must be True or False"):
+        Reranker.from_pretrained(checkpoint[0], check_kind=0)
+
+
 def test_max_length_too_small_says_the_minimum(reranker):
     with pytest.raises(TextTooLong, match=r"leaving no room for a document within max_length=10") as error:
         reranker.score(QUERY, ["a"], max_length=10)

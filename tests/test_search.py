@@ -332,6 +332,30 @@ def test_a_shard_cut_short_under_an_open_index_is_an_error_not_a_crash(tmp_path)
     assert done.stdout == f"{message}\n{message}\n"
 
 
+def test_arguments_of_the_wrong_type_are_named_with_what_to_pass(tiny, embedder, reranker, folders):
+    index = Index(unit(5, 96))
+    retriever = Retriever(embedder, index)
+    for call, error, message in [
+        (lambda: retriever.search(5, 1), TypeError, r"queries is int: pass a query \(str\) or a list of them"),
+        (lambda: retriever.search(b"q", 1), TypeError, "queries is bytes"),
+        (lambda: retriever.search({"q": 1}, 1), TypeError, "queries is dict"),
+        (lambda: retriever.search(["q", 5], 1), TypeError, r"queries\[1\] is int, not str"),
+        (lambda: retriever.search("a\udcffb", 1), ValueError,
+         r"the query is not valid Unicode: it holds the lone surrogate U\+DCFF at character 1 "),
+        (lambda: retriever.search("q", 1, instruction=5), TypeError, "instruction is int, not str"),
+        (lambda: Retriever(embedder, {"a": "b"}), TypeError, r"index is dict, not an Index: pass Index.open\(DIR\)"),
+        (lambda: Retriever.from_pretrained({"a": "b"}, tiny[0]), TypeError, "index is dict, not an Index"),
+        (lambda: Retriever("model", index), TypeError, r"embedder is str, not Embedder: pass Embedder.from_pretrained"),
+        (lambda: Retriever(embedder, index, "model", texts=list("abcde")), TypeError, "reranker is str, not Reranker"),
+        (lambda: Retriever(embedder, index, reranker, texts=5), TypeError, "texts is int: pass a mapping from id"),
+        (lambda: Retriever.from_pretrained(index, tiny[0], check_kind="no"), TypeError, "check_kind='no' must be True"),
+        (lambda: Index.open(folders[0][0], verify="no"), TypeError, "verify='no' must be True or False"),
+    ]:  # fmt: skip
+        with pytest.raises(error, match=message):
+            call()
+    assert Retriever(embedder, index, reranker, texts=np.array(list("abcde"))).search("q", 2)[0].text in "abcde"
+
+
 def test_a_retriever_checks_its_index_before_a_model_loads(tiny, build_checkpoint, embedder, folders, monkeypatch):
     """What `qwen3-embed search` checks before it loads a model, Retriever.from_pretrained checks too, with the same
     messages, and Retriever.search checks every argument before it embeds the queries."""

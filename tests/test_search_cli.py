@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 from test_cli import error_of, no_loading  # noqa: F401  (a fixture)
 
-from checkpoints import TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
+from checkpoints import REPO, TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
 from qwen3_embed import Reranker
 from qwen3_embed.cli import main
 from qwen3_embed.corpus import load_corpus
@@ -116,3 +118,14 @@ def test_searching_with_another_model_warns(corpus, build_checkpoint, capsys):
     wider = build_checkpoint("gqa4", TINY_SHAPES["gqa4"])[0]  # 128 dimensions: it can embed 96-dimensional queries
     main(["search", "--index", str(corpus / "float"), "--query", "q", "--top-k", "1", "--model", str(wider)])
     assert "is not the model that embedded" in capsys.readouterr().err
+
+
+def test_a_query_of_bytes_that_are_not_utf8_is_named_at_its_place_in_the_query(corpus):
+    """`search --query $'a\xffb'` in a process of its own: Python reads the byte as a lone surrogate, named at its
+    character in the query typed (not in the prompt the query is formatted into), before any model loads."""
+    argv = ["search", "--index", str(corpus / "float"), "--query", "fine", "--query", "a\udcffb"]  # sent as a\xffb
+    done = subprocess.run([sys.executable, "-m", "qwen3_embed.cli", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == ("qwen3-embed: error: --query 'a\\udcffb' is not valid Unicode: it holds the lone surrogate "
+                           "U+DCFF at character 1 (bytes that are not UTF-8?)\n")  # fmt: skip

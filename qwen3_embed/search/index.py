@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..checks import check_int, resolve_device
+from ..checks import check_bools, check_int, resolve_device
 from ..store.quantize import FLOATS, PRECISIONS, check_precision, quantization_ranges
 from ..store.vectors import BLOCK_ROWS, Vectors
 from .scorers import scorer
@@ -92,6 +92,7 @@ class Index:
         """An index over a folder written by `qwen3-embed encode --output DIR`, its vectors memory-mapped. Every shard
         is checked against the manifest first (sizes, counts, dtypes and shapes; sha256 checksums unless
         `verify=False`). precision, ranges, calibration, device, block_rows: as for Index()."""
+        check_bools(verify=verify)
         vectors = Vectors.open(folder, verify)
         if vectors.ranges is not None and ranges is not None:
             raise ValueError(

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 
 from .. import checkpoint
-from ..checks import check_int
+from ..checks import check_int, check_str
 from ..embedder import Embedder
 from ..reranker import Reranker
 from ..store.fingerprint import model_fingerprint
@@ -38,6 +38,7 @@ class Retriever:
         reranker: Reranker | None = None,
         texts: Mapping | Sequence | None = None,
     ):
+        check_parts(index, texts, embedder=(embedder, Embedder), reranker=(reranker, Reranker))
         check_width(index, "the embedder", embedder.config.hidden_size)
         if reranker is not None:
             check_texts(index, texts)
@@ -60,6 +61,7 @@ class Retriever:
         vectors than the index holds, or a reranker over an index that keeps no texts (and no `texts` given), is an
         error; another model than the one that embedded the index (by content) is a warning. device, dtype,
         check_kind: as for Embedder.from_pretrained and Reranker.from_pretrained."""
+        check_parts(index, texts)
         if reranker is not None:
             check_texts(index, texts)
         embedded_by = index.manifest["model_name"] if index.manifest is not None else None
@@ -94,7 +96,9 @@ class Retriever:
         nearest (all, in a smaller index) are scored by `Reranker.score` with the same instruction and reordered
         (ties in retrieval order). Every argument is checked before the queries are embedded."""
         single = isinstance(queries, str)
-        queries = [queries] if single else list(queries)
+        queries = check_queries(queries)
+        if instruction is not None:
+            check_str("instruction", instruction)
         top_k, rescore_multiplier = self.index.check_search(top_k, rescore_multiplier)
         if self.reranker is not None:
             candidates = check_int("candidates", candidates, top_k, None)
@@ -118,6 +122,32 @@ class Retriever:
             except (KeyError, IndexError):
                 raise KeyError(f"no text for document id {id!r} in the texts given to the Retriever") from None
         return self.index.texts[position] if self.index.texts is not None else None
+
+
+def check_parts(index: object, texts: object, **models: tuple[object, type]) -> None:
+    """The index, the texts and the models (by name: (model, its class), None for none) of the types a Retriever
+    takes, each named with what to pass."""
+    if not isinstance(index, Index):
+        raise TypeError(f"index is {type(index).__name__}, not an Index: pass Index.open(DIR) or Index(vectors, ids)")
+    if texts is not None and (isinstance(texts, (str, bytes)) or not hasattr(texts, "__getitem__")):
+        raise TypeError(
+            f"texts is {type(texts).__name__}: pass a mapping from id to text, or a list when the ids are the positions"
+        )
+    for name, (model, kind) in models.items():
+        if model is not None and not isinstance(model, kind):
+            raise TypeError(
+                f"{name} is {type(model).__name__}, not {kind.__name__}: pass {kind.__name__}.from_pretrained(...), or "
+                "give its name to Retriever.from_pretrained"
+            )
+
+
+def check_queries(queries: object) -> list[str]:
+    """A query (str) or queries (any iterable of str) as a list, each valid Unicode."""
+    if isinstance(queries, str):
+        return [check_str("the query", queries)]
+    if isinstance(queries, (bytes, Mapping)) or not isinstance(queries, Iterable):
+        raise TypeError(f"queries is {type(queries).__name__}: pass a query (str) or a list of them")
+    return [check_str(f"queries[{i}]", query) for i, query in enumerate(queries)]
 
 
 def check_width(index: Index, model: str, hidden_size: int) -> None:
