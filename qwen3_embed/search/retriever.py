@@ -38,7 +38,10 @@ class Retriever:
         reranker: Reranker | None = None,
         texts: Mapping | Sequence | None = None,
     ):
-        check_parts(index, texts, embedder=(embedder, Embedder), reranker=(reranker, Reranker))
+        check_parts(index, texts)
+        check_model("embedder", embedder, Embedder)
+        if reranker is not None:
+            check_model("reranker", reranker, Reranker)
         check_width(index, "the embedder", embedder.config.hidden_size)
         if reranker is not None:
             check_texts(index, texts)
@@ -124,21 +127,23 @@ class Retriever:
         return self.index.texts[position] if self.index.texts is not None else None
 
 
-def check_parts(index: object, texts: object, **models: tuple[object, type]) -> None:
-    """The index, the texts and the models (by name: (model, its class), None for none) of the types a Retriever
-    takes, each named with what to pass."""
+def check_parts(index: object, texts: object) -> None:
+    """The index and the texts of the types a Retriever takes, else a TypeError that says what to pass."""
     if not isinstance(index, Index):
         raise TypeError(f"index is {type(index).__name__}, not an Index: pass Index.open(DIR) or Index(vectors, ids)")
     if texts is not None and (isinstance(texts, (str, bytes)) or not hasattr(texts, "__getitem__")):
         raise TypeError(
             f"texts is {type(texts).__name__}: pass a mapping from id to text, or a list when the ids are the positions"
         )
-    for name, (model, kind) in models.items():
-        if model is not None and not isinstance(model, kind):
-            raise TypeError(
-                f"{name} is {type(model).__name__}, not {kind.__name__}: pass {kind.__name__}.from_pretrained(...), or "
-                "give its name to Retriever.from_pretrained"
-            )
+
+
+def check_model(name: str, model: object, kind: type) -> None:
+    """A loaded model of class `kind`, else a TypeError that says how to load one."""
+    if not isinstance(model, kind):
+        raise TypeError(
+            f"{name} is {type(model).__name__}, not {kind.__name__}: pass {kind.__name__}.from_pretrained(...), or "
+            "give its name to Retriever.from_pretrained"
+        )
 
 
 def check_queries(queries: object) -> list[str]:
