@@ -109,8 +109,8 @@ def create_app(
     model warmed up before the app takes requests.
 
     The served names are what /info, /v1/models and the OpenAI and Cohere responses call the models. `api_key`:
-    every route but /health then needs `Authorization: Bearer <api_key>`. `limits`: what the server accepts and how
-    it batches.
+    every request but GET /health then needs `Authorization: Bearer <api_key>`. `limits`: what the server accepts
+    and how it batches.
     """
     limits = limits or Limits()
     app_metrics = Metrics()

@@ -23,10 +23,12 @@ from .limits import ApiError, ClientGone, Limits, check_text
 from .metrics import Metrics
 from .worker import BatchingWorker, QueueFull, ShuttingDown, Stopped
 
-# Threads that parse large bodies and tokenize requests: a 2 MB body takes ~150 MB while it is tokenized, so memory
-# stays bounded by this.
+# Threads that tokenize requests: a 2 MB body takes ~150 MB while it is tokenized, so memory stays bounded by this.
 TOKENIZATION_WORKERS = min(4, os.cpu_count() or 1)
-INLINE_BODY = 16384  # bytes: a body up to this is parsed on the event loop (well under a millisecond)
+# A body up to this many bytes is parsed on the event loop (well under a millisecond); a larger one in the one
+# parsing thread: parsing holds Python's lock throughout (0.17 s for a 2 MB body of a million ids), so more threads
+# would not parse faster, and with one the event loop waits for at most one body between two.
+INLINE_BODY = 16384
 B = TypeVar("B", bound=Body)
 T = TypeVar("T")
 
@@ -59,6 +61,7 @@ class Service:
     def start(self) -> None:
         """A batching worker for each model, its model warmed up first (see BatchingWorker.warm_up)."""
         self.tokenizing = ThreadPoolExecutor(TOKENIZATION_WORKERS, thread_name_prefix="qwen3-embed-tokenize")
+        self.parsing = ThreadPoolExecutor(1, thread_name_prefix="qwen3-embed-parse")
         limits = self.limits
         for name, pipeline in self.models.items():
             head = pipeline.head if name == "rerank" else lambda last: last.float()
@@ -86,7 +89,8 @@ class Service:
         remaining = None if self.shutdown_deadline is None else max(0.0, self.shutdown_deadline - time.monotonic())
         for worker in self.workers.values():
             worker.close(remaining)
-        self.tokenizing.shutdown(wait=False, cancel_futures=True)
+        for threads in (self.tokenizing, self.parsing):
+            threads.shutdown(wait=False, cancel_futures=True)
 
     def admit(self) -> None:
         """Count a request in, or refuse it: 503 while shutting down, 429 at `max_concurrent_requests`."""
@@ -121,13 +125,13 @@ class Service:
 
     async def parse(self, request: Request, model: type[B]) -> B:
         """The request's body as `model`, parsed and checked within the limits (body.parse): on the event loop when
-        it is small, else in a tokenizing thread, dropped if the client leaves first."""
+        it is small, else in the parsing thread, dropped if the client leaves first."""
         raw = await request.body()
         work = lambda: parse(model, raw, self.limits, self.max_input_length)  # noqa: E731
         if len(raw) <= INLINE_BODY:
             return work()
         async with watch(request) as gone:
-            return await self._in_thread(work, gone)
+            return await self._in_thread(self.parsing, work, gone)
 
     async def embed(
         self,
@@ -198,7 +202,7 @@ class Service:
         """Token ids from the tokenization threads, within max_batch_tokens; 413 for an input over
         max_input_length, 422 for any other input the tokenizer refuses."""
         try:
-            ids = await self._in_thread(tokenize, gone)
+            ids = await self._in_thread(self.tokenizing, tokenize, gone)
         except TextTooLong as e:
             raise ApiError(413, str(e)) from None
         except (ValueError, TypeError) as e:
@@ -206,10 +210,11 @@ class Service:
         self.limits.check_request_tokens(sum(map(len, ids)))
         return ids
 
-    async def _in_thread(self, work: Callable[[], T], gone: asyncio.Task) -> T:
-        """work() in a tokenizing thread; ClientGone if the client leaves first, and then the work is cancelled
-        while it waits for a thread (one that has started finishes, and its result is dropped)."""
-        future = asyncio.get_running_loop().run_in_executor(self.tokenizing, work)
+    @staticmethod
+    async def _in_thread(threads: ThreadPoolExecutor, work: Callable[[], T], gone: asyncio.Task) -> T:
+        """work() in one of `threads`; ClientGone if the client leaves first, and then the work is cancelled while
+        it waits for a thread (one that has started finishes, and its result is dropped)."""
+        future = asyncio.get_running_loop().run_in_executor(threads, work)
         await asyncio.wait([future, gone], return_when=asyncio.FIRST_COMPLETED)
         if not future.done():
             future.cancel()
