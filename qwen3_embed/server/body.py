@@ -1,9 +1,9 @@
 """Request bodies, parsed and checked before a route sees them, in bounded time and memory and with short errors.
 
 FastAPI would parse and validate a body on the event loop, reporting every bad element of every alternative of a
-union: one 2 MB body of a million token ids held the loop for 28 s and drew a 124 MB error. Here (`parse`, which
-Service.parse runs in a thread for a large body): unknown fields are named with the closest known one,
-the inputs' count and each token-id list's length are checked before any element, lists stop at their first bad
+union: an attacker's 2 MB body of a million token ids held the loop for 28 s and drew a 124 MB error. Here (`parse`,
+which Service.parse runs in a thread for a large body): unknown fields are named with the closest known one, the
+inputs' count and each token-id list's length are checked before any element, lists stop at their first bad
 element, and at most a few errors are reported.
 """
 

@@ -26,8 +26,8 @@ from .worker import BatchingWorker, QueueFull, ShuttingDown, Stopped
 # Threads that tokenize requests: a 2 MB body takes ~150 MB while it is tokenized, so memory stays bounded by this.
 TOKENIZATION_WORKERS = min(4, os.cpu_count() or 1)
 # A body up to this many bytes is parsed on the event loop (well under a millisecond); a larger one in the one
-# parsing thread: parsing holds Python's lock throughout (0.17 s for a 2 MB body of a million ids), so more threads
-# would not parse faster, and with one the event loop waits for at most one body between two.
+# parsing thread: parsing holds Python's lock throughout (about 0.17 s for a 2 MB body of a million ids), so more
+# threads would not parse faster, and with one the event loop waits for at most one body between two.
 INLINE_BODY = 16384
 B = TypeVar("B", bound=Body)
 T = TypeVar("T")
@@ -230,10 +230,8 @@ class Service:
             job = worker.submit(ids, finish)
         except QueueFull as e:
             raise self.overloaded(str(e), "queue_full") from None
-        except ShuttingDown:
-            raise ApiError(503, "the server is shutting down", "Unhealthy", cause="shutting_down") from None
-        except Stopped as e:
-            raise ApiError(503, str(e), "Unhealthy", cause="worker_stopped") from None
+        except (ShuttingDown, Stopped) as e:
+            raise unavailable(e) from None
         result = asyncio.wrap_future(job.future)
         await asyncio.wait([result, gone], return_when=asyncio.FIRST_COMPLETED)
         if not result.done():
@@ -242,10 +240,14 @@ class Service:
             raise ClientGone
         try:
             return result.result()
-        except ShuttingDown:
-            raise ApiError(503, "the server is shutting down", "Unhealthy", cause="shutting_down") from None
-        except Stopped as e:
-            raise ApiError(503, str(e), "Unhealthy", cause="worker_stopped") from None
+        except (ShuttingDown, Stopped) as e:
+            raise unavailable(e) from None
+
+
+def unavailable(e: ShuttingDown | Stopped) -> ApiError:
+    """503 for a worker that is draining or whose thread has died."""
+    cause = "shutting_down" if isinstance(e, ShuttingDown) else "worker_stopped"
+    return ApiError(503, str(e), "Unhealthy", cause=cause)
 
 
 @asynccontextmanager
