@@ -202,6 +202,55 @@ def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status,
         assert "inputs[1]" in body["error"] and "lone surrogate U+D800" in body["error"]
 
 
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/embed", {"inputs": "a", "normalize": True, "truncate": False, "truncation_direction": "Right",
+                    "prompt_name": None, "dimensions": None}),  # TEI
+        ("/rerank", {"query": "q", "texts": ["a"], "raw_scores": False, "return_text": False, "truncate": False,
+                     "truncation_direction": "Right"}),  # TEI
+        ("/v1/embeddings", {"input": "a", "model": "m", "dimensions": 8, "encoding_format": "float", "user": "u"}),
+        ("/v1/embeddings", {"input": ["a"], "model": "jina-embeddings-v3", "task": "retrieval.query",
+                            "dimensions": 8, "normalized": True, "truncate": True, "embedding_type": "float",
+                            "late_chunking": False}),  # Jina
+        ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "top_n": 1, "max_tokens_per_doc": None}),
+        ("/v1/rerank", {"model": "m", "query": "q", "documents": [{"text": "a"}], "top_n": 1,
+                        "return_documents": True, "rank_fields": None, "max_chunks_per_doc": None}),  # Cohere v1
+        ("/v1/rerank", {"model": "jina-reranker-v2", "query": "q", "documents": ["a"], "top_n": 1,
+                        "return_documents": False}),  # Jina
+    ],
+)  # fmt: skip
+def test_every_field_of_the_clients_request_schemas_is_accepted(client, path, body):
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.text
+
+
+def test_an_unknown_field_is_refused_naming_the_closest_known_one(client):
+    response = client.post("/v1/embeddings", json={"input": "a", "dimension": 2})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("unknown field 'dimension' (did you mean 'dimensions'?);")
+    response = client.post("/embed", json={"inputs": "a", "normalise": False, "x" * 5000: 1})
+    assert response.status_code == 422 and len(response.content) < 1000
+    assert response.json()["error"].startswith("unknown field 'normalise' (did you mean 'normalize'?) and 1 more;")
+
+
+def test_errors_name_what_the_client_sent_in_the_servers_words(client):
+    """An integer too long for Python to read, and lone surrogates named by the field the client sent."""
+    json_type = {"content-type": "application/json"}
+    huge = client.post("/embed", content=b'{"inputs": "a", "dimensions": ' + b"9" * 5000 + b"}", headers=json_type)
+    assert huge.status_code == 400 and "set_int_max_str_digits" not in huge.text
+    assert huge.json()["error"] == "the body holds an integer of more than 4300 digits; no field takes one that large"
+    for path, body, name in [
+        ("/rerank", b'{"query": "q", "texts": ["\\ud800"]}', "texts[0]"),
+        ("/v1/rerank", b'{"query": "q", "documents": ["d", "\\ud800"]}', "documents[1]"),
+        ("/v1/embeddings", b'{"input": ["ok", "\\udfff"]}', "input[1]"),
+    ]:
+        response = client.post(path, content=body, headers=json_type)
+        error = response.json()["error"]
+        message = error if path == "/rerank" else error["message"]
+        assert response.status_code in (400, 422) and message.startswith(f"{name} is not valid Unicode"), message
+
+
 def test_a_server_error_tells_only_an_id_that_the_log_has(embedder, caplog):
     class Broken:
         def run(self, *args, **kwargs):

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -402,3 +403,178 @@ def test_the_api_key_guards_every_route_but_health(embedder, reranker):
                 assert "API key" in (error["message"] if path.startswith(("/v1/", "/v2/")) else error)
             for header in ["Bearer k3y", "bearer k3y"]:
                 assert client.request(method, path, headers={"Authorization": header}).status_code != 401, path
+
+
+def statuses(sockets: list[socket.socket], timeout: float) -> list[int | None]:
+    """The status of the answer the server sends on each socket within `timeout` seconds in all; None where it
+    sends none (or closes the connection first)."""
+    deadline, found = time.monotonic() + timeout, []
+    for sock in sockets:
+        data = b""
+        try:
+            while b"\r\n" not in data:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                if not (chunk := sock.recv(65536)):
+                    break
+                data += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        found.append(int(data.split()[1]) if b"\r\n" in data else None)
+    return found
+
+
+def connect_all(port: int, heads: list[bytes]) -> list[socket.socket]:
+    sockets = []
+    for head in heads:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(head)
+        sockets.append(sock)
+    return sockets
+
+
+def test_clients_without_the_key_take_no_place_a_keyed_client_needs(embedder):
+    """512 sockets each send POST /health (the route open to all) with a Content-Length of 1000 and 3 bytes of body,
+    and more send a keyed route without the key, a method a route does not take, or a GET with a body: each is
+    answered from its head (none is admitted, none has its body read), and a keyed /embed is served; then 200 more
+    such sockets, past --max-connections, close answered ones rather than refuse the keyed client."""
+    key = {"Authorization": "Bearer k3y"}
+    app = create_app(embedder, api_key="k3y")
+    with Served(app, ConnectionLimits(max_connections=900)) as base, httpx.Client(base_url=base, headers=key) as client:
+        port = int(base.rsplit(":", 1)[1])
+        flood = [b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc"] * 512
+        flood += [b"POST /embed HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc"] * 100
+        flood += [b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\nabc"] * 100
+        flood += [b"PUT /embed HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k3y\r\nContent-Length: 1000\r\n\r\n"] * 100
+        sockets = connect_all(port, flood)
+        assert statuses(sockets, 5) == [401] * 612 + [400] * 100 + [405] * 100
+        assert app.state.service.in_flight == 0
+        assert client.post("/embed", json={"inputs": "hello"}, timeout=5).status_code == 200
+        sockets += connect_all(port, flood[:200])
+        with httpx.Client(base_url=base, headers=key) as fresh:  # a new connection, past max_connections
+            assert fresh.post("/embed", json={"inputs": "hello"}, timeout=5).status_code == 200
+        assert client.get("/health").status_code == 200
+    for sock in sockets:
+        sock.close()
+
+
+def test_a_body_on_a_method_other_than_post_is_refused_from_the_head(embedder):
+    """400 connections each announce a 2 MB body on GET /health: each is answered (400) before it sends a byte of
+    it, and the bodies they then send are dropped as they arrive."""
+    with Served(create_app(embedder)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        sockets = connect_all(port, [b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n"] * 400)
+        with PeakRss() as rss:
+            assert statuses(sockets, 5) == [400] * 400
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda sock: sock.sendall(b"a" * 2_000_000), sockets))
+            assert httpx.get(f"{base}/health").status_code == 200
+        assert rss.growth < 100 * 2**20, rss.growth / 2**20
+    for sock in sockets:
+        sock.close()
+
+
+def test_a_body_of_a_million_elements_is_refused_at_once_in_few_words(embedder):
+    """Three 2 MB bodies at once of a million token ids and a string (OpenAI's route), and one of a million ids
+    where TEI takes texts: each is refused within seconds with an error of a few hundred bytes while /health keeps
+    answering; a body within the counts whose every element is wrong names its first few."""
+    million = b",".join([b"1"] * 985_000)
+    bodies = [("/v1/embeddings", b'{"input": [' + million + b', "a"]}')] * 3
+    bodies.append(("/embed", b'{"inputs": [' + b",".join([b"1"] * 990_000) + b"]}"))
+    with Served(create_app(embedder)) as base, PeakRss() as rss:
+        answers: list = []
+
+        def post(path: str, body: bytes) -> None:
+            start = time.perf_counter()
+            response = httpx.post(f"{base}{path}", content=body, headers={"Content-Type": "application/json"},
+                                  timeout=60)  # fmt: skip
+            answers.append((response, time.perf_counter() - start))
+
+        threads = [threading.Thread(target=post, args=body, daemon=True) for body in bodies]
+        for thread in threads:
+            thread.start()
+        slowest_health = 0.0
+        while any(thread.is_alive() for thread in threads):
+            start = time.perf_counter()
+            assert httpx.get(f"{base}/health", timeout=60).status_code == 200
+            slowest_health = max(slowest_health, time.perf_counter() - start)
+            time.sleep(0.02)
+        wrong = httpx.post(f"{base}/v1/embeddings", json={"input": [["a"] * 8000, ["b"] * 8000]})
+    assert sorted(response.status_code for response, _ in answers) == [413] * 4
+    for response, seconds in answers:
+        assert len(response.content) < 1000 and seconds < 5, (len(response.content), seconds)
+        error = response.json()["error"]
+        message = error if response.request.url.path == "/embed" else error["message"]
+        assert message in ("input[0] holds 985001 token ids; with the EOS that is more than max_input_length=8192",
+                           "inputs holds 990000 inputs, more than max_client_batch_size=32")  # fmt: skip
+    assert slowest_health < 2, slowest_health  # 0.4 s at most against a server process on this 2-core VM
+    assert rss.growth < 300 * 2**20, rss.growth / 2**20
+    assert wrong.status_code == 400 and len(wrong.content) < 1000 and "(and 1 more)" in wrong.text, wrong.text
+
+
+def test_token_ids_count_toward_the_token_budget(embedder):
+    """Token ids are held to max_batch_tokens as texts are: 16 or 32 lists of 8191 ids (with their EOS, 131,072 and
+    262,144 tokens) are refused with 413 before they are queued; a request that can never run is never a 429."""
+    with Served(create_app(embedder)) as base:
+        for n in (16, 32):
+            response = httpx.post(f"{base}/v1/embeddings", json={"input": [[100] * 8191] * n}, timeout=10)
+            assert response.status_code == 413, response.text
+            message = f"the inputs hold {n * 8192} tokens, more than max_batch_tokens=16384"
+            assert response.json()["error"]["message"] == message
+        fits = httpx.post(f"{base}/v1/embeddings", json={"input": [[100] * 8191, [100] * 10]}, timeout=60)
+        assert fits.status_code == 200 and fits.json()["usage"]["total_tokens"] == 8192 + 11
+
+
+def test_a_dead_worker_answers_503_at_once(embedder):
+    """When the model's thread dies (here a SystemExit in the model call), the request it was running and the one
+    queued behind it are answered 503, and so is every later request, at once; /health says why."""
+
+    class Dying:
+        def __init__(self):
+            self.entered, self.go = threading.Event(), threading.Event()
+
+        def run(self, ids, head, progress=None):
+            self.entered.set()
+            assert self.go.wait(10)
+            raise SystemExit(1)
+
+    app = create_app(embedder, limits=Limits(max_wait_ms=1))
+    with Served(app) as base:
+        worker = app.state.service.workers["embed"]
+        worker.pipeline = dying = Dying()
+        answers: list = []
+        threads = [post_in_thread(f"{base}/embed", {"inputs": "running"}, answers, timeout=5)]
+        assert dying.entered.wait(10)
+        threads.append(post_in_thread(f"{base}/embed", {"inputs": "queued"}, answers, timeout=5))
+        wait_until(lambda: worker.queued_requests == 1)
+        dying.go.set()
+        for thread in threads:
+            thread.join(10)
+        stopped = "the embed worker stopped (SystemExit); restart the server"
+        assert [(a.status_code, a.json()["error"]) for a in answers] == [(503, stopped)] * 2, answers
+        start = time.perf_counter()
+        later = httpx.post(f"{base}/v1/embeddings", json={"input": "later"}, timeout=5)
+        assert later.status_code == 503 and later.json()["error"]["message"] == stopped
+        assert time.perf_counter() - start < 1
+        health = httpx.get(f"{base}/health")
+        assert health.status_code == 503 and health.json()["error"] == "the embed worker stopped"
+
+
+def test_work_for_clients_that_left_is_dropped_from_the_tokenizing_threads(embedder):
+    """Thirty 1.9 MB requests (32 texts of 60 KB each) sent and dropped: their places are freed at once, the
+    tokenizing threads finish only what they had started, and a following request is answered within seconds
+    (31 s on this 2-core machine while every dropped request was still tokenized)."""
+    app = create_app(embedder)
+    body = json.dumps({"inputs": ["gravity pulls " * 4285] * 32}).encode()
+    head = b"POST /embed HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    with Served(app) as base:
+        service = app.state.service
+        sockets = connect_all(int(base.rsplit(":", 1)[1]), [head % len(body) + body] * 30)
+        wait_until(lambda: service.in_flight == 30)
+        time.sleep(0.2)
+        for sock in sockets:
+            sock.close()
+        wait_until(lambda: service.in_flight == 0, timeout=1)
+        start = time.perf_counter()
+        assert httpx.post(f"{base}/embed", json={"inputs": "hello"}, timeout=60).status_code == 200
+        seconds = time.perf_counter() - start
+        assert seconds < 6, seconds

@@ -35,8 +35,8 @@ def add_parser(commands) -> None:
     p.add_argument("--served-reranker-name", help="the reranker's name there (default: as for the model)")
     p.add_argument(
         "--api-key",
-        help="require 'Authorization: Bearer KEY' on every route but /health (default: $QWEN3_EMBED_API_KEY, else no "
-        "key)",
+        help="require 'Authorization: Bearer KEY' on every request but GET /health (default: $QWEN3_EMBED_API_KEY, "
+        "else no key)",
     )
     add_limits(p)
     add_connections(p)
@@ -58,7 +58,8 @@ def add_limits(p: argparse.ArgumentParser) -> None:
         "--max-concurrent-requests",
         type=int,
         default=512,
-        help="requests in flight; past it a request is refused with 429 and Retry-After",
+        help="POST requests in flight (with the key, to a POST route); past it a request is refused with 429 and "
+        "Retry-After",
     )
     p.add_argument(
         "--max-queue-tokens",

@@ -7,12 +7,14 @@ Needs the `server` extra (FastAPI, uvicorn, prometheus-client): `pip install qwe
 The pieces, in the order a request meets them:
 - connections.py: uvicorn with deadlines for receiving each request and for a client that stops reading its
   answer, a cap on open connections, a graceful shutdown, and logs that do not flood;
-- guard.py: the Guard in front of every route (API key, 429 admission, body size, 500s with an id);
+- guard.py: the Guard in front of every route (API key, route and method, 429 admission, body size, 500s with an
+  id), all but the body size said from the request's head;
 - limits.py: the limits (every serve flag's check, before any model loads), and the error bodies (TEI's, or
   OpenAI's under /v1/ and /v2/);
 - tei.py, openai.py, cohere.py, metrics.py: the routes of each API family;
-- service.py: what the routes call: inputs checked before they are tokenized, tokenized in a few threads, queued,
-  and awaited only while the client is there;
+- body.py: their bodies parsed and checked in bounded time and memory (counts and lengths before elements);
+- service.py: what the routes call: bodies parsed and inputs checked and tokenized in a few threads (work for a
+  client that left is dropped), queued, and awaited only while the client is there;
 - worker.py: one thread per model that owns it (the model warmed up first), drains its queue and runs the sequences
   of every queued request together in packed batches, handing each request exactly its own rows.
 
@@ -28,7 +30,6 @@ from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from .. import __version__, checkpoint
@@ -108,8 +109,8 @@ def create_app(
     model warmed up before the app takes requests.
 
     The served names are what /info, /v1/models and the OpenAI and Cohere responses call the models. `api_key`:
-    every route but /health then needs `Authorization: Bearer <api_key>`. `limits`: what the server accepts and how
-    it batches.
+    every request but GET /health then needs `Authorization: Bearer <api_key>`. `limits`: what the server accepts
+    and how it batches.
     """
     limits = limits or Limits()
     app_metrics = Metrics()
@@ -128,12 +129,11 @@ def create_app(
     for family in FAMILIES:
         app.include_router(family.router)
     add_error_handlers(app, app_metrics)
-    routes = {
-        route.path
-        for router in (app, *(f.router for f in FAMILIES))
-        for route in router.routes
-        if hasattr(route, "path")
-    }
+    routes: dict[str, set[str]] = {}
+    for router in (app, *(f.router for f in FAMILIES)):
+        for route in router.routes:
+            if hasattr(route, "methods"):
+                routes.setdefault(route.path, set()).update(route.methods)
     app.add_middleware(
         Guard, service=service, metrics=app_metrics, payload_limit=limits.payload_limit, api_key=api_key, routes=routes
     )
@@ -141,8 +141,8 @@ def create_app(
 
 
 def add_error_handlers(app: FastAPI, app_metrics: Metrics) -> None:
-    """Every error in TEI's shape, or OpenAI's under /v1/ and /v2/: the routes' own, and FastAPI's (a body that is
-    not JSON or not the route's shape, an unknown route or method)."""
+    """Every error in TEI's shape, or OpenAI's under /v1/ and /v2/: the routes' own, and Starlette's. (The Guard
+    answers an unknown route or method; body.parse a body that is not JSON or not the route's shape.)"""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
@@ -150,23 +150,9 @@ def add_error_handlers(app: FastAPI, app_metrics: Metrics) -> None:
             app_metrics.reject(e.cause)
         return error_response(request.url.path, e.status, e.message, e.kind, e.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def malformed(request: Request, e: RequestValidationError):
-        message = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        return error_response(request.url.path, 422, f"malformed request: {message}", "Validation")
-
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):
-        path = request.url.path
-        if e.status_code == 404:
-            message = f"no route {path}; /docs lists them"
-        elif e.status_code == 405:
-            message = f"{request.method} is not allowed on {path}; use {(e.headers or {}).get('Allow', 'another')}"
-        elif e.__cause__ is not None:  # FastAPI could not parse the body
-            message = f"the body is not valid JSON: {e.__cause__}"
-        else:
-            message = str(e.detail)
-        return error_response(path, e.status_code, message, "Validation", e.headers)
+        return error_response(request.url.path, e.status_code, str(e.detail), "Validation", e.headers)
 
 
 def served_name(name_or_path: str) -> str:

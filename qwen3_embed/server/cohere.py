@@ -9,17 +9,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictBool, StrictInt
 
-router = APIRouter()
+from .body import Body, BodyRoute, FailFastList
+
+router = APIRouter(route_class=BodyRoute)
 
 
 class Document(BaseModel):
     text: str
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(Body):
+    inputs_field = "documents"
     model: str | None = None  # any name: the served reranker answers
     query: str
-    documents: list[str | Document]
+    documents: FailFastList[str | Document]
     top_n: StrictInt | None = Field(None, ge=1)
     return_documents: StrictBool = False
     truncate: StrictBool = False  # this server's addition: cut documents that are over max_input_length
@@ -33,7 +36,8 @@ class RerankRequest(BaseModel):
 @router.post("/v2/rerank", summary="Rerank documents for a query (Cohere v2)")
 async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
-    raw, tokens = await request.app.state.service.rerank(request, body.query, texts, truncate=body.truncate)
+    service = request.app.state.service
+    raw, tokens = await service.rerank(request, body.query, texts, field="documents", truncate=body.truncate)
     scores = torch.sigmoid(raw).tolist()
     order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.top_n]
     document = (lambda i: {"document": {"text": texts[i]}}) if body.return_documents else (lambda i: {})

@@ -139,8 +139,9 @@ class Protocol(H11Protocol):
             self.write_deadline = None
 
     def idle(self) -> bool:
-        """No request in progress: nothing or part of a request head received, and no response owed."""
-        return self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+        """No response owed: no request or part of a request head received, or a request answered (one refused
+        from its head may still be sending a body, which is dropped)."""
+        return self.cycle is None or self.cycle.response_complete
 
     def send_400_response(self, msg: str) -> None:
         """The 400 for a request h11 cannot parse, in TEI's error shape."""

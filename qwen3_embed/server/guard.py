@@ -1,6 +1,7 @@
-"""The Guard in front of every route: the API key, admission (429, 503), the body read within its size limit (413),
-and a 500 with a logged id for anything unexpected. It admits requests through a small interface, `Admission`, which
-the Service provides."""
+"""The Guard in front of every route: the API key, the route and method, admission (429, 503), the body read within
+its size limit (413), and a 500 with a logged id for anything unexpected. Everything before the body is said from the
+request's head, so that a client without the key, or with a request no route takes, never holds a request's place
+nor has its body read. It admits requests through a small interface, `Admission`, which the Service provides."""
 
 from __future__ import annotations
 
@@ -27,17 +28,18 @@ class Admission(Protocol):
 
 @dataclass
 class Guard:
-    """The ASGI layer in front of every route, in this order: the API key (all routes but /health), admission of
-    POST requests (429 past `max_concurrent_requests`, 503 while shutting down), the body read in full up to
-    `payload_limit` before anything parses it (413), and a generic 500 with a logged id for any unexpected error.
-    It counts every answer by route and status."""
+    """The ASGI layer in front of every route, in this order: the API key (all but GET /health), the route and
+    its methods (404, 405, and 400 for a body sent with a method other than POST), admission of POST requests (429
+    past `max_concurrent_requests`, 503 while shutting down), the body read in full up to `payload_limit` before
+    anything parses it (413), and a generic 500 with a logged id for any unexpected error. It counts every answer
+    by route and status. `routes`: each path's methods."""
 
     app: ASGIApp
     service: Admission
     metrics: Metrics
     payload_limit: int
     api_key: str | None
-    routes: set[str] = field(default_factory=set)
+    routes: dict[str, set[str]] = field(default_factory=dict)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +63,7 @@ class Guard:
         admitted = False
         try:
             self._authorize(scope)
+            self._route(scope)
             if scope["method"] == "POST":
                 self.service.admit()
                 admitted = True
@@ -83,13 +86,27 @@ class Guard:
                 self.service.release()
 
     def _authorize(self, scope: Scope) -> None:
-        if self.api_key is None or scope["path"] == "/health":
+        if self.api_key is None or (scope["method"], scope["path"]) == ("GET", "/health"):
             return
         given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
         scheme, _, token = given.partition(b" ")  # the scheme's case does not matter (RFC 9110)
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token, self.api_key.encode()):
             raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                            "Unauthorized", cause="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    def _route(self, scope: Scope) -> None:
+        """404 for no such route, 405 for a method it does not take, 400 for a body on a method other than POST."""
+        path, method = scope["path"], scope["method"]
+        if path not in self.routes:
+            raise ApiError(404, f"no route {path}; /docs lists them")
+        if method not in self.routes[path]:
+            allowed = ", ".join(sorted(self.routes[path]))
+            raise ApiError(405, f"{method} is not allowed on {path}; use {allowed}", headers={"Allow": allowed})
+        if method != "POST" and any(
+            name == b"transfer-encoding" or (name == b"content-length" and int(value))
+            for name, value in scope["headers"]
+        ):
+            raise ApiError(400, f"{method} {path} takes no body; send the request without one")
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:

@@ -15,6 +15,7 @@ from ..checks import DEFAULT_MAX_LENGTH, check_int
 from ..config import Qwen3Config
 
 log = logging.getLogger("qwen3_embed.server")
+MESSAGE_CHARS = 2000  # of an error message
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,12 @@ class Limits:
             raise ValueError(f"max_batch_tokens={self.max_batch_tokens} must be at least max_input_length={length}")
         return length
 
+    def check_request_tokens(self, tokens: int) -> None:
+        """413 for a request of more tokens than max_batch_tokens: it may never run (nor wait in a queue, which
+        holds max_queue_tokens >= max_batch_tokens)."""
+        if tokens > self.max_batch_tokens:
+            raise ApiError(413, f"the inputs hold {tokens} tokens, more than max_batch_tokens={self.max_batch_tokens}")
+
 
 def check_api_key(key: str | None) -> None:
     """An API key must be printable ASCII without spaces: it travels in a header."""
@@ -93,7 +100,10 @@ def openai_style(path: str) -> bool:
 
 def error_response(path: str, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
     """TEI's error body ({"error", "error_type"}), or under /v1/ and /v2/ OpenAI's
-    ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422."""
+    ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422. A message past
+    MESSAGE_CHARS (one that quotes what a client sent) is cut there."""
+    if len(message) > MESSAGE_CHARS:
+        message = f"{message[:MESSAGE_CHARS]}... (cut)"
     if openai_style(path):
         status = 400 if status == 422 else status
         body = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",

@@ -39,9 +39,9 @@ class Metrics:
         self.tokens = Counter("qwen3_embed_tokens", "Tokens run through the model", ["model"], registry=registry)
 
     def reject(self, cause: str) -> None:
-        """Count a refusal: unauthorized, payload_too_large, overloaded, queue_full, shutting_down, client_gone
-        (a request dropped because its client left), read_timeout, write_timeout, connection_limit (connections
-        closed)."""
+        """Count a refusal: unauthorized, payload_too_large, overloaded, queue_full, shutting_down, worker_stopped,
+        client_gone (a request dropped because its client left), read_timeout, write_timeout, connection_limit
+        (connections closed)."""
         self.rejected.labels(cause).inc()
 
 

@@ -1,4 +1,4 @@
-"""OpenAI's routes: POST /v1/embeddings (texts or token ids) and GET /v1/models."""
+"""OpenAI's routes: POST /v1/embeddings (texts or token ids; Jina's fields too) and GET /v1/models."""
 
 from __future__ import annotations
 
@@ -8,25 +8,38 @@ from typing import Literal
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, StrictInt
+from pydantic import StrictBool, StrictInt
 
-router = APIRouter()
+from .body import Body, BodyRoute, FailFastList
+
+router = APIRouter(route_class=BodyRoute)
+Ids = FailFastList[StrictInt]
 
 
-class EmbeddingRequest(BaseModel):
-    input: str | list[str] | list[StrictInt] | list[list[StrictInt]]  # texts, or token ids of the model's tokenizer
+class EmbeddingRequest(Body):
+    """OpenAI's fields, and Jina's (which Jina's clients send to the same route)."""
+
+    inputs_field, token_ids = "input", True
+    input: str | FailFastList[str] | Ids | FailFastList[Ids]  # texts, or token ids of the model's tokenizer
     model: str | None = None  # any name: the served model answers
     dimensions: StrictInt | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    user: str | None = None
+    user: str | None = None  # not used
+    task: str | None = None  # Jina's: not used (a Qwen3 query takes prompt_name on /embed)
+    normalized: StrictBool = True  # Jina's
+    truncate: StrictBool = False  # Jina's
+    embedding_type: Literal["float"] | None = None  # Jina's: its other types are not implemented
+    late_chunking: Literal[False] = False  # Jina's: not implemented
 
 
-@router.post("/v1/embeddings", summary="Embed texts or token ids (OpenAI)")
+@router.post("/v1/embeddings", summary="Embed texts or token ids (OpenAI, Jina)")
 async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
     inputs = body.input
     if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
         inputs = [inputs]  # one text, or one list of token ids
-    vectors, tokens = await request.app.state.service.embed(request, inputs, dimensions=body.dimensions)
+    vectors, tokens = await request.app.state.service.embed(
+        request, inputs, field="input", truncate=body.truncate, dimensions=body.dimensions, normalize=body.normalized
+    )
     data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)]  # fmt: skip
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}

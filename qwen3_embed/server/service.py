@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import torch
 from starlette.requests import Request
@@ -17,12 +18,19 @@ from starlette.requests import Request
 from ..embedder import Embedder
 from ..reranker import Reranker
 from ..tokenize import TextTooLong
+from .body import Body, parse
 from .limits import ApiError, ClientGone, Limits, check_text
 from .metrics import Metrics
-from .worker import BatchingWorker, QueueFull, ShuttingDown
+from .worker import BatchingWorker, QueueFull, ShuttingDown, Stopped
 
 # Threads that tokenize requests: a 2 MB body takes ~150 MB while it is tokenized, so memory stays bounded by this.
 TOKENIZATION_WORKERS = min(4, os.cpu_count() or 1)
+# A body up to this many bytes is parsed on the event loop (well under a millisecond); a larger one in the one
+# parsing thread: parsing holds Python's lock throughout (about 0.17 s for a 2 MB body of a million ids), so more
+# threads would not parse faster, and with one the event loop waits for at most one body between two.
+INLINE_BODY = 16384
+B = TypeVar("B", bound=Body)
+T = TypeVar("T")
 
 
 class Service:
@@ -53,6 +61,7 @@ class Service:
     def start(self) -> None:
         """A batching worker for each model, its model warmed up first (see BatchingWorker.warm_up)."""
         self.tokenizing = ThreadPoolExecutor(TOKENIZATION_WORKERS, thread_name_prefix="qwen3-embed-tokenize")
+        self.parsing = ThreadPoolExecutor(1, thread_name_prefix="qwen3-embed-parse")
         limits = self.limits
         for name, pipeline in self.models.items():
             head = pipeline.head if name == "rerank" else lambda last: last.float()
@@ -80,7 +89,8 @@ class Service:
         remaining = None if self.shutdown_deadline is None else max(0.0, self.shutdown_deadline - time.monotonic())
         for worker in self.workers.values():
             worker.close(remaining)
-        self.tokenizing.shutdown(wait=False, cancel_futures=True)
+        for threads in (self.tokenizing, self.parsing):
+            threads.shutdown(wait=False, cancel_futures=True)
 
     def admit(self) -> None:
         """Count a request in, or refuse it: 503 while shutting down, 429 at `max_concurrent_requests`."""
@@ -113,19 +123,30 @@ class Service:
                         f"(health_stall_s={self.limits.health_stall_s:g})")  # fmt: skip
         return None
 
+    async def parse(self, request: Request, model: type[B]) -> B:
+        """The request's body as `model`, parsed and checked within the limits (body.parse): on the event loop when
+        it is small, else in the parsing thread, dropped if the client leaves first."""
+        raw = await request.body()
+        work = lambda: parse(model, raw, self.limits, self.max_input_length)  # noqa: E731
+        if len(raw) <= INLINE_BODY:
+            return work()
+        async with watch(request) as gone:
+            return await self._in_thread(self.parsing, work, gone)
+
     async def embed(
         self,
         request: Request,
         inputs: Sequence[str] | Sequence[Sequence[int]],
         *,
+        field: str,
         truncate: bool = False,
         prompt_name: str | None = None,
         dimensions: int | None = None,
         normalize: bool = True,
     ) -> tuple[torch.Tensor, int]:
-        """(vectors [n, dim], tokens) of texts, or of token id lists (OpenAI's), in order."""
+        """(vectors [n, dim], tokens) of texts, or of token id lists (OpenAI's), in order; their count and the
+        lists' lengths already checked (body.check_inputs). `field` names the inputs in errors."""
         embedder = self._model("embed")
-        self._check_count(inputs)
         try:
             dim = embedder.check_dim(dimensions)
         except ValueError as e:
@@ -133,28 +154,32 @@ class Service:
         async with watch(request) as gone:
             if isinstance(inputs[0], str):
                 cap = self.max_chars["embed"]
-                texts = [check_text(t, f"inputs[{i}]", cap, truncate) for i, t in enumerate(inputs)]
-                ids = await self._tokenize(
-                    lambda: embedder.tokenize(texts, None, prompt_name, self.max_input_length, truncate, warn=False)
-                )
+
+                def tokenize() -> list[list[int]]:
+                    texts = [check_text(t, f"{field}[{i}]", cap, truncate) for i, t in enumerate(inputs)]
+                    return embedder.tokenize(texts, None, prompt_name, self.max_input_length, truncate, warn=False)
+
+                ids = await self._tokenize(tokenize, gone)
             else:
-                ids = self._check_ids(inputs, embedder)
+                ids = self._check_ids(inputs, field, embedder)
             finish = lambda rows: embedder.finish(rows[:, :dim], normalize)  # noqa: E731
             return await self._queue("embed", ids, finish, gone), sum(map(len, ids))
 
     async def rerank(
-        self, request: Request, query: str, documents: Sequence[str], *, truncate: bool = False
+        self, request: Request, query: str, documents: Sequence[str], *, field: str, truncate: bool = False
     ) -> tuple[torch.Tensor, int]:
-        """(raw scores l_yes - l_no [n], tokens) of the documents for the query, in order."""
+        """(raw scores l_yes - l_no [n], tokens) of the documents for the query, in order; their count already
+        checked (body.check_inputs). `field` names the documents in errors."""
         reranker = self._model("rerank")
-        self._check_count(documents)
         cap = self.max_chars["rerank"]
-        query = check_text(query, "the query", cap, False)
+
+        def tokenize() -> list[list[int]]:
+            checked = check_text(query, "the query", cap, False)
+            texts = [check_text(d, f"{field}[{i}]", cap, truncate) for i, d in enumerate(documents)]
+            return reranker.tokenize_query(checked, texts, None, self.max_input_length, truncate, warn=False)
+
         async with watch(request) as gone:
-            documents = [check_text(d, f"documents[{i}]", cap, truncate) for i, d in enumerate(documents)]
-            ids = await self._tokenize(
-                lambda: reranker.tokenize_query(query, documents, None, self.max_input_length, truncate, warn=False)
-            )
+            ids = await self._tokenize(tokenize, gone)
             return await self._queue("rerank", ids, lambda rows: rows, gone), sum(map(len, ids))
 
     def _model(self, name: str):
@@ -163,43 +188,38 @@ class Service:
             raise ApiError(424, f"this server has no {name} model: start it with {option}", "Backend")
         return self.models[name]
 
-    def _check_count(self, inputs: Sequence) -> None:
-        if not inputs:
-            raise ApiError(400, "the inputs are empty", "Empty")
-        if len(inputs) > self.limits.max_client_batch_size:
-            raise ApiError(413, f"{len(inputs)} inputs is more than max_client_batch_size="
-                           f"{self.limits.max_client_batch_size}")  # fmt: skip
-
-    def _check_ids(self, inputs: Sequence[Sequence[int]], embedder: Embedder) -> list[list[int]]:
-        """Token id lists checked against the embedding table and the length limit, each with the EOS appended
-        as a text gets it."""
+    def _check_ids(self, inputs: Sequence[Sequence[int]], field: str, embedder: Embedder) -> list[list[int]]:
+        """Token id lists checked against the embedding table, each with the EOS appended as a text gets it."""
         rows = embedder.config.vocab_size
         for i, seq in enumerate(inputs):
-            if not seq:
-                raise ApiError(400, f"input[{i}] is an empty list of token ids", "Empty")
-            if len(seq) + 1 > self.max_input_length:
-                raise ApiError(413, f"input[{i}] holds {len(seq)} token ids; with the EOS that is more than "
-                               f"max_input_length={self.max_input_length}")  # fmt: skip
             bad = next((t for t in seq if not 0 <= t < rows), None)
             if bad is not None:
-                raise ApiError(422, f"input[{i}] holds the token id {bad}, outside the model's 0..{rows - 1}",
+                raise ApiError(422, f"{field}[{i}] holds the token id {bad}, outside the model's 0..{rows - 1}",
                                "Tokenizer")  # fmt: skip
         return [[*seq, embedder.tokenizer.eos_id] for seq in inputs]
 
-    async def _tokenize(self, tokenize: Callable[[], list[list[int]]]) -> list[list[int]]:
+    async def _tokenize(self, tokenize: Callable[[], list[list[int]]], gone: asyncio.Task) -> list[list[int]]:
         """Token ids from the tokenization threads, within max_batch_tokens; 413 for an input over
         max_input_length, 422 for any other input the tokenizer refuses."""
         try:
-            ids = await asyncio.get_running_loop().run_in_executor(self.tokenizing, tokenize)
+            ids = await self._in_thread(self.tokenizing, tokenize, gone)
         except TextTooLong as e:
             raise ApiError(413, str(e)) from None
         except (ValueError, TypeError) as e:
             raise ApiError(422, str(e), "Tokenizer") from None
-        tokens = sum(map(len, ids))
-        if tokens > self.limits.max_batch_tokens:
-            raise ApiError(413, f"the inputs hold {tokens} tokens, more than max_batch_tokens="
-                           f"{self.limits.max_batch_tokens}")  # fmt: skip
+        self.limits.check_request_tokens(sum(map(len, ids)))
         return ids
+
+    @staticmethod
+    async def _in_thread(threads: ThreadPoolExecutor, work: Callable[[], T], gone: asyncio.Task) -> T:
+        """work() in one of `threads`; ClientGone if the client leaves first, and then the work is cancelled while
+        it waits for a thread (one that has started finishes, and its result is dropped)."""
+        future = asyncio.get_running_loop().run_in_executor(threads, work)
+        await asyncio.wait([future, gone], return_when=asyncio.FIRST_COMPLETED)
+        if not future.done():
+            future.cancel()
+            raise ClientGone
+        return future.result()
 
     async def _queue(self, name: str, ids: list[list[int]], finish, gone: asyncio.Task) -> object:
         """The request's result from the worker; dropped from the queue (ClientGone) if its client leaves first."""
@@ -210,8 +230,8 @@ class Service:
             job = worker.submit(ids, finish)
         except QueueFull as e:
             raise self.overloaded(str(e), "queue_full") from None
-        except ShuttingDown:
-            raise ApiError(503, "the server is shutting down", "Unhealthy", cause="shutting_down") from None
+        except (ShuttingDown, Stopped) as e:
+            raise unavailable(e) from None
         result = asyncio.wrap_future(job.future)
         await asyncio.wait([result, gone], return_when=asyncio.FIRST_COMPLETED)
         if not result.done():
@@ -220,8 +240,14 @@ class Service:
             raise ClientGone
         try:
             return result.result()
-        except ShuttingDown:
-            raise ApiError(503, "the server is shutting down", "Unhealthy", cause="shutting_down") from None
+        except (ShuttingDown, Stopped) as e:
+            raise unavailable(e) from None
+
+
+def unavailable(e: ShuttingDown | Stopped) -> ApiError:
+    """503 for a worker that is draining or whose thread has died."""
+    cause = "shutting_down" if isinstance(e, ShuttingDown) else "worker_stopped"
+    return ApiError(503, str(e), "Unhealthy", cause=cause)
 
 
 @asynccontextmanager

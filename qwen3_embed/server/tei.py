@@ -2,47 +2,55 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, StrictBool, StrictInt
+from pydantic import StrictBool, StrictInt
 
 from .. import __version__
+from .body import Body, BodyRoute, FailFastList
 from .limits import ApiError
 from .service import TOKENIZATION_WORKERS
 
-router = APIRouter()
+router = APIRouter(route_class=BodyRoute)
 
 
-class EmbedRequest(BaseModel):
-    inputs: str | list[str]
+class EmbedRequest(Body):
+    inputs_field = "inputs"
+    inputs: str | FailFastList[str]
     normalize: StrictBool = True
     truncate: StrictBool = False
+    truncation_direction: Literal["Right"] = "Right"  # the end of a text is cut; TEI's "Left" is not implemented
     prompt_name: str | None = None
     dimensions: StrictInt | None = None
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(Body):
+    inputs_field = "texts"
     query: str
-    texts: list[str]
+    texts: FailFastList[str]
     raw_scores: StrictBool = False
     return_text: StrictBool = False
     truncate: StrictBool = False
+    truncation_direction: Literal["Right"] = "Right"
 
 
 @router.post("/embed", summary="Embed texts (TEI)")
 async def embed(body: EmbedRequest, request: Request) -> JSONResponse:
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     vectors, _ = await request.app.state.service.embed(
-        request, texts, truncate=body.truncate, prompt_name=body.prompt_name, dimensions=body.dimensions,
-        normalize=body.normalize,
+        request, texts, field="inputs", truncate=body.truncate, prompt_name=body.prompt_name,
+        dimensions=body.dimensions, normalize=body.normalize,
     )  # fmt: skip
     return JSONResponse(vectors.tolist())
 
 
 @router.post("/rerank", summary="Rerank texts for a query (TEI)")
 async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
-    raw, _ = await request.app.state.service.rerank(request, body.query, body.texts, truncate=body.truncate)
+    service = request.app.state.service
+    raw, _ = await service.rerank(request, body.query, body.texts, field="texts", truncate=body.truncate)
     scores = (raw if body.raw_scores else torch.sigmoid(raw)).tolist()
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     text = (lambda i: {"text": body.texts[i]}) if body.return_text else (lambda i: {})

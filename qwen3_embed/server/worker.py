@@ -37,6 +37,10 @@ class ShuttingDown(Exception):
     """The worker is draining: it takes no new request, and the queued ones fail with this."""
 
 
+class Stopped(Exception):
+    """The worker's thread has died: it takes no new request, and the queued and running ones fail with this."""
+
+
 @dataclass(eq=False)
 class Job:
     ids: list[list[int]]
@@ -74,6 +78,7 @@ class BatchingWorker:
         self.queued_tokens = 0
         self._closing = False
         self._busy = False
+        self.stopped: str | None = None  # why the thread died, once it has
         self.heartbeat = time.monotonic()  # when the queue last moved or a forward pass was last launched
         self.tokens_per_s: float | None = None  # a running average over batches, timed until their rows are on the host
         self.thread = threading.Thread(target=self._loop, name=f"qwen3-embed-{name}", daemon=True)
@@ -85,9 +90,11 @@ class BatchingWorker:
 
     def submit(self, ids: list[list[int]], finish: Callable[[torch.Tensor], object]) -> Job:
         """Queue a request's sequences; QueueFull when they would take the queue past `max_queue_tokens`,
-        ShuttingDown while draining."""
+        ShuttingDown while draining, Stopped once the thread has died."""
         tokens = sum(map(len, ids))
         with self._lock:
+            if self.stopped is not None:
+                raise Stopped(self.stopped)
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
             if self.queued_tokens + tokens > self.max_queue_tokens:
@@ -136,11 +143,22 @@ class BatchingWorker:
         return self.queued_tokens / self.tokens_per_s if self.tokens_per_s else 1.0
 
     def _loop(self) -> None:
-        while jobs := self._take():
-            self._run(jobs)
+        jobs: list[Job] = []
+        try:
+            while jobs := self._take():
+                self._run(jobs)
+                with self._lock:
+                    self._busy = False
+                    self.heartbeat = time.monotonic()
+        except BaseException as e:  # even SystemExit: no request may wait for a thread that is gone
+            log.error("the %s worker stopped", self.name, exc_info=e)
             with self._lock:
-                self._busy = False
-                self.heartbeat = time.monotonic()
+                self.stopped = f"the {self.name} worker stopped ({type(e).__name__}); restart the server"
+                for job in [*jobs, *self._jobs]:
+                    if not job.future.done():
+                        job.future.set_exception(Stopped(self.stopped))
+                self._jobs.clear()
+                self.queued_tokens = 0
 
     def _take(self) -> list[Job]:
         """The next requests to run together, or [] once draining has emptied the queue."""
