@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from .checks import check_bools, check_dim
 from .config import read_json_object
 from .model import Qwen3Model
 from .pipeline import DEFAULT_INSTRUCTION, Pipeline, Progress
+from .store.quantize import check_precision, quantize
 from .tokenize import Cut, Tokenizer
 
 
@@ -57,27 +57,40 @@ class Embedder(Pipeline):
         *,
         instruction: str | None = None,
         prompt_name: str | None = None,
+        prompt: str | None = None,
         dim: int | None = None,
         truncate_dim: int | None = None,
         normalize: bool = True,
+        normalize_embeddings: bool = False,
         max_length: int | None = None,
         truncate: bool = True,
         batch_tokens: int | None = None,
         batch_size: int | None = None,
         show_progress: bool = False,
+        show_progress_bar: bool | None = None,
+        precision: str = "float32",
+        ranges: np.ndarray | None = None,
+        calibration_embeddings: torch.Tensor | np.ndarray | None = None,
         convert_to_numpy: bool = False,
+        convert_to_tensor: bool = False,
     ) -> torch.Tensor | np.ndarray:
         """Embed texts: float32 CPU tensor [len(texts), dim] in the input's order ([dim] for a single string).
 
         instruction: formats each text as `Instruct: {instruction}\nQuery:{text}` (for queries).
         prompt_name: prepends a prompt of the checkpoint's config_sentence_transformers.json (e.g. 'query').
+        prompt: prepends this text as it is (what instruction and prompt_name prepend); one of the three at most.
         dim (or sentence-transformers' name, truncate_dim): keep the first `dim` values (Matryoshka), normalized
         afterwards; default: the hidden size.
+        normalize: L2-normalize the vectors (normalize_embeddings=True, sentence-transformers' name, too).
         max_length: tokens per text, EOS included (default 8192, at most the model's maximum); longer texts are
         cut with a warning, or are an error when `truncate` is False.
         batch_tokens: tokens per forward pass (default 2048 on CPU, 16384 on CUDA); a longer text runs alone.
         batch_size: not used (batches are packed by tokens); passing it warns and names batch_tokens.
-        convert_to_numpy: return a numpy array instead of a tensor.
+        show_progress (or show_progress_bar): a progress bar.
+        precision: int8, uint8, binary or ubinary vectors as sentence-transformers' quantize_embeddings makes them
+        (int8 and uint8 with the per-dimension `ranges` [2, dim], else those of `calibration_embeddings`, else those
+        of the vectors themselves), or float16.
+        convert_to_numpy: return a numpy array instead of a tensor (convert_to_tensor=True: a tensor, as by default).
         """
         check_bools(
             normalize=normalize, truncate=truncate, show_progress=show_progress, convert_to_numpy=convert_to_numpy
@@ -88,35 +101,34 @@ class Embedder(Pipeline):
                 raise ValueError(f"dim={dim} and truncate_dim={truncate_dim} are the same option; pass one")
             dim = truncate_dim
         dim = self.check_dim(dim)
-        if batch_size is not None:
-            warnings.warn(
-                f"batch_size={batch_size} is not used: qwen3-embed packs each batch up to a number of tokens, not "
-                f"texts; pass batch_tokens= to change it (now {self.batch_tokens(batch_tokens)} on {self.device.type})",
-                stacklevel=2,
-            )
+        check_quantization(precision, ranges, calibration_embeddings)
+        self.ignore_batch_size(batch_size, batch_tokens)
         texts = [texts] if single else list(texts)
         check_texts(texts)
-        self._apply_prompt([], instruction, prompt_name)  # its errors, before any work
+        self.prefix(instruction, prompt_name, prompt)  # its errors, before any work
         cut = Cut(self.max_length(max_length))
 
         def tokenize(part: list[str], first: int) -> list[list[int]]:
-            return self.tokenize(part, instruction, prompt_name, max_length, truncate, first=first, cut=cut)
+            return self.tokenize(part, instruction, prompt_name, max_length, truncate, first=first, cut=cut,
+                                 prompt=prompt)  # fmt: skip
 
         if texts:
             head = lambda last: last[:, :dim].float()  # noqa: E731
-            with Progress(len(texts), enabled=show_progress) as progress:
+            with Progress(len(texts), enabled=show_progress or bool(show_progress_bar)) as progress:
                 vectors = self.run_texts(texts, tokenize, head, batch_tokens, progress, all_first=not truncate)
             cut.warn(stacklevel=2)
-            vectors = self.finish(vectors, normalize)
+            vectors = self.finish(vectors, normalize or normalize_embeddings)
         else:
             vectors = torch.empty(0, dim)
+        if precision != "float32":
+            vectors = torch.from_numpy(quantize(vectors, precision, ranges=ranges, calibration=calibration_embeddings))
         vectors = vectors[0] if single else vectors
-        return vectors.numpy() if convert_to_numpy else vectors
+        return vectors.numpy() if convert_to_numpy and not convert_to_tensor else vectors
 
     def encode_query(self, texts: str | Sequence[str], **options) -> torch.Tensor | np.ndarray:
-        """`encode` for queries: with the given instruction or prompt_name, else the checkpoint's "query" prompt, else
-        the model card's web-search instruction (the same text)."""
-        if options.get("instruction") is None and options.get("prompt_name") is None:
+        """`encode` for queries: with the given instruction, prompt_name or prompt, else the checkpoint's "query"
+        prompt, else the model card's web-search instruction (the same text)."""
+        if not has_prompt(options):
             if "query" in self.prompts:
                 options["prompt_name"] = "query"
             else:
@@ -126,7 +138,7 @@ class Embedder(Pipeline):
     def encode_document(self, texts: str | Sequence[str], **options) -> torch.Tensor | np.ndarray:
         """`encode` for documents: the checkpoint's "document" prompt when it has one (empty for the released
         models), else no prompt."""
-        if options.get("instruction") is None and options.get("prompt_name") is None and "document" in self.prompts:
+        if not has_prompt(options) and "document" in self.prompts:
             options["prompt_name"] = "document"
         return self.encode(texts, **options)
 
@@ -140,12 +152,14 @@ class Embedder(Pipeline):
         warn: bool = True,
         first: int = 0,
         cut: Cut | None = None,
+        prompt: str | None = None,
     ) -> list[list[int]]:
         """The token ids `encode` runs for each text: prompt applied, one final EOS, cut to max_length (see
         `Tokenizer.encode` for `warn`, `first` and `cut`)."""
         texts = list(texts)
         check_texts(texts, first)
-        texts = self._apply_prompt(texts, instruction, prompt_name)
+        prefix = self.prefix(instruction, prompt_name, prompt)
+        texts = [prefix + t for t in texts] if prefix else texts
         return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn, first=first, cut=cut)
 
     def check_dim(self, dim: int | None) -> int:
@@ -181,20 +195,49 @@ class Embedder(Pipeline):
             raise ValueError(f"cannot compare vectors of {a.shape[-1]} and {b.shape[-1]} dimensions")
         return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
 
-    def _apply_prompt(self, texts: list[str], instruction: str | None, prompt_name: str | None) -> list[str]:
-        if instruction is not None and prompt_name is not None:
-            raise ValueError("pass either instruction or prompt_name, not both")
+    def prefix(self, instruction: str | None, prompt_name: str | None, prompt: str | None) -> str:
+        """The text put before each text: the instruction's, the named prompt's, the prompt itself, else the
+        checkpoint's default prompt's (if any); more than one of the three is an error."""
+        given = [name for name, value in [("instruction", instruction), ("prompt_name", prompt_name),
+                                          ("prompt", prompt)] if value is not None]  # fmt: skip
+        if len(given) > 1:
+            raise ValueError(f"pass one of instruction, prompt_name and prompt, not {' and '.join(given)}")
         if instruction is not None:
-            return [format_instruction(instruction, t) for t in texts]
+            return format_instruction(instruction, "")
+        if prompt is not None:
+            return prompt
         prompt_name = prompt_name or self.default_prompt_name
         if prompt_name is None:
-            return texts
+            return ""
         if prompt_name not in self.prompts:
             raise ValueError(
                 f"prompt_name={prompt_name!r} is not among the checkpoint's prompts {sorted(self.prompts)} "
                 "(config_sentence_transformers.json)"
             )
-        return [self.prompts[prompt_name] + t for t in texts]
+        return self.prompts[prompt_name]
+
+    def get_embedding_dimension(self) -> int:
+        """The dimensions of `encode`'s vectors by default (the hidden size), as sentence-transformers names it."""
+        return self.config.hidden_size
+
+    get_sentence_embedding_dimension = get_embedding_dimension  # its name before sentence-transformers 6
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """What `similarity` computes, as sentence-transformers names it: always "cosine"."""
+        return "cosine"
+
+
+def has_prompt(options: dict) -> bool:
+    """Whether encode options name an instruction, a prompt_name or a prompt."""
+    return any(options.get(name) is not None for name in ("instruction", "prompt_name", "prompt"))
+
+
+def check_quantization(precision: str, ranges, calibration_embeddings) -> None:
+    """A precision `quantize` knows; ranges and calibration vectors only for int8 and uint8, which use them."""
+    check_precision(precision)
+    if (ranges is not None or calibration_embeddings is not None) and precision not in ("int8", "uint8"):
+        raise ValueError(f"ranges and calibration_embeddings are for precision='int8' or 'uint8', not {precision!r}")
 
 
 def check_texts(texts: list, first: int = 0) -> None:

@@ -1,9 +1,9 @@
 """MTEB evaluation of an Embedder (the `mteb` extra): `mteb.evaluate(MTEBEncoder(embedder), tasks)`.
 
-Texts are formatted as the official Qwen3-Embedding evaluation formats them: `Instruct: {task}\\nQuery:{text}` with the
-task's own instruction (its metadata's `prompt`), else the one the official evaluation uses for the task's type
-("Retrieve semantically similar text" for STS and pair classification, "Retrieve parallel sentences" for bitext
-mining), else the model card's web-search task; retrieval documents get none, and the texts of other tasks all get it.
+Texts are formatted as mteb's own Qwen3-Embedding loader formats them, so that the scores compare with the
+leaderboard's: `Instruct: {task}\\nQuery:{text}` with the task's instruction (its metadata's `prompt`), else mteb's
+default for the task's type (its abstract task's `abstask_prompt`, such as "Classify user passages." or "Retrieve
+semantically similar text."); retrieval documents get none, and the texts of other tasks all get it.
 """
 
 from __future__ import annotations
@@ -18,13 +18,6 @@ except ImportError as e:
     raise ImportError(f"MTEB evaluation needs the mteb extra ({e}): pip install 'qwen3-embed-triton[mteb]'") from None
 
 from .embedder import Embedder
-from .pipeline import DEFAULT_INSTRUCTION
-
-TYPE_INSTRUCTIONS = {
-    "STS": "Retrieve semantically similar text",
-    "PairClassification": "Retrieve semantically similar text",
-    "BitextMining": "Retrieve parallel sentences",
-}
 
 
 class MTEBEncoder(AbsEncoder):
@@ -40,13 +33,13 @@ class MTEBEncoder(AbsEncoder):
         )  # fmt: skip
 
     def instruction(self, task_metadata, prompt_type: PromptType | None) -> str | None:
-        """The instruction of a task's texts of `prompt_type` (None for retrieval documents)."""
+        """The instruction of a task's texts of `prompt_type` (None for retrieval documents, or where there is none)."""
         if prompt_type == PromptType.document:
             return None
-        prompt = task_metadata.prompt
-        if isinstance(prompt, dict):
-            prompt = prompt.get(prompt_type.value) if prompt_type is not None else None
-        return prompt or TYPE_INSTRUCTIONS.get(task_metadata.type, DEFAULT_INSTRUCTION)
+        instruction = self.get_instruction(task_metadata, prompt_type)  # mteb's choice: the task's, else its type's
+        if isinstance(instruction, dict):  # a prompt per prompt type, for texts of none: the first, as mteb's loader
+            instruction = next(iter(instruction.values()))
+        return instruction or None
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]

@@ -4,6 +4,7 @@ token-budget batches."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,6 +108,15 @@ class Pipeline:
         if batch_tokens is None:
             return DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
         return check_int("batch_tokens", batch_tokens, 1)
+
+    def ignore_batch_size(self, batch_size: int | None, batch_tokens: int | None) -> None:
+        """sentence-transformers' batch_size is not used here: warn (naming batch_tokens) when it is given."""
+        if batch_size is not None:
+            warnings.warn(
+                f"batch_size={batch_size} is not used: qwen3-embed packs each batch up to a number of tokens, not "
+                f"texts; pass batch_tokens= to change it (now {self.batch_tokens(batch_tokens)} on {self.device.type})",
+                stacklevel=3,
+            )
 
     def run(
         self,

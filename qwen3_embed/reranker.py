@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from . import checkpoint
@@ -100,14 +101,50 @@ class Reranker(Pipeline):
         return logits if raw else torch.sigmoid(logits)
 
     def rank(
-        self, query: str, documents: Sequence[str], *, top_k: int | None = None, **score_options
-    ) -> list[tuple[int, float]]:
-        """(index, score) of the documents, best first (ties in input order); the first `top_k` when given."""
+        self,
+        query: str,
+        documents: Iterable[str],
+        *,
+        top_k: int | None = None,
+        return_documents: bool = False,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        **score_options,
+    ) -> list[dict[str, int | float | str]]:
+        """The documents best first (ties in input order), as CrossEncoder.rank gives them: `{"corpus_id", "score"}`
+        each, with `"text"` (the document) when `return_documents`; the first `top_k` when given. Takes the options
+        of `score`; batch_size is not used (as in `Embedder.encode`), show_progress_bar is show_progress."""
         if top_k is not None:
             check_int("top_k", top_k, 0)
-        scores = self.score(query, documents, **score_options).tolist()
+        both = pairs(query, documents)
+        scores = self.predict(both, batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_tensor=True,
+                              **score_options).tolist()  # fmt: skip
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        return [(i, scores[i]) for i in order[:top_k]]
+        ranked = [{"corpus_id": i, "score": scores[i]} for i in order[:top_k]]
+        if return_documents:
+            for hit in ranked:
+                hit["text"] = both[hit["corpus_id"]][1]
+        return ranked
+
+    def predict(
+        self,
+        inputs: tuple[str, str] | Sequence[tuple[str, str]],
+        *,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        **score_options,
+    ) -> np.ndarray | torch.Tensor | np.float32:
+        """`score` of (query, document) pairs as CrossEncoder.predict returns it: a float32 numpy array [len(pairs)]
+        (a tensor with convert_to_tensor=True, or convert_to_numpy=False), a scalar for one pair. Takes the options
+        of `score`; batch_size is not used (as in `Embedder.encode`), show_progress_bar is show_progress."""
+        single = isinstance(inputs, (list, tuple)) and len(inputs) > 0 and not isinstance(inputs[0], (list, tuple))
+        self.ignore_batch_size(batch_size, score_options.get("batch_tokens"))
+        score_options["show_progress"] = score_options.get("show_progress", False) or bool(show_progress_bar)
+        scores = self.score([inputs] if single else inputs, **score_options)
+        scores = scores.numpy() if convert_to_numpy and not convert_to_tensor else scores
+        return scores[0] if single else scores
 
     def tokenize(
         self,

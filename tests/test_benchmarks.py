@@ -125,3 +125,24 @@ def test_throughput_warms_up_on_the_whole_workload_on_a_gpu():
 def test_a_bad_size_or_budget_is_refused(tmp_path, flag, value):
     done = run_gpu_check(str(tmp_path), "--plan", flag, value, returncode=2)
     assert f"argument {flag}: {value} is not a positive finite number" in done.stderr
+
+
+def test_kernels_aot_writes_its_results_only_where_asked(tmp_path, monkeypatch, capsys):
+    """A plain run prints the table and leaves the committed results as they are; --output writes them there. (The
+    compiler is stubbed: what is under test is where the results go.)"""
+    import kernels_aot
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))  # restored after the run, which sets its own
+    monkeypatch.setattr(kernels_aot.aot, "tool", lambda name: "echo")
+    monkeypatch.setattr(kernels_aot.aot, "targets", lambda: [90])
+    monkeypatch.setattr(kernels_aot.aot, "launches", lambda archs: [])
+    monkeypatch.setattr(kernels_aot.aot, "compile_all", lambda launches, processes: [])
+    committed = lambda: {p.name: p.read_bytes() for p in (REPO / "benchmarks/results").glob("kernels-aot.*")}  # noqa: E731
+    before = committed()
+    kernels_aot.main([])
+    assert "Kernels compiled ahead of time" in capsys.readouterr().out
+    assert committed() == before and before and not list(tmp_path.glob("kernels-aot.*"))
+    kernels_aot.main(["--output", str(tmp_path)])
+    assert json.loads((tmp_path / "kernels-aot.json").read_text())["launches"] == []
+    assert (tmp_path / "kernels-aot.md").read_text().startswith("Kernels compiled ahead of time")
+    assert committed() == before

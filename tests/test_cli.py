@@ -99,7 +99,7 @@ def test_encode_reads_standard_input_and_a_prompt_name(tiny, embedder, tmp_path,
     [
         (["--input", "{missing}", "--output", "{out}"], r"input .*missing does not exist \(give a file, a folder"),
         (["--input", "{txt}", "--output", "{out}", "--text-field", "body"],
-         r"text_field \(--text-field\) applies to JSON lines and Parquet, but .*in.txt holds text lines .*; drop it"),
+         r"--text-field applies to JSON lines and Parquet, but .*in.txt holds text lines .*; drop it"),
         (["--input", "{txt}", "--output", "{out}.npy", "--chunk-size", "5"],
          r"--chunk-size applies to a folder of shards, but --output .*out.npy is one file .*; drop it, or give"),
         (["--input", "{txt}", "--output", "{out}.npy", "--vector-format", "npy"], r"--vector-format applies to"),
@@ -218,10 +218,10 @@ def reranker_folder(tmp_path_factory):
         (["rerank", "--query", "q", "--input", "missing.txt"], "input missing.txt does not exist"),
         (["rerank", "--query", "q", "--document", "d", "--top-k", "0"], "--top-k=0 must be at least 1"),
         (["rerank", "--query", "q", "--document", "d", "--max-length", "40000"], "--max-length=40000 is outside 2"),
-        (["similarity", "--batch-tokens", "0"], "batch_tokens=0 must be at least 1"),
+        (["similarity", "--batch-tokens", "0"], "--batch-tokens=0 must be at least 1"),
         (
             ["encode", "--input", "README.md", "--output", "shards/", "--chunk-size", "0"],
-            "chunk_size=0 must be at least",
+            "--chunk-size=0 must be at least",
         ),
     ],
 )
@@ -293,15 +293,30 @@ def test_rerank_a_file_as_json_with_ids(reranker_folder, tmp_path, capsys):
     torch.testing.assert_close(torch.tensor([line["score"] for line in lines]), raw[best])
 
 
-def test_rerank_no_truncate(reranker_folder):
+def test_rerank_no_truncate_names_the_flags(reranker_folder):
+    """The library's error says `raise max_length, or pass truncate=True`; the command's says it with flags."""
     argv = ["rerank", "--model", str(reranker_folder), "--query", "q", "--document", "word " * 200]
-    assert "longer than max_length=300" in error_of([*argv, "--max-length", "300", "--no-truncate"])
+    message = error_of([*argv, "--max-length", "300", "--no-truncate"])
+    assert "longer than --max-length=300" in message and "raise --max-length, or leave out --no-truncate" in message
+    assert "truncate=" not in message and "max_length" not in message
 
 
-def test_truncation_warning_is_one_line(tiny, capsys):
+def test_truncation_warning_is_one_line_that_names_the_flag(tiny, capsys):
     main(["similarity", "--model", str(tiny[0]), "--max-length", "8", "--query", "gravity " * 30, "--document", "d"])
     err = capsys.readouterr().err
-    assert re.match(r"qwen3-embed: warning: 1 of 1 text\(s\) were longer than max_length=8 .*--no-truncate", err)
+    assert re.fullmatch(r"qwen3-embed: warning: 1 of 1 text\(s\) were longer than --max-length=8 .*; pass "
+                        r"--no-truncate to get an error instead\n", err)  # fmt: skip
+
+
+def test_an_output_of_no_known_format_is_refused(tiny, no_loading, tmp_path):
+    """--output out.csv is not taken for a folder of shards named out.csv; a folder whose name has a dot is one when
+    it ends with / (or exists)."""
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    argv = ["encode", "--model", str(tiny[0]), "--input", str(tmp_path / "in.txt"), "--output"]
+    message = error_of([*argv, str(tmp_path / "out.csv")])
+    assert re.search(r"--output .*out.csv: encode writes no .csv files; give FILE.npy or FILE.safetensors", message)
+    assert not (tmp_path / "out.csv").exists()
+    assert "the model was loaded" in error_of([*argv, str(tmp_path / "shards.v2") + "/"])  # past every check
 
 
 def test_help_shows_defaults_and_version(capsys):

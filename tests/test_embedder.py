@@ -124,8 +124,10 @@ def test_dim_out_of_range(embedder, dim):
 
 
 def test_prompt_errors(embedder):
-    with pytest.raises(ValueError, match="either instruction or prompt_name"):
+    with pytest.raises(ValueError, match="one of instruction, prompt_name and prompt, not instruction and prompt_name"):
         embedder.encode(["a"], instruction="x", prompt_name="query")
+    with pytest.raises(ValueError, match="not prompt_name and prompt"):
+        embedder.encode_query(["a"], prompt_name="query", prompt="Query: ")
     with pytest.raises(
         ValueError, match=r"prompt_name='passage' is not among the checkpoint's prompts \['document', 'query'\]"
     ):
@@ -221,6 +223,63 @@ def test_sentence_transformers_names(tiny, embedder):
     )
     with pytest.raises(ValueError, match="dim=16 and truncate_dim=24 are the same option"):
         embedder.encode(["a"], dim=16, truncate_dim=24)
+
+
+def test_sentence_transformers_encode_options(tiny, embedder):
+    """normalize_embeddings, convert_to_tensor, show_progress_bar, prompt, get_sentence_embedding_dimension and
+    similarity_fn_name as SentenceTransformer takes and gives them, on the same checkpoint."""
+    st = sentence_transformer(tiny[0])
+    texts = QUERIES + DOCUMENTS
+    options = dict(prompt="Instruct: Classify it\nQuery:", convert_to_tensor=True, show_progress_bar=False)
+    for normalize in (True, False):  # the checkpoint's Normalize module normalizes either way
+        ours = embedder.encode(texts, normalize_embeddings=normalize, **options)
+        expected = st.encode(texts, normalize_embeddings=normalize, **options)
+        assert isinstance(ours, torch.Tensor) and ours.shape == expected.shape
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours, embedder.encode(texts, instruction="Classify it"))  # the prompt it prepends
+    assert isinstance(embedder.encode(texts, convert_to_numpy=True, convert_to_tensor=True), torch.Tensor)
+    raw = embedder.encode(texts, normalize=False)
+    assert raw.norm(dim=-1).min() > 1.5  # what normalize=False gives, and normalize_embeddings=True normalizes
+    torch.testing.assert_close(
+        embedder.encode(texts, normalize=False, normalize_embeddings=True), embedder.encode(texts)
+    )
+    assert embedder.get_sentence_embedding_dimension() == embedder.get_embedding_dimension() == 96
+    assert st.get_embedding_dimension() == 96
+    assert embedder.similarity_fn_name == st.similarity_fn_name == "cosine"
+    with pytest.raises(AttributeError):
+        embedder.similarity_fn_name = "dot"  # similarity is cosine, whatever the name says
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_precision_is_quantize_embeddings_of_the_vectors(tiny, embedder, precision):
+    from sentence_transformers.util import quantize_embeddings
+
+    texts = texts_of_lengths(20, seed=1)
+    floats = embedder.encode(texts, convert_to_numpy=True)
+    calibration = embedder.encode(texts_of_lengths(30, seed=2), convert_to_numpy=True)
+    ranges = np.vstack([calibration.min(axis=0), calibration.max(axis=0)]) * 0.9
+    for quantization in [{}, {"calibration_embeddings": calibration}, {"ranges": ranges}]:
+        if precision.endswith("binary") and quantization:
+            continue
+        ours = embedder.encode(texts, precision=precision, convert_to_numpy=True, **quantization)
+        expected = quantize_embeddings(floats, precision, **quantization)
+        assert ours.dtype == expected.dtype and ours.shape == expected.shape
+        np.testing.assert_array_equal(ours, expected)  # bit for bit
+    theirs = sentence_transformer(tiny[0]).encode(texts, precision=precision)  # its own vectors, rounded its way
+    ours = embedder.encode(texts, precision=precision)
+    assert isinstance(ours, torch.Tensor) and ours.numpy().dtype == theirs.dtype
+    differ = ours.numpy().astype(int) - theirs.astype(int)
+    assert abs(differ).max() <= 1 and (differ != 0).mean() < 0.02  # a step apart where a value sits on a boundary
+    assert embedder.encode(texts[0], precision="binary").shape == (12,)
+
+
+def test_precision_errors(embedder):
+    with pytest.raises(ValueError, match="precision='int4' is not one of float32, float16, int8, uint8, binary"):
+        embedder.encode(["a", "b"], precision="int4")
+    with pytest.raises(ValueError, match="ranges and calibration_embeddings are for precision='int8' or 'uint8'"):
+        embedder.encode(["a", "b"], precision="binary", calibration_embeddings=np.ones((2, 96), np.float32))
+    with pytest.raises(ValueError, match="at least 2 calibration vectors"):
+        embedder.encode("one text, no calibration", precision="int8")
 
 
 def test_encode_query_without_sentence_transformers_prompts_uses_the_card_instruction(embedder):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from checkpoints import REPO
-from qwen3_embed.pipeline import DEFAULT_INSTRUCTION
+from qwen3_embed.embedder import format_instruction
 
 mteb = pytest.importorskip("mteb")
 pytestmark = pytest.mark.slow  # importing mteb alone takes seconds
@@ -77,15 +77,51 @@ def test_mteb_evaluates_our_vectors_with_the_task_instruction(embedder, monkeypa
     assert scores["recall_at_1"] == pytest.approx(sum(r == 1 for r in ranks) / len(ranks), abs=1e-5)
 
 
-def test_instructions_follow_the_official_evaluation(embedder):
+def test_instructions_are_those_of_mtebs_qwen3_loader(tiny, embedder, monkeypatch):
+    """On mteb's mock tasks of every text task type, none with a prompt of its own, each text gets the prompt that
+    mteb's registered Qwen3-Embedding loader gives it (on the same checkpoint), and the scores are the loader's."""
+    from mteb.mocks import mock_tasks
+    from mteb.models.model_implementations.qwen3_models import q3e_instruct_loader
+
+    types = ["classification.Classification", "sts.STS", "pair_classification.PairClassification",
+             "retrieval.Retrieval", "bitext_mining.BitextMining", "clustering.Clustering", "reranking.Reranking",
+             "regression.Regression", "summarization.Summarization"]  # fmt: skip
+    mocks = [getattr(getattr(mock_tasks, t.split(".")[0]), f"Mock{t.split('.')[1]}Task") for t in types]
+    assert len(mocks) == 9 and all(mock.metadata.prompt is None for mock in mocks)
+    theirs = q3e_instruct_loader(str(tiny[0]), revision=None, device="cpu")
+    expected_prompts, prompts = [], []
+    st_encode, encode = theirs.model.encode, embedder.encode
+
+    def st_recording(texts, prompt=None, **options):
+        expected_prompts.append((tuple(texts), prompt or None))
+        return st_encode(texts, prompt=prompt, **options)
+
+    def recording(texts, **options):
+        instruction = options["instruction"]
+        prompts.append((tuple(texts), None if instruction is None else format_instruction(instruction, "")))
+        return encode(texts, **options)
+
+    monkeypatch.setattr(theirs.model, "encode", st_recording)
+    monkeypatch.setattr(embedder, "encode", recording)
+    expected = mteb.evaluate(theirs, [mock() for mock in mocks], cache=None, show_progress_bar=False)
+    result = mteb.evaluate(MTEBEncoder(embedder, name="test/tiny"), [mock() for mock in mocks], cache=None,
+                           show_progress_bar=False)  # fmt: skip
+    assert sorted(prompts, key=str) == sorted(expected_prompts, key=str)
+    used = {prompt for _, prompt in prompts}
+    assert "Instruct: Classify user passages.\nQuery:" in used and None in used  # mteb's default; documents: none
+    for ours, reference in zip(result.task_results, expected.task_results):
+        assert ours.task_name == reference.task_name
+        assert ours.get_score() == pytest.approx(reference.get_score(), abs=1e-4), ours.task_name
+
+
+def test_a_tasks_own_prompt_and_dim(embedder):
     encoder = MTEBEncoder(embedder, dim=32)
     assert encoder.mteb_model_meta.embed_dim == 32
-    retrieval, sts = SimpleNamespace(type="Retrieval", prompt=None), SimpleNamespace(type="STS", prompt=None)
-    assert encoder.instruction(retrieval, PromptType.query) == DEFAULT_INSTRUCTION  # the card's, for want of one
+    retrieval = TinyRetrieval.metadata
+    assert encoder.instruction(retrieval, PromptType.query) == TASK
     assert encoder.instruction(retrieval, PromptType.document) is None
+    sts = SimpleNamespace(name="MySTS", type="STS", prompt="Retrieve semantically similar text")
     assert encoder.instruction(sts, None) == "Retrieve semantically similar text"  # every text of the pair
-    assert encoder.instruction(SimpleNamespace(type="BitextMining", prompt=None), None) == "Retrieve parallel sentences"
-    assert encoder.instruction(SimpleNamespace(type="Classification", prompt="Classify it"), None) == "Classify it"
     vectors = encoder.encode([{"text": ["a b", "c"]}], task_metadata=sts, hf_split="test", hf_subset="default")
     expected = embedder.encode(["a b", "c"], instruction="Retrieve semantically similar text", dim=32)
     torch.testing.assert_close(torch.from_numpy(vectors), expected)

@@ -125,11 +125,12 @@ def test_rank_and_top_k(reranker):
     documents = texts_of_lengths(8, seed=2)
     scores = reranker.score(QUERY, documents).tolist()
     ranked = reranker.rank(QUERY, documents)
-    assert [i for i, _ in ranked] == sorted(range(8), key=lambda i: -scores[i])
-    assert [s for _, s in ranked] == sorted(scores, reverse=True)
+    assert [hit["corpus_id"] for hit in ranked] == sorted(range(8), key=lambda i: -scores[i])
+    assert [hit["score"] for hit in ranked] == sorted(scores, reverse=True)
     assert reranker.rank(QUERY, documents, top_k=3) == ranked[:3]
     assert reranker.rank(QUERY, documents, top_k=0) == []
-    assert [i for i, _ in reranker.rank(QUERY, ["same", "same", "same"])] == [0, 1, 2]  # ties keep the input order
+    ties = reranker.rank(QUERY, ["same", "same", "same"])
+    assert [hit["corpus_id"] for hit in ties] == [0, 1, 2]  # ties keep the input order
 
 
 def test_empty_documents(reranker):
@@ -148,6 +149,10 @@ def test_bad_input(reranker):
         reranker.score([("q", "d")], ["d"])
     with pytest.raises(ValueError, match="top_k=-1"):
         reranker.rank(QUERY, ["a"], top_k=-1)
+    with pytest.raises(TypeError, match="a list of documents"):
+        reranker.rank(QUERY, "one document")
+    with pytest.raises(TypeError, match=r"pairs\[0\] is not a \(query, document\) pair"):
+        reranker.predict(["a", 1])
 
 
 @pytest.mark.parametrize("option", ["truncate", "show_progress", "raw"])
@@ -259,3 +264,51 @@ def test_a_converted_model_still_scores(checkpoint):
     before = converted.score("capital", ["Beijing", "gravity"])
     converted.model.double()
     torch.testing.assert_close(converted.score("capital", ["Beijing", "gravity"]), before, rtol=0, atol=1e-5)
+
+
+def cross_encoder(folder):
+    """sentence-transformers' CrossEncoder on a reranker checkpoint, with a chat template that renders the card's
+    prompt for its (query, document) messages (the instruction from a system message, as its `prompt` makes one)."""
+    from sentence_transformers import CrossEncoder
+
+    text = lambda s: "'" + s.replace("\n", "\\n").replace("'", "\\'") + "'"  # noqa: E731  (a Jinja string)
+    content = lambda role: f"{{%- for m in messages if m.role == '{role}' -%}}{{{{- m.content -}}}}{{%- endfor -%}}"  # noqa: E731
+    template = (
+        f"{{%- set ns = namespace(instruction={text(DEFAULT_INSTRUCTION)}) -%}}"
+        "{%- for m in messages if m.role == 'system' -%}{%- set ns.instruction = m.content -%}{%- endfor -%}"
+        f"{{{{- {text(PREFIX + '<Instruct>: ')} + ns.instruction + {text(chr(10) + '<Query>: ')} -}}}}"
+        f"{content('query')}{{{{- {text(chr(10) + '<Document>: ')} -}}}}{content('document')}{{{{- {text(SUFFIX)} -}}}}"
+    )
+    (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+    try:
+        return CrossEncoder(str(folder), device="cpu")
+    finally:
+        (folder / "chat_template.jinja").unlink()
+
+
+def test_predict_and_rank_match_cross_encoder(checkpoint, reranker):
+    """CrossEncoder's predict and rank, their arguments and return types, on the same checkpoint."""
+    import numpy as np
+
+    ce = cross_encoder(checkpoint[0])
+    documents = DOCUMENTS + texts_of_lengths(4, seed=12)
+    pairs = [(QUERY, d) for d in documents]
+    expected = ce.predict(pairs)
+    ours = reranker.predict(pairs)
+    assert isinstance(ours, np.ndarray) and ours.dtype == expected.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+    single = reranker.predict(pairs[1])
+    assert isinstance(single, np.float32) and single == pytest.approx(float(ce.predict(pairs[1])), abs=1e-5)
+    tensor = reranker.predict(pairs, convert_to_tensor=True)
+    assert isinstance(tensor, torch.Tensor) and isinstance(ce.predict(pairs, convert_to_tensor=True), torch.Tensor)
+    np.testing.assert_allclose(reranker.predict(pairs, instruction="Judge relevance"),
+                               ce.predict(pairs, prompt="Judge relevance"), rtol=0, atol=1e-5)  # fmt: skip
+    for options in [{}, {"top_k": 3}, {"return_documents": True}, {"top_k": 2, "return_documents": True}]:
+        theirs = ce.rank(QUERY, documents, batch_size=4, **options)
+        with pytest.warns(UserWarning, match="batch_size=4 is not used"):
+            ranked = reranker.rank(QUERY, documents, batch_size=4, **options)
+        assert [hit.keys() for hit in ranked] == [hit.keys() for hit in theirs]
+        assert [hit["corpus_id"] for hit in ranked] == [hit["corpus_id"] for hit in theirs]
+        assert [hit.get("text") for hit in ranked] == [hit.get("text") for hit in theirs]
+        assert all(type(a["score"]) is type(b["score"]) is float for a, b in zip(ranked, theirs))
+        np.testing.assert_allclose([h["score"] for h in ranked], [h["score"] for h in theirs], rtol=0, atol=1e-5)

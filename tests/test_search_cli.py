@@ -91,18 +91,18 @@ def test_bad_search_options_are_named_before_any_model_loads(corpus, tiny, build
     index = ["search", "--index", str(corpus / "float"), "--query", "q"]
     narrower = build_checkpoint("gqa1", TINY_SHAPES["gqa1"])[0]  # 64 dimensions, where the index holds 96
     for argv, message in [
-        ([*index, "--top-k", "0"], "top_k=0 is outside 1..30, the 30 vectors of the index"),
-        ([*index, "--top-k", "31"], "top_k=31 is outside 1..30"),
+        ([*index, "--top-k", "0"], "--top-k=0 is outside 1..30, the 30 vectors of the index"),
+        ([*index, "--top-k", "31"], "--top-k=31 is outside 1..30"),
         ([*index, "--reranker", "R"], "a reranker reads the documents' texts, and .* keeps none: encode the corpus "
          "again with --store-text"),
         (["search", "--index", str(corpus / "int8"), "--query", "q", "--reranker", "R", "--top-k", "5",
-          "--candidates", "4"], "candidates=4 must be at least 5"),
+          "--candidates", "4"], "--candidates=4 must be at least 5"),
         (["search", "--index", str(corpus / "int8"), "--query", "q", "--precision", "float16"],
          "int8 vectors cannot be searched at precision 'float16': choose int8 or a coarser one"),
         (["search", "--index", str(tmp_path / "none"), "--query", "q"], "does not exist: it is not a finished encode"),
         ([*index, "--device", "gpu"], "device 'gpu' is not a device name"),
-        ([*index, "--rescore-multiplier", "4"], "rescore_multiplier applies to a quantized search, and .* is "
-         "searched in float32; drop it, or give precision='int8' or 'binary'"),
+        ([*index, "--rescore-multiplier", "4"], "--rescore-multiplier applies to a quantized search, and .* is "
+         "searched in float32; drop it, or give --precision='int8' or 'binary'"),
         (["search", "--index", str(corpus / "int8"), "--query", "q", "--precision", "uint8"],
          "int8 vectors cannot be searched at precision 'uint8': choose int8 or a coarser one \\(binary, ubinary\\)"),
         ([*index, "--model", str(narrower)], "holds 96-dimensional vectors, more than .* makes \\(64\\): search it "
@@ -112,6 +112,19 @@ def test_bad_search_options_are_named_before_any_model_loads(corpus, tiny, build
             f"^qwen3-embed: error: .*{message}",
             error_of(argv if "--model" in argv else [*argv, "--model", str(tiny[0])]),
         ), argv
+
+
+def test_a_default_top_k_is_capped_and_one_asked_for_is_checked(tiny, embedder, tmp_path, capsys):
+    """A 5-document index: the default --top-k (10) prints all 5, as Retriever.search does; --top-k 6 is refused."""
+    (tmp_path / "five.txt").write_text("\n".join(TEXTS[:5]) + "\n", "utf-8")
+    main(["encode", "--model", str(tiny[0]), "--input", str(tmp_path / "five.txt"), "--output", str(tmp_path / "five")])
+    main(["search", "--index", str(tmp_path / "five"), "--query", QUERIES[0], "--json"])
+    index = Index.open(tmp_path / "five")
+    hits = Retriever(embedder, index).search(QUERIES[0])
+    assert [line["id"] for line in printed(capsys)] == [hit.id for hit in hits] and len(hits) == 5
+    assert len(index.search(embedder.encode_query(QUERIES[0])).ids) == 5
+    message = error_of(["search", "--index", str(tmp_path / "five"), "--query", "q", "--top-k", "6"])
+    assert "--top-k=6 is outside 1..5, the 5 vectors of the index" in message
 
 
 def test_searching_with_another_model_warns(corpus, build_checkpoint, capsys):

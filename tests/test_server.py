@@ -595,7 +595,7 @@ def test_schema_fuzzing_gives_no_server_errors(url):
 def test_serve_refuses_a_max_input_length_the_reranker_prompt_does_not_fit(tiny, tmp_path):
     make_reranker_checkpoint(tmp_path, TINY_SHAPES["gqa1"], tied=True)
     arguments = ["serve", "--model", str(tiny[0]), "--reranker", str(tmp_path), "--port", str(free_port())]
-    with pytest.raises(SystemExit, match="max_input_length=8 leaves no room for a document in the reranker's"):
+    with pytest.raises(SystemExit, match="--max-input-length=8 leaves no room for a document in the reranker's"):
         main([*arguments, "--max-input-length", "8", "--max-batch-tokens", "64", "--max-queue-tokens", "64"])
 
 
@@ -609,10 +609,10 @@ def test_serve_checks_the_limits_against_the_models_before_they_load(tiny, monke
     monkeypatch.setattr("qwen3_embed.pipeline.load_model", fail)
     arguments = ["serve", "--model", str(tiny[0]), "--port", str(free_port())]
     for option, message in [
-        (["--max-batch-tokens", "4096", "--max-queue-tokens", "4096"], "max_batch_tokens=4096 must be at least "
-         "max_input_length=8192"),
+        (["--max-batch-tokens", "4096", "--max-queue-tokens", "4096"], "--max-batch-tokens=4096 must be at least "
+         "--max-input-length=8192"),
         (["--reranker", str(tiny[0]), "--max-input-length", "40000", "--max-batch-tokens", "40000"],
-         "max_input_length=40000 is outside 2..32768, the model's maximum sequence length"),
+         "--max-input-length=40000 is outside 2..32768, the model's maximum sequence length"),
     ]:  # fmt: skip
         with pytest.raises(SystemExit, match=message):
             main([*arguments, *option])
@@ -631,14 +631,14 @@ def test_serve_command(tiny, tmp_path):
         main(arguments)
     big = ["--max-input-length", "1000000", "--max-batch-tokens", "1000000", "--max-queue-tokens", "1000000"]
     for option, message in [
-        (["--max-queue-tokens", "10"], "max_queue_tokens=10 must be at least max_batch_tokens=16384"),
-        (["--read-timeout-s", "0"], "read_timeout_s=0.0 must be positive and finite"),
-        (["--keep-alive-s", "inf"], "keep_alive_s=inf must be positive and finite"),
-        (["--health-stall-s", "nan"], "health_stall_s=nan must be positive and finite"),
-        (["--max-wait-ms", "nan"], "max_wait_ms=nan must be a finite number of at least 0"),
+        (["--max-queue-tokens", "10"], "--max-queue-tokens=10 must be at least --max-batch-tokens=16384"),
+        (["--read-timeout-s", "0"], "--read-timeout-s=0.0 must be positive and finite"),
+        (["--keep-alive-s", "inf"], "--keep-alive-s=inf must be positive and finite"),
+        (["--health-stall-s", "nan"], "--health-stall-s=nan must be positive and finite"),
+        (["--max-wait-ms", "nan"], "--max-wait-ms=nan must be a finite number of at least 0"),
         (["--api-key", "two words"], "the API key must be non-empty printable ASCII without spaces"),
         (["--device", "cuda:7"], "cuda:7"),
-        (["--model", str(tiny[0]), *big], r"max_input_length=1000000 is outside 2\.\.\d+, the model's maximum"),
+        (["--model", str(tiny[0]), *big], r"--max-input-length=1000000 is outside 2\.\.\d+, the model's maximum"),
     ]:
         with pytest.raises(SystemExit, match=message):
             main([*arguments, *option])

@@ -5,6 +5,7 @@ loads; then one library call."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ..corpus.local import report
 from ..store.shards import VECTOR_DTYPES, VECTOR_FORMATS
 from .common import DEVICE, DIM, EMBEDDING_MODEL, TOKENS, add_command, add_fields, add_model
 
+FILE_SUFFIXES = tuple(f".{format}" for format in VECTOR_FORMATS)  # --output FILE.npy, FILE.safetensors: one file
 # The flags of a folder of shards (ShardOptions' own fields, and the Ray engine's), refused with a one-file output.
 FOLDER_ONLY = {
     "chunk_size": "--chunk-size",
@@ -41,7 +43,6 @@ def add_parser(commands) -> None:
     p.add_argument("--format", choices=INPUT_FORMATS, help=formats)
     p.add_argument(
         "--output",
-        type=Path,
         required=True,
         help="a folder for shards and manifest.json (streamed, resumable, torchrun or Ray); or FILE.npy or "
         "FILE.safetensors for one array built in memory (ids beside it in FILE.ids.json unless they are the positions "
@@ -101,6 +102,7 @@ def add_folder_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    args.output = output_path(args.output)
     options = dict(
         text_field=args.text_field,
         id_field=args.id_field,
@@ -115,10 +117,23 @@ def run(args: argparse.Namespace) -> None:
         batch_tokens=args.batch_tokens,
         calibration=read_calibration(args.calibration) if args.calibration else None,
     )
-    if args.output.suffix.lower() in (".npy", ".safetensors"):
+    if args.output.suffix.lower() in FILE_SUFFIXES:
         to_file(args, options)
     else:
         to_folder(args, options)
+
+
+def output_path(given: str) -> Path:
+    """--output as a path: FILE.npy or FILE.safetensors, else a folder of shards. A name with another suffix is
+    refused (out.csv is no folder the user meant), unless it ends in / or exists (what is there is checked later)."""
+    path = Path(given)
+    if path.suffix and path.suffix.lower() not in FILE_SUFFIXES and not given.endswith(("/", os.sep)):
+        if not path.exists():
+            raise ValueError(
+                f"--output {given}: encode writes no {path.suffix} files; give FILE.npy or FILE.safetensors for one "
+                f"array, or a folder for shards (end it with / when its name has a dot: {given}/)"
+            )
+    return path
 
 
 def to_file(args: argparse.Namespace, options: dict) -> None:

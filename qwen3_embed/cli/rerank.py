@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> None:
         show_progress=args.input is not None,
         **token_options(options),
     )
-    for rank, (index, score) in enumerate(ranked, start=1):
+    for rank, hit in enumerate(ranked, start=1):
+        index, score = hit["corpus_id"], hit["score"]
         if args.json:
             line = {"rank": rank, "index": index, "id": ids[index], "score": score, "document": documents[index]}
             print(json.dumps(line, ensure_ascii=False))

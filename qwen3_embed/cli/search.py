@@ -21,7 +21,7 @@ def add_parser(commands) -> None:
     p.add_argument("--query", action="append", required=True, help="a query (repeat for several)")
     add_model(p, None, "embedding model (default: the one that embedded the corpus, from its manifest)")
     p.add_argument("--instruction", help="task for the queries (default: the checkpoint's query prompt, the card's)")
-    p.add_argument("--top-k", type=int, default=10, help="documents to print per query")
+    p.add_argument("--top-k", type=int, help="documents to print per query (default: 10, or all of a smaller index)")
     p.add_argument(
         "--reranker",
         help="rerank the candidates with this reranker (hub id or local folder); needs the texts kept by encode "
@@ -47,14 +47,14 @@ def run(args: argparse.Namespace) -> None:
     if args.instruction is not None:
         check_str("--instruction", args.instruction)
     index = Index.open(args.index, precision=args.precision, verify=not args.no_verify, device=args.device)
-    index.check_search(args.top_k, args.rescore_multiplier)  # as the search checks them, before any model loads
+    top_k, _ = index.check_search(args.top_k, args.rescore_multiplier)  # as the search checks them, before any model
     if args.reranker is not None:
-        check_int("candidates", args.candidates, args.top_k, None)
+        check_int("candidates", args.candidates, top_k, None)
     retriever = Retriever.from_pretrained(index, args.model, args.reranker, **loading(args))
     searched = dict(
         candidates=args.candidates, instruction=args.instruction, rescore_multiplier=args.rescore_multiplier
     )
-    print_hits(args, retriever.search(args.query, args.top_k, **searched))
+    print_hits(args, retriever.search(args.query, top_k, **searched))
 
 
 def print_hits(args: argparse.Namespace, found: list) -> None:

@@ -29,6 +29,7 @@ from .scorers import scorer
 # Lower is coarser; a search runs at its stored vectors' rank or below.
 RANK = {"binary": 0, "ubinary": 0, "int8": 1, "uint8": 1, "float16": 2, "bfloat16": 2, "float32": 3, "float64": 4}
 DEFAULT_RESCORE_MULTIPLIER = 4
+DEFAULT_TOP_K = 10  # or all of a smaller index: a default is capped, a top_k asked for is checked
 
 
 class Hits(NamedTuple):
@@ -116,11 +117,14 @@ class Index:
         """Whether a search scores the stored float vectors as they are (else it rescores candidates)."""
         return self.precision == self.stored and self.precision in FLOATS
 
-    def check_search(self, top_k: int, rescore_multiplier: int | None = None) -> tuple[int, int | None]:
+    def check_search(self, top_k: int | None, rescore_multiplier: int | None = None) -> tuple[int, int | None]:
         """(top_k, rescore_multiplier) checked as `search` checks them, for a caller that checks before it embeds
-        its queries: top_k in 1..len(self); rescore_multiplier (default 4) only for a quantized search."""
+        its queries: top_k in 1..len(self), default 10 or all of a smaller index; rescore_multiplier (default 4)
+        only for a quantized search."""
         if len(self) == 0:
             raise ValueError("the index is empty: it holds no vectors (was its input empty, or every record skipped?)")
+        if top_k is None:
+            top_k = min(DEFAULT_TOP_K, len(self))
         top_k = check_int("top_k", top_k, 1, len(self), f"the {len(self)} vectors of the index")
         if self.exact:
             if rescore_multiplier is not None:
@@ -134,11 +138,11 @@ class Index:
         return top_k, check_int("rescore_multiplier", rescore_multiplier, 1)
 
     def search(
-        self, queries: torch.Tensor | np.ndarray, top_k: int = 10, *, rescore_multiplier: int | None = None
+        self, queries: torch.Tensor | np.ndarray, top_k: int | None = None, *, rescore_multiplier: int | None = None
     ) -> Hits:
-        """The `top_k` rows of largest inner product with each query [Q, dim] (or [dim]), best first, ties by
-        position. Float precisions are exact; quantized ones rescore `rescore_multiplier x top_k` candidates
-        (default 4; an error on an exact search)."""
+        """The `top_k` rows (default 10, or all of a smaller index) of largest inner product with each query [Q, dim]
+        (or [dim]), best first, ties by position. Float precisions are exact; quantized ones rescore
+        `rescore_multiplier x top_k` candidates (default 4; an error on an exact search)."""
         top_k, rescore_multiplier = self.check_search(top_k, rescore_multiplier)
         queries = torch.as_tensor(queries)
         single = queries.dim() == 1

@@ -88,7 +88,7 @@ class Retriever:
     def search(
         self,
         queries: str | Sequence[str],
-        top_k: int = 10,
+        top_k: int | None = None,
         *,
         candidates: int = 100,
         instruction: str | None = None,
@@ -97,7 +97,8 @@ class Retriever:
         """The best `top_k` documents for each query, best first. The queries are embedded with the instruction (the
         model card's web-search task by default) by `Embedder.encode_query`; with a reranker, the `candidates`
         nearest (all, in a smaller index) are scored by `Reranker.score` with the same instruction and reordered
-        (ties in retrieval order). Every argument is checked before the queries are embedded."""
+        (ties in retrieval order). Every argument is checked before the queries are embedded.
+        top_k: default 10, or all of a smaller index."""
         single = isinstance(queries, str)
         queries = check_queries(queries)
         if instruction is not None:
