@@ -115,6 +115,8 @@ def test_generators_are_read_once(reranker):
     torch.testing.assert_close(reranker.score(QUERY, (d for d in DOCUMENTS)), scores, rtol=0, atol=0)
     torch.testing.assert_close(reranker.score((QUERY, d) for d in DOCUMENTS), scores, rtol=0, atol=0)
     assert reranker.rank(QUERY, iter(DOCUMENTS)) == reranker.rank(QUERY, DOCUMENTS)
+    with_text = reranker.rank(QUERY, iter(DOCUMENTS), return_documents=True)
+    assert [hit["text"] for hit in with_text] == [DOCUMENTS[hit["corpus_id"]] for hit in with_text]
     with pytest.raises(TypeError, match="the query is int: pass a str with a list of documents"):
         reranker.score(5)
     with pytest.raises(TypeError, match="a list of documents"):
