@@ -46,6 +46,7 @@ class Options:
     truncate: bool = True
     batch_tokens: int | None = None
     skip_bad: bool = False
+    unique_ids: bool = False  # refuse ids that more than one record has (else a warning names them)
     calibration: np.ndarray | None = None  # vectors [n, dim] whose ranges int8 and uint8 quantize with
 
     def __post_init__(self) -> None:
