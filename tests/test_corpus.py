@@ -264,6 +264,7 @@ def test_options_check_what_needs_no_model_when_made_and_the_rest_against_the_co
         (lambda: Options(vector_dtype="uint8"), "uint8 vectors need calibration vectors"),
         (lambda: Options(calibration=np.zeros((4, 8))), "calibration vectors set the ranges of int8 and uint8, not"),
         (lambda: ShardOptions(chunk_size=0), "chunk_size=0 must be at least 1"),
+        (lambda: Options(unique_ids=True), r"unique_ids \(--unique-ids\) checks the ids of an id field"),
         (lambda: ShardOptions(vector_format="csv"), "vector_format='csv' is not one of npy, safetensors"),
     ]:
         with pytest.raises(ValueError, match=message):

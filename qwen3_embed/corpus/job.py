@@ -35,6 +35,7 @@ from ..store.quantize import quantize
 from ..store.shards import (
     FORMAT,
     MANIFEST,
+    VECTOR_FORMATS,
     check_shard,
     remove_orphans,
     shard_name,
@@ -272,6 +273,8 @@ class Job:
             return "missing"
         try:
             record = read_json(path)
+            if isinstance(record, dict) and record.get("format") != FORMAT:
+                return f"its record is in format {record.get('format')!r}, not {FORMAT!r} (another version's)"
             if not sealed(record):
                 return "its record fails its checksum (damaged, or edited)"
             if record["settings"] != self.settings or any(record[k] != v for k, v in self.identity(task).items()):
@@ -312,8 +315,7 @@ class Job:
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise RuntimeError(f"{shown} of {self.output} were not written; rerun the same command to finish them")
-        if self.options.id_field is not None:  # else ids are positions or name:line, unique by construction
-            check_unique(lambda: (read_json(self.output / s["files"]["ids"]["name"]) for s in shards), self.options)
+        check_unique(lambda: (read_json(self.output / s["files"]["ids"]["name"]) for s in shards), self.options)
         manifest = seal({
             "format": FORMAT,
             "model_name": self.model_name,
@@ -339,7 +341,7 @@ def check_apart(source: Source, output: Path) -> None:
             f"output {output} is inside the input folder {root}, whose every file is read as input; put the output "
             "elsewhere"
         )
-    written = ("manifest.json", "shard-00000.json", "shard-00000.ids.json", "shard-00000.npy")
+    written = [MANIFEST] + [f"shard-00000.{ext}" for ext in ("json", "ids.json", "texts.json", *VECTOR_FORMATS)]
     if source.many and not root.is_dir() and any(glob_matches(source.spec, output / name) for name in written):
         raise ValueError(
             f"output {output} is where the input pattern {source.spec!r} matches files: a rerun would read the "
@@ -352,7 +354,9 @@ def check_apart(source: Source, output: Path) -> None:
 
 def check_unique(read: Callable[[], Iterable[list]], options: Options) -> None:
     """Warn of ids that more than one record has, naming the first (with `options.unique_ids`, refuse them); `read()`
-    gives the ids, a list at a time."""
+    gives the ids, a list at a time. Ids that no id field gives (positions, or name:line) are unique as they are."""
+    if options.id_field is None:
+        return
     count, repeated = repeated_ids(read)
     if not count:
         return
@@ -386,7 +390,7 @@ def repeated_ids(read: Callable[[], Iterable[list]]) -> tuple[int, list]:
 def check_embedder(embedder: Embedder, folder: Path) -> None:
     """Refuse an embedder that was not loaded from the checkpoint in `folder` (by content): the shards would credit
     its vectors to that checkpoint."""
-    source = getattr(embedder, "folder", None)
+    source = embedder.folder
     if source is None:
         raise ValueError(
             "embedder= was not loaded by Embedder.from_pretrained, so which checkpoint it runs is not known and the "
