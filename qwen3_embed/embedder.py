@@ -25,6 +25,7 @@ def format_instruction(instruction: str, text: str) -> str:
 
 class Embedder(Pipeline):
     KIND = "embedding"
+    folder: Path | None = None  # the checkpoint folder from_pretrained loaded it from (which a corpus records)
 
     def __init__(
         self,
@@ -49,7 +50,9 @@ class Embedder(Pipeline):
         """Load a local folder or hub id (default: CUDA in bf16 when available, else CPU in float32); a checkpoint
         whose files say it is a reranker is an error unless `check_kind` is False."""
         folder, model, tokenizer = cls.load(name_or_path, device, dtype, check_kind)
-        return cls(model, tokenizer, *read_prompts(folder))
+        embedder = cls(model, tokenizer, *read_prompts(folder))
+        embedder.folder = folder
+        return embedder
 
     def encode(
         self,

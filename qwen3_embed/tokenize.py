@@ -62,7 +62,8 @@ class Tokenizer:
 
         The suffix defaults to one `<|endoftext|>`, the token the embedding models pool. The tokenizer's own
         post-processor is bypassed, so the result is the same whether or not its tokenizer.json appends an EOS.
-        A text too long to fit has its tokens cut (never the prefix or suffix) with a warning (unless `warn` is
+        A text too long to fit has its tokens cut (never the prefix or suffix; one over `max_chars` characters, which
+        cannot fit, is cut to that before it is tokenized, see `_capped`) with a warning (unless `warn` is
         False, for callers that asked for truncation explicitly; or gathered in `cut`, for a caller that tokenizes
         in chunks and warns once), or is an error when `truncate` is False. A token the embedding table has no row
         for is an error naming the text. Texts are named by their index plus `first` (where a chunk begins).
@@ -75,8 +76,9 @@ class Tokenizer:
                 f"the prompt; use at least {len(prefix) + len(suffix) + 1}"
             )
         self._check_rows(prefix + suffix, "the prompt")
+        texts, capped = self._capped(texts, room, max_length, truncate, first)
         ids = self._tokens(texts, first)
-        too_long = [i for i, seq in enumerate(ids) if len(seq) > room]
+        too_long = [i for i, seq in enumerate(ids) if len(seq) > room or i in capped]
         if too_long and not truncate:
             longest = max(len(ids[i]) for i in too_long) + len(prefix) + len(suffix)
             raise TextTooLong(
@@ -84,17 +86,37 @@ class Tokenizer:
                 f"(indices {_some([first + i for i in too_long])}; the longest has {longest}); shorten them, raise "
                 "max_length, or pass truncate=True"
             )
-        warn_here = cut is None and warn
-        cut = Cut(max_length) if warn_here else cut
-        if cut is not None:
-            cut.add(len(ids), [(first + i, len(ids[i]) + len(prefix) + len(suffix)) for i in too_long])
+        lengths = [(first + i, len(ids[i]) + len(prefix) + len(suffix)) for i in too_long]
         for i in too_long:
             del ids[i][room:]
         for i, seq in enumerate(ids):
             self._check_rows(seq, f"text {first + i}")
+        warn_here = cut is None and warn
+        cut = Cut(max_length) if warn_here else cut
+        if cut is not None:  # only once every text is accepted: a call that raises counts none
+            cut.add(len(ids), lengths, len(capped))
         if warn_here:
             cut.warn(stacklevel=4)  # the user's call of Embedder.encode or Reranker.score
         return [prefix + seq + suffix for seq in ids]
+
+    def _capped(
+        self, texts: Sequence[str], room: int, max_length: int, truncate: bool, first: int
+    ) -> tuple[Sequence[str], set[int]]:
+        """The texts cut to `max_chars(room)` characters before they are tokenized (so that tokenizing a text costs
+        memory and time for what can fit, not for all of it), and the indices of those cut; with `truncate` False, a
+        text over the cap is a TextTooLong, as it could not fit."""
+        cap = self.max_chars(room)
+        over = [] if cap is None else [i for i, text in enumerate(texts) if len(text) > cap]
+        if over and not truncate:
+            raise TextTooLong(
+                f"{len(over)} text(s) are longer than max_length={max_length} tokens: they have more than {cap} "
+                f"characters, more than that many tokens can hold (indices {_some([first + i for i in over])}; the "
+                f"longest has {max(len(texts[i]) for i in over)} characters); shorten them, raise max_length, or pass "
+                "truncate=True"
+            )
+        if over:
+            texts = [text[:cap] if len(text) > cap else text for text in texts]
+        return texts, set(over)
 
     @cached_property
     def longest_token(self) -> int:
@@ -154,19 +176,23 @@ class Cut:
     max_length: int
     texts: int = 0  # texts tokenized so far
     indices: list[int] = field(default_factory=list)  # of the texts cut
-    longest: int = 0  # tokens of the longest text cut, before the cut
+    longest: int = 0  # tokens of the longest text cut, before the cut (of what was tokenized)
+    capped: int = 0  # texts cut to the character cap before they were tokenized
 
-    def add(self, texts: int, cut: list[tuple[int, int]]) -> None:
-        """A chunk of `texts` texts tokenized, with the (index, tokens) of those cut."""
+    def add(self, texts: int, cut: list[tuple[int, int]], capped: int = 0) -> None:
+        """A chunk of `texts` texts tokenized, with the (index, tokens) of those cut and how many of them were cut to
+        the character cap first."""
         self.texts += texts
         self.indices += [i for i, _ in cut]
         self.longest = max([self.longest] + [n for _, n in cut])
+        self.capped += capped
 
     def warn(self, stacklevel: int) -> None:
         if self.indices:
             warnings.warn(
                 f"{len(self.indices)} of {self.texts} text(s) were longer than max_length={self.max_length} tokens and "
-                f"were cut to fit (indices {_some(self.indices)}; the longest had {self.longest}); pass truncate=False "
+                f"were cut to fit (indices {_some(self.indices)}; the longest had {'at least ' if self.capped else ''}"
+                f"{self.longest}); pass truncate=False "
                 "(--no-truncate) to get an error instead",
                 stacklevel=stacklevel + 1,
             )

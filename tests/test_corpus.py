@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import resource
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from checkpoints import REPO, TINY_SHAPES, texts_of_lengths
+from checkpoints import REPO, SHARED_TOKENIZER, TINY_SHAPES, texts_of_lengths
 from qwen3_embed.cli import main
-from qwen3_embed.corpus import encode_corpus, load_corpus, verify_corpus
+from qwen3_embed.corpus import encode_corpus, load_corpus, read_shard, verify_corpus
 from qwen3_embed.corpus.job import Job
+from qwen3_embed.store import Vectors
+from qwen3_embed.store.files import seal
 from qwen3_embed.store.shards import FORMAT, DamagedShard
 
 TEXTS = texts_of_lengths(57, seed=11, max_words=40) + ["", "中文 🙂"]
@@ -39,8 +43,8 @@ def encode(tiny, embedder, inputs, out, **options):
 
 
 def files_of(folder) -> dict[str, bytes]:
-    """The shards' files (the manifest names the model as the last run was told it)."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
+    """The shards' files (the manifest names the model as the last run was told it; the lock names the last run)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name not in ("manifest.json", ".lock")}
 
 
 def test_shards_equal_encode_and_records_describe_them(tiny, embedder, corpus, tmp_path, expected):
@@ -260,6 +264,7 @@ def test_options_check_what_needs_no_model_when_made_and_the_rest_against_the_co
         (lambda: Options(vector_dtype="uint8"), "uint8 vectors need calibration vectors"),
         (lambda: Options(calibration=np.zeros((4, 8))), "calibration vectors set the ranges of int8 and uint8, not"),
         (lambda: ShardOptions(chunk_size=0), "chunk_size=0 must be at least 1"),
+        (lambda: Options(unique_ids=True), r"unique_ids \(--unique-ids\) checks the ids of an id field"),
         (lambda: ShardOptions(vector_format="csv"), "vector_format='csv' is not one of npy, safetensors"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -390,6 +395,7 @@ def test_the_ray_stages_without_a_cluster(tiny, tmp_path):
     path.write_text('{"text": "a"}\n{broken\n{"text": "b"}\n')
     job = Job(tiny[0], path, tmp_path / "out", ShardOptions(chunk_size=2), torch.float32)
     assert Tokenize(job)({"index": 0})["error"].startswith("ValueError\nin.jsonl:2: not valid JSON")
+    job.close()  # the next one takes the folder
     job = Job(tiny[0], path, tmp_path / "out", ShardOptions(chunk_size=2, skip_bad=True), torch.float32)
     embed = Embed(job, "cpu", torch.float32, 1)
     rows = [embed(Tokenize(job)({"index": k})) for k in range(2)]
@@ -397,3 +403,187 @@ def test_the_ray_stages_without_a_cluster(tiny, tmp_path):
     assert [Tokenize(job)({"index": k})["problem"] for k in range(2)] == ["", ""]  # sound now: no work
     assert json.loads((tmp_path / "out" / "shard-00000.json").read_text())["skipped"][0].startswith("in.jsonl:2")
     assert json.loads((tmp_path / "out" / "shard-00001.ids.json").read_text()) == [2]
+
+
+def test_an_edited_record_is_found_by_verify_and_only_its_shard_is_embedded_again(tiny, embedder, corpus, tmp_path):
+    """`"dim": 96` -> 97 in a shard's record: verify said sound, and a rerun refused the whole folder as one of other
+    settings. Records are sealed by a checksum of their content: one that fails it is damaged, not another run's."""
+    out = tmp_path / "out"
+    encode(tiny, embedder, corpus, out, chunk_size=10)
+    intact = files_of(out)
+    path = out / "shard-00002.json"
+    path.write_text(path.read_text().replace('"dim": 96', '"dim": 97'))
+    assert verify_corpus(out) == [
+        "shard-00002: shard-00002.json, its record, fails its checksum (the manifest's is sound)"
+    ]
+    with pytest.raises(SystemExit, match="1 problem"):
+        main(["verify", str(out)])
+    with pytest.warns(
+        UserWarning, match=r"shard-00002 of .*: its record fails its checksum \(damaged, or edited\); emb"
+    ):
+        summary = encode(tiny, embedder, corpus, out, chunk_size=10)
+    assert (summary.embedded, summary.verified) == (1, 5) and files_of(out) == intact
+
+
+def test_the_manifest_is_sealed_and_accounts_for_every_record_and_shard_file(tiny, embedder, corpus, tmp_path):
+    """A shard's entry taken out of manifest.json and its rows lowered to match: verify said sound and load_corpus
+    returned the other rows, though the inputs counted every record and the shard's files were still there."""
+    out = tmp_path / "out"
+    encode(tiny, embedder, corpus, out, chunk_size=10)  # 59 records: 6 shards
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["shards"][3]
+    manifest["rows"] -= 10
+
+    def refused(edited: dict, *problems: str) -> None:
+        (out / "manifest.json").write_text(json.dumps(edited))
+        found = verify_corpus(out)
+        assert all(any(re.search(p, line) for line in found) for p in problems), found
+        for read in (load_corpus, Vectors.open):
+            with pytest.raises(ValueError, match=problems[0]):
+                read(out)
+
+    unlisted = r"manifest.json does not list shard-00003.ids.json, shard-00003.json, shard-00003.npy, which are in"
+    refused(manifest, r"manifest.json fails its checksum: it was edited or damaged since written", unlisted)
+    refused(seal(manifest), r"its shards are not numbered in order from 0 \(its shard 3 is shard-00004\)",
+            r"shard-00004 starts at record 41 of corpus.jsonl, where record 31 is next", unlisted)  # fmt: skip
+    manifest["inputs"][0]["records"] -= 10
+    for shard in manifest["shards"][3:]:
+        shard["first"] -= 10
+    refused(seal(manifest), r"its shards are not numbered", unlisted)  # every count agrees: the files still tell
+    summary = encode(tiny, embedder, corpus, out, chunk_size=10)  # a rerun writes the manifest again
+    assert summary.verified == 6 and len(load_corpus(out)[1]) == len(TEXTS) and verify_corpus(out) == []
+
+
+@pytest.mark.parametrize("name", ["../outside.npy", "{tmp}/outside.npy", "sub/shard-00000.npy", "shard-00001.npy"])
+def test_a_manifest_cannot_name_a_file_outside_its_shard(tiny, embedder, corpus, tmp_path, name):
+    out = tmp_path / "out"
+    encode(tiny, embedder, corpus, out, chunk_size=30)
+    (tmp_path / "outside.npy").write_bytes((out / "shard-00000.npy").read_bytes())  # passes every other check
+    manifest = json.loads((out / "manifest.json").read_text())
+    name = name.format(tmp=tmp_path)
+    manifest["shards"][0]["files"]["vectors"]["name"] = name
+    (out / "manifest.json").write_text(json.dumps(seal(manifest)))
+    message = f"its vectors file is named {name!r}, where a shard's can only be shard-00000.npy or shard-00000.safet"
+    assert f"shard-00000: {message}ensors" in verify_corpus(out)
+    with pytest.raises(DamagedShard, match=re.escape(message)):
+        read_shard(out, manifest["shards"][0])
+
+
+def peak_run(tmp_path, *args: str) -> tuple[int, str, float]:
+    """(exit code, stderr, peak resident memory in MB) of `qwen3-embed encode ARGS` in its own process."""
+    with open(tmp_path / "stderr", "w+") as err:
+        process = subprocess.Popen([sys.executable, "-m", "qwen3_embed.cli", "encode", *args], cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return process.returncode, err.read(), usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow  # 40 s on 2 cores
+@pytest.mark.skipif(
+    not (SHARED_TOKENIZER / "tokenizer.json").exists(), reason=f"no Qwen3 tokenizer at {SHARED_TOKENIZER}"
+)
+def test_a_50_mb_line_costs_under_1_gb_and_is_cut_or_refused_by_file_and_line(build_checkpoint, tmp_path):
+    """The encoder had no character cap and tokenized a text at the limit twice: one 20 MB line peaked at 4.8 GB. With
+    the real vocabulary (its longest token has 128 characters, so max_length 8192 caps a text at 4.2M characters)."""
+    folder, _ = build_checkpoint("real-vocab", (151669, 32, 2, 4, 2, 8, 64), tokenizer=SHARED_TOKENIZER)
+    rng = random.Random(0)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(1, 10))) for _ in range(10_000)]
+    block = " ".join(rng.choices(words, k=200_000)) + " "
+    (tmp_path / "long.txt").write_text("short one\n" + (block * (50_000_000 // len(block) + 1))[:50_000_000] + "\n")
+    (tmp_path / "small.txt").write_text("short one\nshort two\n")
+    code, err, baseline = peak_run(tmp_path, "--model", str(folder), "--input", str(tmp_path / "small.txt"),
+                                   "--output", str(tmp_path / "small"))  # fmt: skip
+    assert code == 0, err
+    args = ["--model", str(folder), "--input", str(tmp_path / "long.txt")]
+    code, err, peak = peak_run(tmp_path, *args, "--output", str(tmp_path / "long"))
+    assert code == 0 and "1 text(s) were longer than max_length=8192 tokens and were cut to fit (long.txt:2)" in err
+    assert peak - baseline < 1024, (peak, baseline)
+    code, err, _ = peak_run(tmp_path, *args, "--output", str(tmp_path / "refused"), "--no-truncate")
+    assert code == 1 and "Traceback" not in err
+    assert re.search(r"error: long.txt:2: 1 text\(s\) are longer than max_length=8192 tokens: they have more than "
+                     r"\d+ characters.*; fix it, or skip such records", err)  # fmt: skip
+
+
+def test_an_output_the_input_reads_is_refused(tiny, embedder, tmp_path):
+    """`encode --input 'gl/**' --output gl/out` twice: the rerun read out/shard-00000.json as input (with --skip-bad
+    it ended with 207 rows instead of 200). An output folder is never an input."""
+    gl = tmp_path / "gl"
+    gl.mkdir()
+    (gl / "a.txt").write_text("one\ntwo\n")
+    with pytest.raises(ValueError, match=r"output .*gl/out is where the input pattern '.*gl/\*\*' matches files: a re"):
+        encode(tiny, embedder, str(gl / "**"), gl / "out")
+    assert not (gl / "out").exists()
+    encode(tiny, embedder, str(gl / "*.txt"), gl / "out")  # a pattern that cannot reach the output
+    again = encode(tiny, embedder, str(gl / "*.txt"), gl / "out")
+    assert (again.verified, again.manifest["rows"]) == (1, 2)
+    for spec, message in [
+        (str(gl / "out" / "*.json"), r"output .*gl/out is where the input pattern"),
+        (gl / "out" / "shard-00000.ids.json", r"input shard-00000.ids.json is inside the output folder .*, which is"),
+        (gl, r"output .*gl/out is inside the input folder"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            encode(tiny, embedder, spec, gl / "out")
+
+
+def test_a_second_encoder_on_a_held_folder_names_the_process_that_holds_it(tiny, tmp_path):
+    """Two encoders of other settings on one folder both died with 'RuntimeError ... this looks like a bug', and the
+    rerun they suggested was refused. The first holds the folder (a flocked .lock); the second is refused at once."""
+    path, out = tmp_path / "in.txt", tmp_path / "out"
+    path.write_text("".join(f"record number {i}\n" for i in range(300)))
+    first = subprocess.Popen([sys.executable, "-m", "qwen3_embed.cli", "encode", "--model", str(tiny[0]), "--input",
+                              str(path), "--output", str(out), "--chunk-size", "100"], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ((out / ".lock").exists() and (out / ".lock").read_text()):
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+        time.sleep(0.01)
+    with pytest.raises(SystemExit) as exit:
+        main(["encode", "--model", str(tiny[0]), "--input", str(path), "--output", str(out), "--chunk-size", "50"])
+    assert first.poll() is None  # the first still runs: it held the folder all along
+    assert str(exit.value.code).startswith(
+        f"qwen3-embed: error: another encode run holds the output folder {out} (process {first.pid} on "
+    )
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert verify_corpus(out) == [] and len(load_corpus(out)[1]) == 300
+
+
+def test_repeated_ids_are_named_in_a_warning_or_refused(tiny, embedder, tmp_path):
+    from qwen3_embed.corpus import encode_file
+    from qwen3_embed.corpus.job import repeated_ids
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"text": f"t{i}", "id": k}) + "\n" for i, k in enumerate("abacba")))
+    repeated = r"3 record\(s\) have the id of an earlier record \(2 id\(s\) repeated: 'a', 'b'\)"
+    with pytest.warns(UserWarning, match=repeated + ": a search names such rows alike"):
+        summary = encode(tiny, embedder, path, tmp_path / "out", id_field="id", chunk_size=2)
+    assert summary.manifest["rows"] == 6
+    with pytest.raises(ValueError, match=repeated + ", which --unique-ids refuses"):
+        encode(tiny, embedder, path, tmp_path / "strict", id_field="id", chunk_size=2, unique_ids=True)
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+    with pytest.warns(UserWarning, match=repeated):
+        encode_file(tiny[0], path, tmp_path / "v.npy", embedder=embedder, id_field="id", show_progress=False)
+    with pytest.raises(ValueError, match=repeated + ", which --unique-ids refuses"):
+        encode_file(tiny[0], path, tmp_path / "w.npy", embedder=embedder, id_field="id", unique_ids=True)
+    assert not (tmp_path / "w.npy").exists()
+    assert repeated_ids(lambda: [[-1, -2, "x"], ["x", -1]]) == (2, ["x", -1])  # hash(-1) == hash(-2): not alike
+
+
+def test_an_embedder_of_another_checkpoint_is_refused(build_checkpoint, tiny, corpus, tmp_path):
+    """encode_corpus(model, embedder=other) recorded model's fingerprint for the vectors of other."""
+    from qwen3_embed import Embedder
+
+    other = build_checkpoint("gqa2-seed1", TINY_SHAPES["gqa2"], seed=1)[0]  # the same shapes, other weights
+    with pytest.raises(ValueError, match=f"embedder= was loaded from {other}, whose config, tokenizer or weights diff"):
+        encode_corpus(tiny[0], corpus, tmp_path / "out", embedder=Embedder.from_pretrained(other, device="cpu"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_calibration_is_refused_before_anything_is_written(tiny, embedder, corpus, tmp_path, expected):
+    """NaN ranges were recorded, and a rerun refused the folder: NaN != NaN in the settings' comparison."""
+    calibration = expected.copy()
+    calibration[3, 5] = np.nan
+    with pytest.raises(ValueError, match=r"calibration vectors hold NaN or infinite values \(rows 3\)"):
+        encode(tiny, embedder, corpus, tmp_path / "out", vector_dtype="int8", calibration=calibration)
+    assert not (tmp_path / "out").exists()

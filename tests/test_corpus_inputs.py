@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import subprocess
 import sys
 
 import pytest
 
+from checkpoints import REPO
+from qwen3_embed.cli import main
 from qwen3_embed.corpus import inputs, read_documents, resolve_inputs
 from qwen3_embed.corpus.inputs import Record, index_file, read_records
 
@@ -107,3 +111,88 @@ def test_ids_are_checked(tmp_path):
     bad, good = read_records(file, id_field="id", positions=True)
     assert str(bad) == 'in.jsonl:1: "id" is list; an id is a string or an integer'
     assert good == Record("k", "b", "in.jsonl:2")
+
+
+def encode_cli(*args: str) -> subprocess.CompletedProcess:
+    """`qwen3-embed encode` in its own process."""
+    command = [sys.executable, "-m", "qwen3_embed.cli", "encode", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("lines", [30_000, 3])
+def test_a_cut_short_zstd_file_is_an_error_naming_it_and_nothing_of_it_is_written(tiny, tmp_path, lines):
+    """zstandard's stream reader ends quietly where a cut-short file does: 60% of a 30,000-line file was read as 17,000
+    complete records, and a small one as none, with exit 0 and no warning."""
+    import zstandard
+
+    data = "".join(f"line {i}\n" for i in range(lines)).encode()
+    compressed = zstandard.ZstdCompressor().compress(data)
+    (tmp_path / "in.txt.zst").write_bytes(compressed[: len(compressed) * 6 // 10])
+    for output in ("out", "out.npy"):
+        done = encode_cli("--model", str(tiny[0]), "--input", str(tmp_path / "in.txt.zst"), "--output",
+                          str(tmp_path / output))  # fmt: skip
+        assert done.returncode == 1 and "Traceback" not in done.stderr and "looks like a bug" not in done.stderr
+        assert "qwen3-embed: error: input in.txt.zst is cut short: its zstd data stops before its end" in done.stderr
+        assert "wrote" not in done.stderr
+    assert not (tmp_path / "out.npy").exists() and not list((tmp_path / "out").glob("*.json"))
+
+
+def test_zstd_frames_are_read_across_and_a_cut_anywhere_inside_one_is_found(tmp_path, monkeypatch):
+    """Two frames (as a parallel compressor writes them), read in steps of 7 compressed bytes so that frames end
+    inside a step: the content whole; cut at any byte inside a frame, an error (a cut between frames leaves complete
+    frames, which no reader can tell from a whole file)."""
+    import zstandard
+
+    monkeypatch.setattr(inputs, "ZSTD_STEP", 7)
+    parts = [b"".join(b"first %d\n" % i for i in range(300)), b"".join(b"second %d\n" % i for i in range(200))]
+    frames = [zstandard.ZstdCompressor().compress(part) for part in parts]
+    data = b"".join(frames)
+    (tmp_path / "in.txt.zst").write_bytes(data)
+    file = resolve_inputs(tmp_path / "in.txt.zst").files[0]
+    assert [r.text for r in read_records(file, positions=True)] == b"".join(parts).decode().splitlines()
+    assert index_file(file, 100).records == 500
+    for cut in [1, 4, 9, len(frames[0]) - 1, len(frames[0]) + 3, len(data) - 1]:
+        (tmp_path / "in.txt.zst").write_bytes(data[:cut])
+        with pytest.raises(inputs.DamagedInput, match="input in.txt.zst is cut short"):
+            index_file(file, 100)
+
+
+def gzip_damaged(kind: str) -> bytes:
+    data = gzip.compress("".join(f"line {i}\n" for i in range(2000)).encode())
+    if kind == "cut short":
+        return data[: len(data) // 2]
+    if kind == "junk after it":
+        return data + b"GARBAGE"
+    flipped = bytearray(data)
+    flipped[len(data) // 2 if kind == "a bit flipped" else -6] ^= 0x10  # -6: inside the CRC
+    return bytes(flipped)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("cut short", r"is cut short: its gzip data stops before its end \(Compressed file ended"),
+        ("a bit flipped", r"is damaged: its gzip data is not intact \((CRC check failed|Error -3)"),
+        ("junk after it", r"is damaged: its gzip data is not intact \(Not a gzipped file \(b'GA'\)\)"),
+        ("a bad CRC", r"is damaged: its gzip data is not intact \(CRC check failed"),
+    ],
+)
+def test_a_damaged_gzip_file_is_an_error_naming_it_and_what_is_wrong(tiny, tmp_path, capsys, kind, message):
+    """Each was an EOFError 'this looks like a bug', or a bare 'Not a gzipped file' / 'CRC check failed'."""
+    (tmp_path / "in.txt.gz").write_bytes(gzip_damaged(kind))
+    with pytest.raises(SystemExit) as exit:
+        main(["encode", "--model", str(tiny[0]), "--input", str(tmp_path / "in.txt.gz"), "--output",
+              str(tmp_path / "out")])  # fmt: skip
+    assert re.fullmatch(f"qwen3-embed: error: input in.txt.gz {message}.*; replace it with a complete, intact copy",
+                        str(exit.value.code))  # fmt: skip
+    assert not list((tmp_path / "out").glob("*.json"))
+
+
+def test_rerank_names_a_bad_record_and_what_rerank_takes(tiny, tmp_path):
+    """rerank's error suggested --skip-bad, which rerank does not take."""
+    (tmp_path / "docs.jsonl").write_text('{"text": "fine"}\n{broken\n')
+    with pytest.raises(SystemExit) as exit:
+        main(["rerank", "--model", str(tiny[0]), "--query", "q", "--input", str(tmp_path / "docs.jsonl")])
+    message = str(exit.value.code)
+    assert message.startswith("qwen3-embed: error: docs.jsonl:2: not valid JSON") and "--skip-bad" not in message
+    assert "fix or remove that record of --input" in message and "--text-field" in message and "--document" in message

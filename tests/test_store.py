@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from qwen3_embed.store import DamagedShard, Vectors, load_corpus, read_manifest, read_shard, verify_corpus
+from qwen3_embed.store.files import seal
 from qwen3_embed.store.quantize import dequantize, quantization_ranges, quantize
 from qwen3_embed.store.shards import FORMAT, MANIFEST, write_shard
 
@@ -66,6 +67,8 @@ def test_bad_quantization_arguments_are_named():
         (lambda: quantize(vectors, "int8", ranges=np.zeros((2, 3))), ValueError, r"ranges must be \[2, 16\]"),
         (lambda: quantize(quantize(vectors, "int8"), "binary"), TypeError, "look quantized already"),
         (lambda: quantization_ranges(vectors[:1]), ValueError, "at least 2 calibration vectors"),
+        (lambda: quantization_ranges(vectors * torch.inf), ValueError, r"hold NaN or infinite values \(rows 0, 1, 2"),
+        (lambda: quantize(vectors, "int8", ranges=np.full((2, 16), np.nan)), ValueError, "ranges hold NaN or inf"),
         (lambda: quantize(vectors, "int4"), ValueError, "precision='int4' is not one of"),
     ]:
         with pytest.raises(error, match=message):
@@ -73,20 +76,20 @@ def test_bad_quantization_arguments_are_named():
 
 
 def write_folder(folder, vectors: np.ndarray, rows: int, vector_format="npy", texts=None, **settings) -> dict:
-    """A finished folder of shards of `rows` rows each, as an encode run leaves it (ids "d0", "d1", ...)."""
+    """A finished folder of shards of `rows` rows each of one input file, as an encode run leaves it (ids "d0", "d1",
+    ...)."""
     folder.mkdir()
-    records = []
+    run, entries = {"model_name": "m", "settings": settings}, []
     for k, s in enumerate(range(0, len(vectors), rows)):
         ids = [f"d{i}" for i in range(s, min(s + rows, len(vectors)))]
         kept = texts[s : s + rows] if texts is not None else None
-        records.append(write_shard(folder, k, vectors[s : s + rows], ids, vector_format, kept))
-    manifest = {
-        "format": FORMAT,
-        "settings": settings,
-        "rows": len(vectors),
-        "dim": vectors.shape[1],
-        "shards": records,
-    }
+        identity = {"input": {"file": "in.txt"}, "first": s, "records": len(ids), "skipped": [], "blank": 0, "cut": []}
+        record = write_shard(folder, k, vectors[s : s + rows], ids, vector_format, kept, **identity, **run)
+        entries.append({key: value for key, value in record.items() if key not in run})
+    manifest = seal({
+        "format": FORMAT, **run, "inputs": [{"file": "in.txt", "records": len(vectors)}], "rows": len(vectors),
+        "dim": vectors.shape[1], "shards": entries,
+    })  # fmt: skip
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return manifest
 
@@ -119,10 +122,10 @@ def test_damaged_and_foreign_folders_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no manifest.json: .* rerun the same encode command to finish"):
         load_corpus(tmp_path)
     (tmp_path / "manifest.json").write_text('{"format": "other/9"}')
-    with pytest.raises(ValueError, match="in format 'other/9', not 'qwen3-embed-shards/1'"):
+    with pytest.raises(ValueError, match=f"in format 'other/9', not '{FORMAT}'"):
         read_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text('{"format": "qwen3-embed-shards/1", "settings": {}, "dim": 8}')
-    with pytest.raises(ValueError, match="lacks shards, rows or holds another type there: it was edited"):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "settings": {}, "dim": 8}))
+    with pytest.raises(ValueError, match="lacks shards, inputs, rows or holds another type there: it was edited"):
         read_manifest(tmp_path)
     write_folder(tmp_path / "out", unit(10, 8).numpy(), 4, vector_dtype="float32")
     (tmp_path / "out" / "shard-00001.ids.json").write_text('["x", "y", "z", "w"]')  # another size

@@ -70,6 +70,11 @@ def add_parser(commands) -> None:
         help="skip bad records (bad JSON or UTF-8, no text field, text the tokenizer refuses) and report them, "
         "instead of stopping at the first",
     )
+    p.add_argument(
+        "--unique-ids",
+        action="store_true",
+        help="refuse ids that more than one record has (--id-field values; by default a warning names them)",
+    )
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--instruction", help="task instruction applied to every text (for queries)")
     prompt.add_argument("--prompt-name", help="a prompt of the checkpoint's config_sentence_transformers.json")
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace) -> None:
         id_field=args.id_field,
         input_format=args.format,
         skip_bad=args.skip_bad,
+        unique_ids=args.unique_ids,
         vector_dtype=args.vector_dtype,
         instruction=args.instruction,
         prompt_name=args.prompt_name,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import corpus
 from ..checks import check_int
+from ..corpus.inputs import BadRecord
 from ..pipeline import DEFAULT_INSTRUCTION
 from ..reranker import Reranker
 from .common import (
@@ -52,7 +53,13 @@ def run(args: argparse.Namespace) -> None:
     if args.input is None:
         ids, documents = list(range(len(args.document))), args.document
     else:
-        ids, documents = corpus.read_documents(args.input, args.text_field, args.id_field)
+        try:
+            ids, documents = corpus.read_documents(args.input, args.text_field, args.id_field)
+        except BadRecord as e:
+            raise BadRecord(
+                f"{e}; fix or remove that record of --input {args.input} (rerank reads every record; --text-field "
+                "and --id-field name the fields it reads), or give the documents with --document"
+            ) from None
     reranker = Reranker.from_pretrained(args.model, **loading(args))
     reranker.tokenize_query(args.query, [], args.instruction, args.max_length, name="--max-length")  # leaves room?
     ranked = reranker.rank(

@@ -13,6 +13,7 @@ byte-order mark at the start of a file is skipped.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import gzip
 import hashlib
@@ -20,6 +21,7 @@ import io
 import json
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
 MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 BOM = b"\xef\xbb\xbf"
 BLOCK = 1 << 22
+ZSTD_STEP = 1 << 10  # compressed bytes decoded at a time
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,24 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
+def glob_matches(pattern: str, path: Path) -> bool:
+    """Whether the glob `pattern` matches `path` as resolve_inputs reads it (recursively: `**` is any number of
+    folders; a wildcard does not match a name starting with a dot), whether or not the path exists."""
+    parts = Path(os.path.abspath(os.path.expanduser(pattern))).parts
+    names = Path(os.path.abspath(path)).parts
+
+    def match(i: int, j: int) -> bool:
+        if i == len(parts):
+            return j == len(names)
+        if parts[i] == "**":
+            return match(i + 1, j) or (j < len(names) and not names[j].startswith(".") and match(i, j + 1))
+        if j == len(names) or (names[j].startswith(".") and glob.has_magic(parts[i]) and parts[i][0] != "."):
+            return False
+        return fnmatch.fnmatchcase(names[j], parts[i]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
 def _input_file(name: str, path: Path | None, forced: str | None, data: bytes | None = None) -> InputFile:
     """An input file with its compression and format, found from its first bytes and its name."""
     try:
@@ -159,13 +180,85 @@ def _need_pyarrow():
     return pq
 
 
+class DamagedInput(ValueError):
+    """A compressed input that is cut short or damaged."""
+
+
 def decompress(raw: BinaryIO, compression: str | None, name: str) -> BinaryIO:
+    """The decompressed bytes of `raw`; a stream cut short or damaged is a DamagedInput naming the file, whenever it
+    is found."""
     if compression is None:
         return raw
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    reader = _need_zstandard(name).ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-    return io.BufferedReader(reader)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        errors: tuple[type[Exception], ...] = (EOFError, gzip.BadGzipFile, zlib.error)
+    else:
+        zstandard = _need_zstandard(name)
+        stream, errors = _Zstd(raw, zstandard), (EOFError, zstandard.ZstdError)
+    return io.BufferedReader(_Checked(stream, name, compression, errors), BLOCK)
+
+
+class _Checked(io.RawIOBase):
+    """A decompressing stream whose errors name the file and say what is wrong with it."""
+
+    def __init__(self, stream: BinaryIO, name: str, compression: str, errors: tuple[type[Exception], ...]):
+        self.stream, self.name, self.compression, self.errors = stream, name, compression, errors
+
+    def readinto(self, buffer) -> int:
+        try:
+            return self.stream.readinto(buffer)
+        except self.errors as e:
+            what = (
+                "is cut short: its {} data stops before its end"
+                if isinstance(e, EOFError)
+                else "is damaged: its {} data is not intact"
+            )
+            raise DamagedInput(
+                f"input {self.name} {what.format(self.compression)} ({e}); replace it with a complete, intact copy"
+            ) from None
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+class _Zstd(io.RawIOBase):
+    """The decompressed bytes of a zstd stream of one or more frames; an incomplete last frame is an EOFError
+    (zstandard's stream_reader ends quietly where a cut-short file does). The compressed bytes go in ZSTD_STEP at a
+    time, so that no step makes more than 32 MB (a block of one repeated byte expands up to 32768 times)."""
+
+    def __init__(self, raw: BinaryIO, zstandard):
+        self.raw, self.decompressor = raw, zstandard.ZstdDecompressor()
+        self.frame = None  # the frame being decoded
+        self.input, self.at, self.output = b"", 0, memoryview(b"")
+
+    def readinto(self, buffer) -> int:
+        while not self.output:
+            if self.at == len(self.input):
+                self.input, self.at = self.raw.read(BLOCK), 0
+                if not self.input:
+                    if self.frame is not None and not self.frame.eof:
+                        raise EOFError("the file ends inside a zstd frame")
+                    return 0
+            if self.frame is None or self.frame.eof:
+                self.frame = self.decompressor.decompressobj()
+            end = min(self.at + ZSTD_STEP, len(self.input))
+            self.output = memoryview(self.frame.decompress(self.input[self.at : end]))
+            self.at = end - (len(self.frame.unused_data) if self.frame.eof else 0)  # the next frame starts there
+        n = min(len(buffer), len(self.output))
+        buffer[:n] = self.output[:n]
+        self.output = self.output[n:]
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 def _need_zstandard(name: str):
@@ -383,8 +476,14 @@ def read_documents(
     path: str | os.PathLike, text_field: str | None = None, id_field: str | None = None
 ) -> tuple[list, list[str]]:
     """(ids, texts) of the records of a file, folder or glob (text lines, JSON lines or Parquet, detected as for
-    `encode`); a bad record is an error naming its file and line."""
+    `encode`); a bad record is a BadRecord naming its file and line."""
     source = resolve_inputs(path)
-    check_fields(source, text_field, id_field, skip_bad=False)
-    records, _ = read_all(source, text_field, id_field)
-    return [r.id for r in records], [r.text for r in records]
+    check_fields(source, text_field, id_field, skip_bad=True)  # a bad first record is found below
+    ids, texts = [], []
+    for file in source.files:
+        for record in read_records(file, text_field or "text", id_field, positions=not source.many):
+            if isinstance(record, BadRecord):
+                raise record
+            ids.append(record.id)
+            texts.append(record.text)
+    return ids, texts

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,19 +29,20 @@ from ..config import Qwen3Config
 from ..embedder import Embedder, read_prompts
 from ..model import Qwen3Model
 from ..pipeline import Progress
-from ..store.files import atomic_write, make_writable_folder, read_json
+from ..store.files import atomic_write, lock_folder, make_writable_folder, read_json, seal, sealed
 from ..store.fingerprint import model_fingerprint
 from ..store.quantize import quantize
 from ..store.shards import (
     FORMAT,
     MANIFEST,
+    VECTOR_FORMATS,
     check_shard,
     remove_orphans,
     shard_name,
     shard_records,
     write_shard,
 )
-from ..tokenize import Tokenizer
+from ..tokenize import Cut, Tokenizer
 from .inputs import (
     BadRecord,
     FileIndex,
@@ -49,6 +50,7 @@ from .inputs import (
     Source,
     bad_record_error,
     check_fields,
+    glob_matches,
     index_file,
     read_records,
     resolve_inputs,
@@ -133,12 +135,7 @@ class Job:
                 ".safetensors for one file built in memory)"
             )
         self.source = folder_source(inputs, options.input_format)
-        root = Path(self.source.spec).resolve()
-        if self.source.many and root.is_dir() and self.output.resolve().is_relative_to(root):
-            raise ValueError(
-                f"output {self.output} is inside the input folder {root}, whose every file is read as input; put the "
-                "output elsewhere"
-            )
+        check_apart(self.source, self.output)
         check_fields(self.source, options.text_field, options.id_field, options.skip_bad)
         self.checkpoint, self.model_name = checkpoint.resolve(model), str(model)
         self.dim, self.max_length, ranges = options.settle(self.tokenizer)
@@ -150,6 +147,7 @@ class Job:
                 first = k * options.chunk_size
                 records = min(options.chunk_size, index.records - first)
                 self.plan.append(ShardTask(len(self.plan), i, first, records, start))
+        self.lock = None  # rank 0's hold on the output folder (files.lock_folder), from _existing to close()
         self.existing = self._existing(group)
 
     def _settings(self, dtype: torch.dtype, ranges: np.ndarray | None) -> dict:
@@ -180,19 +178,28 @@ class Job:
         problem, existing = None, set()
         if group.rank == 0:
             make_writable_folder(self.output, self.output)
-            remove_orphans(self.output)
             try:
+                self.lock = lock_folder(self.output)  # before anything in the folder is touched
+                remove_orphans(self.output)
                 existing = self._check_folder()
             except ValueError as e:
                 problem = str(e)
+                self.close()
         problem, existing = group.broadcast((problem, existing))
         if problem:
             raise ValueError(problem)
         return existing
 
+    def close(self) -> None:
+        """Let go of the output folder, for another run to take."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
     def __getstate__(self) -> dict:
         state = dict(vars(self))
         state.pop("tokenizer", None)  # rebuilt where it is used
+        state["lock"] = None  # held by the driver alone
         return state
 
     @cached_property
@@ -214,6 +221,8 @@ class Job:
         inputs = {index.name: self._input(i) for i, index in enumerate(self.indexes)}
         matching = set()
         for k, record in sorted(shard_records(self.output).items()):
+            if not sealed(record):
+                continue  # damaged: it is embedded again
             try:
                 then, source, name = record["settings"], record["input"], record["model_name"]
                 where = (source["file"], record["first"], record["records"])
@@ -264,6 +273,10 @@ class Job:
             return "missing"
         try:
             record = read_json(path)
+            if isinstance(record, dict) and record.get("format") != FORMAT:
+                return f"its record is in format {record.get('format')!r}, not {FORMAT!r} (another version's)"
+            if not sealed(record):
+                return "its record fails its checksum (damaged, or edited)"
             if record["settings"] != self.settings or any(record[k] != v for k, v in self.identity(task).items()):
                 return "its record is of another run"
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -277,11 +290,14 @@ class Job:
         return embed(embedder, prepared.tokens, self.dim, self.options, progress)
 
     def write(self, task: ShardTask, vectors: np.ndarray, prepared: Prepared) -> dict:
+        """Write a shard; its record accounts for each of its records: a row, skipped (bad), or a blank line of JSON
+        lines (no record)."""
+        blank = task.records - len(prepared.ids) - len(prepared.skipped)
         return write_shard(
             self.output, task.index, vectors, prepared.ids, self.options.vector_format, prepared.texts,
             **self.identity(task),
             model_name=self.model_name, settings=self.settings, tokens=sum(map(len, prepared.tokens)),
-            skipped=prepared.skipped, cut=prepared.cut,
+            skipped=prepared.skipped, blank=blank, cut=prepared.cut,
         )  # fmt: skip
 
     def finish(self) -> dict:
@@ -299,7 +315,8 @@ class Job:
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise RuntimeError(f"{shown} of {self.output} were not written; rerun the same command to finish them")
-        manifest = {
+        check_unique(lambda: (read_json(self.output / s["files"]["ids"]["name"]) for s in shards), self.options)
+        manifest = seal({
             "format": FORMAT,
             "model_name": self.model_name,
             "settings": self.settings,
@@ -309,9 +326,81 @@ class Job:
             "shards": shards,
             "skipped": [m for s in shards for m in s["skipped"]],
             "cut": [m for s in shards for m in s["cut"]],
-        }
+        })  # fmt: skip
         atomic_write(self.output / MANIFEST, json.dumps(manifest, indent=1).encode())
         return manifest
+
+
+def check_apart(source: Source, output: Path) -> None:
+    """Refuse an output folder that the input reads: one inside an input folder, or where the input's glob pattern
+    matches the files a run writes, or one that holds an input file. An output folder is never an input."""
+    out = output.resolve()
+    root = Path(source.spec).expanduser()
+    if source.many and root.is_dir() and out.is_relative_to(root.resolve()):
+        raise ValueError(
+            f"output {output} is inside the input folder {root}, whose every file is read as input; put the output "
+            "elsewhere"
+        )
+    written = [MANIFEST] + [f"shard-00000.{ext}" for ext in ("json", "ids.json", "texts.json", *VECTOR_FORMATS)]
+    if source.many and not root.is_dir() and any(glob_matches(source.spec, output / name) for name in written):
+        raise ValueError(
+            f"output {output} is where the input pattern {source.spec!r} matches files: a rerun would read the "
+            "shards written there as input; put the output elsewhere, or narrow the pattern"
+        )
+    inside = [f.name for f in source.files if f.path is not None and f.path.resolve().is_relative_to(out)]
+    if inside:
+        raise ValueError(f"input {inside[0]} is inside the output folder {output}, which is never an input")
+
+
+def check_unique(read: Callable[[], Iterable[list]], options: Options) -> None:
+    """Warn of ids that more than one record has, naming the first (with `options.unique_ids`, refuse them); `read()`
+    gives the ids, a list at a time. Ids that no id field gives (positions, or name:line) are unique as they are."""
+    if options.id_field is None:
+        return
+    count, repeated = repeated_ids(read)
+    if not count:
+        return
+    shown = ", ".join(map(repr, repeated[:5])) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+    what = f"{count} record(s) have the id of an earlier record ({len(repeated)} id(s) repeated: {shown})"
+    if options.unique_ids:
+        raise ValueError(f"{what}, which --unique-ids refuses: give every record its own id, or drop --unique-ids")
+    warnings.warn(
+        f"{what}: a search names such rows alike; give every record its own id (--unique-ids refuses such input)",
+        stacklevel=4,
+    )
+
+
+def repeated_ids(read: Callable[[], Iterable[list]]) -> tuple[int, list]:
+    """(how many records have the id of an earlier record, the ids repeated, in the order of their first repeat), over
+    the ids that `read()` gives a list at a time. Two passes, so that memory holds 8 bytes an id: their hashes, then
+    (only when a hash repeats) the ids whose hash repeats."""
+    hashes = [np.fromiter(map(hash, ids), np.int64, len(ids)) for ids in read()]
+    hashes = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, np.int64)
+    candidates = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+    count, repeated, seen = 0, {}, set()
+    for ids in read() if candidates else ():
+        for i in filter(lambda i: hash(i) in candidates, ids):
+            if i in seen:
+                count += 1
+                repeated[i] = None
+            seen.add(i)
+    return count, list(repeated)
+
+
+def check_embedder(embedder: Embedder, folder: Path) -> None:
+    """Refuse an embedder that was not loaded from the checkpoint in `folder` (by content): the shards would credit
+    its vectors to that checkpoint."""
+    source = embedder.folder
+    if source is None:
+        raise ValueError(
+            "embedder= was not loaded by Embedder.from_pretrained, so which checkpoint it runs is not known and the "
+            "shards could not name it; load it with Embedder.from_pretrained(model), or leave it out"
+        )
+    if Path(source).resolve() != folder.resolve() and model_fingerprint(Path(source)) != model_fingerprint(folder):
+        raise ValueError(
+            f"embedder= was loaded from {source}, whose config, tokenizer or weights differ from model={folder}'s, "
+            f"and the shards would name the wrong model; pass model={str(source)!r}, or leave embedder out"
+        )
 
 
 def _show(value, name: str | None) -> str:
@@ -342,8 +431,12 @@ def prepare(
         else:
             good.append(record)
 
-    def tokenize(texts: list[str], truncate: bool = options.truncate) -> list[list[int]]:
-        return embedder.tokenize(texts, options.instruction, options.prompt_name, max_length, truncate, warn=False)
+    cut = Cut(max_length)  # a call that raises adds nothing to it
+
+    def tokenize(texts: list[str], first: int = 0) -> list[list[int]]:
+        return embedder.tokenize(
+            texts, options.instruction, options.prompt_name, max_length, options.truncate, False, first, cut
+        )
 
     try:
         tokens = tokenize([r.text for r in good])
@@ -351,17 +444,12 @@ def prepare(
         kept, tokens = [], []
         for record in good:
             try:
-                tokens += tokenize([record.text])
+                tokens += tokenize([record.text], len(kept))
                 kept.append(record)
             except ValueError as e:
                 _bad(BadRecord(f"{record.where}: {e}"), options, out)
         good = kept
-    for record, ids in zip(good, tokens):
-        if options.truncate and len(ids) == max_length:  # at the limit: cut, or an exact fit?
-            try:
-                tokenize([record.text], truncate=False)
-            except ValueError:
-                out.cut.append(record.where)
+    out.cut = [good[i].where for i in cut.indices]
     out.ids, out.tokens = [r.id for r in good], tokens
     out.texts = [r.text for r in good] if texts else None
     return out

@@ -19,7 +19,19 @@ from ..pipeline import Progress, resolve_dtype
 from ..store.files import atomic_write, make_writable_folder, serialize_vectors
 from ..store.shards import VECTOR_FORMATS, shard_name
 from .inputs import check_fields, read_all, resolve_inputs
-from .job import Interrupted, Job, Prepared, ShardTask, Solo, embed, prepare, tokenizer_only, warn_cut
+from .job import (
+    Interrupted,
+    Job,
+    Prepared,
+    ShardTask,
+    Solo,
+    check_embedder,
+    check_unique,
+    embed,
+    prepare,
+    tokenizer_only,
+    warn_cut,
+)
 from .options import Options, ShardOptions
 
 
@@ -56,8 +68,20 @@ def encode_corpus(
     """
     options = ShardOptions(**options)
     group = group or Solo()
+    if embedder is not None:
+        check_embedder(embedder, checkpoint.resolve(model))
     run_dtype = embedder.dtype if embedder else resolve_dtype(resolve_device(device), dtype)
     job = Job(model, inputs, output, options, run_dtype, group)
+    try:
+        return run_job(job, embedder, device, dtype, group, show_progress)
+    finally:
+        job.close()
+
+
+def run_job(
+    job: Job, embedder: Embedder | None, device: str | None, dtype: str | torch.dtype | None, group, show_progress: bool
+) -> Summary | None:
+    """encode_corpus once its Job is settled (and holds the output folder)."""
     if embedder is None:
         embedder = Embedder.from_pretrained(job.checkpoint, device=device, dtype=dtype)
     todo = sum(task.records for task in job.plan if task.index not in job.existing)
@@ -133,6 +157,7 @@ def encode_file(
     folder = checkpoint.resolve(model)
     dim, max_length, _ = options.settle(embedder or tokenizer_only(folder))
     records, skipped = read_all(source, options.text_field, options.id_field, options.skip_bad)
+    check_unique(lambda: [[r.id for r in records]], options)
     if embedder is None:
         embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
     prepared: Prepared = prepare(embedder, records, options, max_length)

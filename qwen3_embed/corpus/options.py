@@ -46,11 +46,17 @@ class Options:
     truncate: bool = True
     batch_tokens: int | None = None
     skip_bad: bool = False
+    unique_ids: bool = False  # refuse ids that more than one record has (else a warning names them)
     calibration: np.ndarray | None = None  # vectors [n, dim] whose ranges int8 and uint8 quantize with
 
     def __post_init__(self) -> None:
         if self.batch_tokens is not None:
             check_int("batch_tokens", self.batch_tokens, 1)
+        if self.unique_ids and self.id_field is None:
+            raise ValueError(
+                "unique_ids (--unique-ids) checks the ids of an id field (--id-field); without one, ids are positions "
+                "(or name:line), unique as they are: drop it"
+            )
         if self.vector_dtype not in VECTOR_DTYPES:
             raise ValueError(f"vector_dtype={self.vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
         if self.vector_dtype not in CALIBRATED and self.calibration is not None:

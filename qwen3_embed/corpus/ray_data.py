@@ -125,9 +125,19 @@ def encode_corpus_ray(
         gpus_per_worker = 1 if gpus else 0
     if workers is None:
         workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else 1
-    device = "cuda" if gpus_per_worker else "cpu"  # the actors', not this process's
     dtype = resolve_dtype(dtype) if dtype is not None else torch.bfloat16 if gpus_per_worker else torch.float32
     job = Job(model, source, output, options, dtype, Cluster())
+    try:
+        return run_job(job, workers, gpus_per_worker, cpus_per_worker, dtype, show_progress)
+    finally:
+        job.close()
+
+
+def run_job(
+    job: Job, workers: int, gpus_per_worker: float, cpus_per_worker: int, dtype: torch.dtype, show_progress: bool
+) -> Summary:
+    """encode_corpus_ray once its Job is settled (and holds the output folder)."""
+    ray, device = _ray(), "cuda" if gpus_per_worker else "cpu"  # the actors', not this process's
     todo = sum(task.records for task in job.plan if task.index not in job.existing)
     data = ray.data.DataContext.get_current()
     data.enable_progress_bars = False

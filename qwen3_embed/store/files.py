@@ -4,22 +4,49 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
 import secrets
 import shutil
+import socket
+import time
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 # safetensors' dtype codes by numpy's names, for the headers of vectors files (quantized ones included)
 SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8"}
+LOCK = ".lock"  # in an output folder: flocked by the run that writes it
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def seal(obj: dict) -> dict:
+    """`obj` with a "checksum" of the rest of its content, so that an edit which does not also recompute it is found
+    (`sealed`)."""
+    rest = {k: v for k, v in obj.items() if k != "checksum"}
+    return {**rest, "checksum": _content_sha256(rest)}
+
+
+def sealed(obj) -> bool:
+    """Whether `obj` is a dict whose "checksum" is that of the rest of its content."""
+    if not isinstance(obj, dict):
+        return False
+    try:
+        return obj.get("checksum") == _content_sha256({k: v for k, v in obj.items() if k != "checksum"})
+    except (TypeError, ValueError):  # content JSON cannot hold (NaN, say): never sealed
+        return False
+
+
+def _content_sha256(obj: dict) -> str:
+    """The sha256 of `obj` as canonical JSON (sorted keys, no spaces), the same after a round trip through a file."""
+    return sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
 
 
 def read_json(path: Path):
@@ -54,6 +81,31 @@ def make_writable_folder(folder: Path, output: Path) -> None:
     except OSError as e:
         why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
         raise OSError(f"cannot write --output {output} ({folder}: {why}); choose another place") from None
+
+
+class FolderInUse(ValueError):
+    """An output folder another run holds."""
+
+
+def lock_folder(folder: Path) -> BinaryIO:
+    """Hold `folder` for this run: an exclusive flock on its LOCK file (which says which process holds it), kept until
+    the returned file is closed or this process ends. A folder another run holds is a FolderInUse naming that
+    process."""
+    f = open(folder / LOCK, "a+b")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().decode("utf-8", "replace").strip() or "a process that has not yet said which"
+        f.close()
+        raise FolderInUse(
+            f"another encode run holds the output folder {folder} ({holder}); wait for it to end, or give another "
+            "--output (two runs writing one folder would undo each other's work)"
+        ) from None
+    f.truncate(0)
+    f.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    f.flush()
+    return f
 
 
 def fsync_folder(folder: Path) -> None:

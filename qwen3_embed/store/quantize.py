@@ -18,6 +18,13 @@ def quantization_ranges(calibration: torch.Tensor | np.ndarray) -> np.ndarray:
             f"int8/uint8 ranges need at least 2 calibration vectors [n, dim], not an array of shape "
             f"{list(calibration.shape)}; use a representative sample of the corpus (a thousand vectors or more)"
         )
+    bad = np.flatnonzero(~np.isfinite(calibration).all(axis=1))
+    if len(bad):
+        rows = ", ".join(map(str, bad[:5].tolist())) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"calibration vectors hold NaN or infinite values (rows {rows}): no range can be taken from them; embed "
+            "the sample again (in bfloat16 or float32: float16 overflows on some inputs), or drop those rows"
+        )
     return np.vstack((calibration.min(axis=0), calibration.max(axis=0)))
 
 
@@ -54,6 +61,8 @@ def code_grid(ranges: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     ranges = np.asarray(ranges).astype(np.float32, copy=False)
     if ranges.shape != (2, dim):
         raise ValueError(f"ranges must be [2, {dim}] (each dimension's minimum and maximum), not {list(ranges.shape)}")
+    if not np.isfinite(ranges).all():
+        raise ValueError("int8/uint8 ranges hold NaN or infinite values; take them from finite calibration vectors")
     starts = ranges[0, :]
     steps = (ranges[1, :] - starts) / 255
     return starts, np.where(steps == 0, 1, steps)

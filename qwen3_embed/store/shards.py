@@ -4,11 +4,14 @@ A folder of shards. Shard k is three files: `shard-0000k.npy` (or `.safetensors`
 float16, or quantized as quantize.py does: the settings say which, and hold the int8 and uint8 ranges),
 `shard-0000k.ids.json` with the ids of its rows (and `shard-0000k.texts.json` with their texts, when asked to keep
 them), and `shard-0000k.json`, its record, written last: the input file and record range it covers, its row count,
-and the size and sha256 of each of its files, with the dtype and shape of each array. Every file is written under a
-temporary name, fsynced, renamed, and the folder fsynced (files.py), so a shard whose record exists is complete on
-disk. `manifest.json`, written once every shard is, holds the settings, the inputs and every shard's record in input
-order. A reader trusts nothing it has not checked against the record: sizes and counts always, checksums unless told
-otherwise.
+the records skipped as bad and the blank lines of JSON lines (which hold no record), and the size and sha256 of each
+of its files, with the dtype and shape of each array. Every file is written under a temporary name, fsynced, renamed,
+and the folder fsynced (files.py), so a shard whose record exists is complete on disk. `manifest.json`, written once
+every shard is, holds the settings, the inputs (with their record counts) and every shard's record in input order.
+Records and manifest are sealed by a checksum of their content (files.seal). A reader trusts nothing it has not
+checked: the manifest against its checksum, its shards against its inputs (every record of every input a row,
+skipped or blank, once) and the folder's shard files against its shards (none unlisted); each shard's files against
+its record, sizes and counts always, checksums unless told otherwise.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write, parse_vectors, read_json, serialize_vectors, sha256, vectors_header
+from .files import atomic_write, parse_vectors, read_json, seal, sealed, serialize_vectors, sha256, vectors_header
 from .quantize import PRECISIONS, quantize
 
-FORMAT = "qwen3-embed-shards/1"
+FORMAT = "qwen3-embed-shards/2"
 VECTOR_FORMATS = ("npy", "safetensors")
 VECTOR_DTYPES = PRECISIONS  # float32, float16, and quantized: int8, uint8, binary, ubinary (see quantize.py)
 MANIFEST = "manifest.json"
-MANIFEST_KEYS = {"shards": list, "settings": dict, "dim": int, "rows": int}  # what readers use
+MANIFEST_KEYS = {"shards": list, "settings": dict, "inputs": list, "dim": int, "rows": int}  # what readers use
+SHARD_KEYS = {"index": int, "input": dict, "first": int, "records": int, "rows": int, "skipped": list, "blank": int,
+              "files": dict}  # fmt: skip
+INPUT_KEYS = {"file": str, "records": int}
 REDO = "rerun the encode command that wrote it: a rerun embeds the damaged shards again"
 
 
@@ -92,7 +98,7 @@ def write_shard(
         atomic_write(folder / file, data)
         array = {"dtype": vectors.dtype.name, "shape": list(vectors.shape)} if role == "vectors" else {}
         files[role] = file_entry(file, data, **array)
-    record = {"format": FORMAT, "index": index, **fields, "rows": len(ids), "files": files}
+    record = seal({"format": FORMAT, "index": index, **fields, "rows": len(ids), "files": files})
     atomic_write(folder / f"{name}.json", json.dumps(record, indent=1).encode())
     return record
 
@@ -101,11 +107,28 @@ def _vector_format(entry: dict) -> str:
     return entry["name"].rsplit(".", 1)[-1]
 
 
+def misnamed(record: dict) -> str | None:
+    """What is wrong with the names of a shard's files (None when nothing is): each must be the one its role and
+    index give, a plain name in the folder (never a path elsewhere)."""
+    stem = shard_name(record["index"])
+    names = {"vectors": [f"{stem}.{ext}" for ext in VECTOR_FORMATS], "ids": [f"{stem}.ids.json"],
+             "texts": [f"{stem}.texts.json"]}  # fmt: skip
+    for role, entry in record["files"].items():
+        if entry["name"] not in names.get(role, []):
+            allowed = " or ".join(names.get(role, [])) or "nothing (no such role)"
+            return f"its {role} file is named {entry['name']!r}, where a shard's can only be {allowed}"
+    if {"vectors", "ids"} - record["files"].keys():
+        return "its record names no vectors or no ids file"
+    return None
+
+
 def check_shard(folder: Path, record: dict, checksums: bool = True) -> str | None:
     """What is wrong with a shard's files against its record (None when nothing is): sizes, the ids' count and the
     vectors' dtype and shape always; the sha256 of every file when `checksums` (of the ids, which are read anyway,
     always)."""
     try:
+        if (wrong := misnamed(record)) is not None:
+            return wrong
         files, data = record["files"], {}
         for role, entry in files.items():
             path = folder / entry["name"]
@@ -136,6 +159,8 @@ def read_shard(folder: Path, record: dict, verify: bool = True) -> tuple[np.ndar
     """(vectors [rows, dim], ids) of one shard, each file checked against its record (its sha256 when `verify`);
     a mismatch is a DamagedShard naming the file."""
     name = shard_name(record["index"])
+    if (wrong := misnamed(record)) is not None:
+        raise DamagedShard(f"{name} of {folder}: {wrong}; {REDO}")
     out = []
     parsers = {
         "vectors": lambda data, entry: parse_vectors(data, _vector_format(entry)),
@@ -182,6 +207,8 @@ def read_manifest(folder: str | os.PathLike) -> dict:
             "corpus again with this one"
         )
     wrong = [key for key, kind in MANIFEST_KEYS.items() if not isinstance(manifest.get(key), kind)]
+    wrong += [f"shards[{k}]" for k, shard in enumerate(manifest.get("shards") or []) if not _shaped(shard, SHARD_KEYS)]
+    wrong += [f"inputs[{k}]" for k, entry in enumerate(manifest.get("inputs") or []) if not _shaped(entry, INPUT_KEYS)]
     if wrong:
         raise ValueError(
             f"{path} lacks {', '.join(wrong)} or holds another type there: it was edited or damaged; {REDO}"
@@ -189,12 +216,75 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     return manifest
 
 
+def _shaped(entry, keys: dict[str, type]) -> bool:
+    """Whether `entry` is a dict holding `keys` of their types (a shard's: files, each named, vectors and ids among
+    them; its input, by file name)."""
+    if not (isinstance(entry, dict) and all(isinstance(entry.get(key), kind) for key, kind in keys.items())):
+        return False
+    if "files" not in keys:
+        return True
+    files = entry["files"]
+    named = all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in files.values())
+    return named and {"vectors", "ids"} <= files.keys() and isinstance(entry["input"].get("file"), str)
+
+
+def manifest_problems(folder: Path, manifest: dict) -> list[str]:
+    """What is wrong with a manifest itself (empty when nothing is): its checksum, whether its shards account for every
+    record of its inputs (each embedded or skipped, once, in order), and whether it lists every shard file in the
+    folder."""
+    problems = [] if sealed(manifest) else [f"{MANIFEST} fails its checksum: it was edited or damaged since written"]
+    problems += _unaccounted(manifest)
+    listed = {f"{shard_name(s['index'])}.json" for s in manifest["shards"]}
+    listed |= {entry["name"] for s in manifest["shards"] for entry in s["files"].values()}
+    unlisted = sorted(p.name for p in folder.glob("shard-*") if p.name not in listed)
+    if unlisted:
+        shown = ", ".join(unlisted[:6]) + (f" and {len(unlisted) - 6} more" if len(unlisted) > 6 else "")
+        problems.append(f"{MANIFEST} does not list {shown}, which are in the folder")
+    return problems
+
+
+def _unaccounted(manifest: dict) -> list[str]:
+    """The records of the manifest's inputs its shards do not account for, or account for twice."""
+    problems, rows, next_record = [], 0, {}  # the next record of each input file
+    misnumbered = [(k, shard["index"]) for k, shard in enumerate(manifest["shards"]) if shard["index"] != k]
+    if misnumbered:
+        k, index = misnumbered[0]
+        problems.append(
+            f"{MANIFEST}: its shards are not numbered in order from 0 (its shard {k} is {shard_name(index)})"
+        )
+    for shard in manifest["shards"]:
+        name, file = shard_name(shard["index"]), shard["input"]["file"]
+        if shard["first"] != next_record.get(file, 0):
+            where = f"record {next_record.get(file, 0) + 1}"
+            problems.append(
+                f"{MANIFEST}: {name} starts at record {shard['first'] + 1} of {file}, where {where} is next"
+            )
+        if shard["rows"] + len(shard["skipped"]) + shard["blank"] != shard["records"]:
+            held = f"{shard['rows']} rows, {len(shard['skipped'])} skipped records and {shard['blank']} blank lines"
+            problems.append(f"{MANIFEST}: {name} holds {held} for its {shard['records']} records")
+        next_record[file] = shard["first"] + shard["records"]
+        rows += shard["rows"]
+    counts = {entry["file"]: entry["records"] for entry in manifest["inputs"]}
+    for file in counts.keys() | next_record.keys():
+        if next_record.get(file, 0) != counts.get(file):
+            held = f"its shards hold {next_record.get(file, 0)} records of {file}"
+            problems.append(
+                f"{MANIFEST}: {held}, " + (f"which has {counts[file]}" if file in counts else "not an input")
+            )
+    if rows != manifest["rows"]:
+        problems.append(f"{MANIFEST}: its shards hold {rows} rows, it says {manifest['rows']}")
+    return problems
+
+
 def load_corpus(folder: str | os.PathLike, verify: bool = True) -> tuple[np.ndarray, list]:
-    """All vectors [rows, dim] and ids of a finished output folder, in input order. Every shard is checked against
-    the manifest (sizes, counts, dtypes and shapes; sha256 checksums unless `verify=False`); a damaged one is an
-    error naming it."""
+    """All vectors [rows, dim] and ids of a finished output folder, in input order. The manifest is checked
+    (`manifest_problems`), and every shard against it (sizes, counts, dtypes and shapes; sha256 checksums unless
+    `verify=False`); a damaged one is an error naming it."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    problems = manifest_problems(folder, manifest)
+    if problems:
+        raise ValueError(f"{folder}: " + "; ".join(problems) + f"; {REDO}")
     vectors, ids = [], []
     for record in manifest["shards"]:
         v, i = read_shard(folder, record, verify)
@@ -210,14 +300,14 @@ def load_corpus(folder: str | os.PathLike, verify: bool = True) -> tuple[np.ndar
 def verify_corpus(
     folder: str | os.PathLike, checksums: bool = True, progress: Callable[[int], None] | None = None
 ) -> list[str]:
-    """The problems of a finished output folder, one line per damaged or missing shard (empty when it is sound):
-    every shard checked against the manifest, and its record file (what a resumed run trusts) against the manifest's
-    record, without a model."""
+    """The problems of a finished output folder, one line each (empty when it is sound), without a model: the
+    manifest's own (`manifest_problems`), then each damaged or missing shard: every shard checked against the
+    manifest, and its record file (what a resumed run trusts) against the manifest's record."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    problems = []
-    rows = 0
+    problems = manifest_problems(folder, manifest)
     records = shard_records(folder)
+    run = {"settings": manifest["settings"], "model_name": manifest.get("model_name")}  # in each record, not its entry
     packed = manifest["settings"].get("vector_dtype") in ("binary", "ubinary")  # 8 dimensions per byte
     width = -(-manifest["dim"] // 8) if packed else manifest["dim"]
     for record in manifest["shards"]:
@@ -227,16 +317,14 @@ def verify_corpus(
             needs = f"the manifest's dim {manifest['dim']} needs {width}"
             problem = f"its vectors have {shape[-1]} values a row where {needs}"
         stored = records.get(record["index"])
-        if problem is None and (stored is None or any(stored.get(k) != v for k, v in record.items())):
+        if problem is None and (stored != {**record, **run} or not sealed(stored)):
             how = "is missing" if record["index"] not in records else "cannot be read" if stored is None else "differs"
+            how = "fails its checksum" if how == "differs" and not sealed(stored) else how
             problem = f"{shard_name(record['index'])}.json, its record, {how} (the manifest's is sound)"
         if problem is not None:
             problems.append(f"{shard_name(record['index'])}: {problem}")
-        rows += record["rows"]
         if progress is not None:
             progress(record["rows"])
-    if rows != manifest["rows"]:
-        problems.append(f"{MANIFEST}: its shards hold {rows} rows, it says {manifest['rows']}")
     return problems
 
 
