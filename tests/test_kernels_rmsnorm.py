@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gradients import assert_grads_close, grads
 
 from qwen3_embed.kernels import rmsnorm
 from qwen3_embed.model import RMSNorm, apply_rotary
@@ -149,30 +150,7 @@ def test_bad_inputs_are_refused():
 
 # ----------------------------------------------------------------------------------------------------------------
 # Backward: the gradients through torch.library.register_autograd on the ops, against float64 autograd of the
-# PyTorch references. Tolerance: the kernel's error is at most twice the same-dtype PyTorch autograd error plus
-# FLOOR x the largest exact gradient (a relative floor: the weight's gradient sums over every row).
-
-
-def largest(t: torch.Tensor) -> float:
-    return t.abs().max().item() if t.numel() else 0.0
-
-
-def assert_grads_close(kernel: list[torch.Tensor], same_dtype: list[torch.Tensor], exact: list[torch.Tensor]) -> None:
-    for i, (a, b, c) in enumerate(zip(kernel, same_dtype, exact)):
-        assert a.dtype == b.dtype and a.shape == c.shape, i
-        assert torch.isfinite(a).all(), f"gradient {i}: some elements were not written"
-        kernel_error, torch_error = largest(a.double() - c), largest(b.double() - c)
-        floor = FLOOR[a.dtype] * max(1.0, largest(c))
-        assert kernel_error <= 2 * torch_error + floor, f"grad {i}: kernel {kernel_error:.3g}, torch {torch_error:.2g}"
-
-
-def grads(fn, inputs: list[torch.Tensor], out_grads: list[torch.Tensor], dtype=None) -> list[torch.Tensor]:
-    """The gradients of sum(fn(*inputs) * out_grads) with respect to the floating inputs, taken in `dtype`."""
-    leaves = [x.detach().to(dtype or x.dtype).requires_grad_(x.is_floating_point()) for x in inputs]
-    outs = fn(*leaves)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    torch.autograd.backward(outs, [g.to(o.dtype) for o, g in zip(outs, out_grads)])
-    return [x.grad for x in leaves if x.requires_grad]
+# PyTorch references (`gradients.assert_grads_close` states the tolerance).
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
