@@ -215,9 +215,10 @@ RMSNORM_ARCHS = (80, 90)
 
 
 def rmsnorm_launches(arch: int) -> list[Launch]:
-    """Every compiled form the RMSNorm wrappers launch for the Qwen3 widths and head dims, in every dtype, on sm_80
-    and sm_90 only: the launch settings do not depend on the architecture, and with no tensor cores and at most 4 KB
-    of shared memory and 90 of 255 registers (benchmarks/results/kernels-aot.md) no architecture is near a limit."""
+    """Every compiled form the RMSNorm wrappers launch (forward and backward) for the Qwen3 widths and head dims, in
+    every dtype, on sm_80 and sm_90 only: the launch settings do not depend on the architecture, and with no tensor
+    cores and at most 4 KB of shared memory and 90 of 255 registers (forward: benchmarks/results/kernels-aot.md) no
+    architecture is near a limit."""
     import triton
 
     from .rmsnorm import _row_settings
@@ -235,6 +236,12 @@ def rmsnorm_launches(arch: int) -> list[Launch]:
             labels = {"op": "rms_norm", "dtype": t, "BLOCK": block}
             found.append(Launch(module, "_rms_norm_kernel", signature, {"ROWS": rows, "BLOCK": block}, aligned,
                                 warps, 3, labels))  # fmt: skip
+            signature = {"DY": f"*{t}", "X": f"*{t}", "W": f"*{t}", "DX": f"*{t}", "DW": "*fp32", "rows": "i32",
+                         "n": "i32", "stride_dy": "i32", "stride_x": "i32", "stride_dx": "i32", "eps": "fp32",
+                         "ROWS": "constexpr", "BLOCK": "constexpr"}  # fmt: skip
+            aligned = ("DY", "X", "W", "DX", "DW", "n", "stride_dy", "stride_x", "stride_dx")
+            found.append(Launch(module, "_rms_norm_backward_kernel", signature, {"ROWS": rows, "BLOCK": block},
+                                aligned, warps, 3, {**labels, "op": "rms_norm backward"}))  # fmt: skip
         for head_dim in RMSNORM_HEAD_DIMS:
             half = triton.next_power_of_2(head_dim // 2)
             rows, warps = _row_settings(half)
@@ -247,6 +254,15 @@ def rmsnorm_launches(arch: int) -> list[Launch]:
             labels = {"op": "q/k norm + rope", "dtype": t, "head_dim": head_dim}
             found.append(Launch(module, "_qk_norm_rope_kernel", signature, {"ROWS": rows, "HALF": half}, aligned,
                                 warps, 3, labels))  # fmt: skip
+            pointers = ("Q", "K", "QW", "KW", "DQO", "DKO", "DQ", "DK")
+            integers = ("tokens", "q_heads", "k_heads", "n", "q_programs", "stride_qt", "stride_qh", "stride_kt",
+                        "stride_kh", "stride_rope")  # fmt: skip
+            signature = {**dict.fromkeys(pointers, f"*{t}"), "DQW": "*fp32", "DKW": "*fp32", "COS": f"*{t}",
+                         "SIN": f"*{t}", **dict.fromkeys(integers, "i32"), "eps": "fp32", "ROWS": "constexpr",
+                         "HALF": "constexpr"}  # fmt: skip
+            aligned = (*pointers, "DQW", "DKW", "COS", "SIN", "n", *integers[5:])
+            found.append(Launch(module, "_qk_norm_rope_backward_kernel", signature, {"ROWS": rows, "HALF": half},
+                                aligned, warps, 3, {**labels, "op": "q/k norm + rope backward"}))  # fmt: skip
     return found
 
 

@@ -309,27 +309,23 @@ AMPERE_CONFIGS = {  # also Ada and consumer Blackwell (sm_120): their 99 KB of s
 }
 
 
-# The backward's settings per head dim, per class of GPU (checked by the compile gate as the forward's): "dkdv" is
-# BLOCK_M query rows per tile x BLOCK_N keys per program, "dq" BLOCK_M query rows per program x BLOCK_N keys per tile.
-HOPPER_BACKWARD = {
-    64: {"dkdv": _config(64, 64, 4, 2), "dq": _config(64, 64, 4, 2)},
-    128: {"dkdv": _config(64, 64, 8, 2), "dq": _config(64, 64, 8, 2)},
-    256: {"dkdv": _config(32, 32, 8, 2), "dq": _config(32, 32, 8, 2)},
-}
-AMPERE_BACKWARD = {
-    64: {"dkdv": _config(64, 64, 4, 2), "dq": _config(64, 64, 4, 2)},
-    128: {"dkdv": _config(64, 64, 8, 2), "dq": _config(64, 64, 8, 2)},
-    256: {"dkdv": _config(32, 32, 8, 2), "dq": _config(32, 32, 8, 2)},
+# The backward's settings per head dim, the same on every GPU from sm_80 (chosen by compiling ahead of time: none
+# spills on sm_80, sm_89 or sm_90; a dK/dV program with 64-row query tiles spills at head dims 64 and 128, so its tiles
+# are 32 rows): "dkdv" is BLOCK_M query rows per tile x BLOCK_N keys per program, "dq" BLOCK_M query rows per program
+# x BLOCK_N keys per tile.
+BACKWARD_CONFIGS = {
+    64: {"dkdv": _config(32, 64, 8, 2), "dq": _config(64, 64, 8, 2)},
+    128: {"dkdv": _config(32, 64, 8, 2), "dq": _config(64, 64, 8, 2)},
+    256: {"dkdv": _config(32, 32, 8, 2), "dq": _config(32, 32, 4, 2)},
 }
 
 
 def backward_configs(head_dim: int, group: int, dtype: torch.dtype, capability: tuple[int, int] | None) -> dict:
     """The backward's launch settings ({"dkdv": config, "dq": config}) on a GPU of `capability` (None: Triton's
-    interpreter); {} where `configs` has none (the model runs SDPA and its backward there)."""
+    interpreter, which runs the same); {} where `configs` has none (the model runs SDPA and its backward there)."""
     if not configs(head_dim, group, dtype, capability):
         return {}
-    table = HOPPER_BACKWARD if capability is not None and capability[0] in (9, 10) else AMPERE_BACKWARD
-    found = table[max(64, head_dim)]
+    found = BACKWARD_CONFIGS[max(64, head_dim)]
     if group > min(c["BLOCK_M"] for c in found.values()):
         raise ValueError(f"{group} query heads per key/value head: the backward packs 1 to {found['dkdv']['BLOCK_M']}")
     return found
