@@ -8,7 +8,8 @@
 Sections, each written to OUT/gpu-<card>.{json,md} as soon as it is done (a run cut short keeps what it finished):
 environment (device, torch, triton); kernel checks in bf16 at real sizes against float32 (the attention kernel and
 each experimental variant, and torch.library.opcheck of the custom ops); attention (each variant and the config
-autotune chose, against SDPA's flash backend per sequence and padded); RMSNorm against copy bandwidth; end to end
+autotune chose, against SDPA's flash backend per sequence and padded); the attention backward (dQ, dK, dV against SDPA
+flash's backward per sequence, FlashAttention-2's); RMSNorm against copy bandwidth; end to end
 on the 0.6B shape (qwen3-embed eager, qwen3-embed replayed from CUDA graphs, sentence-transformers) and the 8B shape
 at --layers-8b layers (qwen3-embed, sentence-transformers), each system loaded once per shape, memory freed and peak
 statistics reset between systems, every system's vectors compared with ours on the CPU; the issue's targets, met or
@@ -409,15 +410,18 @@ def targets(report: Report) -> tuple[list[dict], str]:
 def run_launches() -> list:
     """The Triton binaries the run compiles on an H100 (sm_90, bf16): attention at head dims 128 (the checks and
     timings: each config autotune tries, for the default and each experimental variant) and 64 (the opcheck), the
+    attention backward at head dim 128 (the forward that saves the log-sum-exp, the dK/dV, dQ and D kernels), the
     RMSNorm widths of the 0.6B and 8B shapes and of the opcheck, the q/k norm at head dims 128 and 64."""
     from qwen3_embed.kernels import aot
 
     attention = [launch for launch in aot.attention_launches(90) if launch.labels["dtype"] == "bf16"
                  and launch.labels["head_dim"] in (64, 128) and (launch.labels["head_dim"] == 128
                                                                  or launch.labels["variant"] == "base")]  # fmt: skip
+    backward = [launch for launch in aot.attention_backward_launches(90)
+                if launch.labels["dtype"] == "bf16" and launch.labels["head_dim"] == 128]  # fmt: skip
     norms = [launch for launch in aot.rmsnorm_launches(90) if launch.labels["dtype"] == "bf16"
              and launch.labels.get("BLOCK", 0) != 2560 and launch.labels.get("head_dim", 64) in (64, 128)]  # fmt: skip
-    return attention + list({repr(sorted(n.constexprs.items())) + n.kernel: n for n in norms}.values())
+    return attention + backward + list({repr(sorted(n.constexprs.items())) + n.kernel: n for n in norms}.values())
 
 
 def measure_compiles(out: Path) -> dict:
@@ -471,6 +475,10 @@ def plan(args) -> dict:
     sections.append({"section": "attention", "cases": len(attention_cases), "variants": 3,
                      "tokens": [sum(c[1]) for c in attention_cases]})  # fmt: skip
     seconds["attention"] = len(attention_cases) * (3 + 2) * case_s + 6 * 0.3  # timings, then autotune per bucket
+    backward_cases = list(kernels_attention.backward_cases(args.smoke))
+    sections.append({"section": "attention backward", "cases": len(backward_cases),
+                     "tokens": [sum(c[1]) for c in backward_cases]})  # fmt: skip
+    seconds["attention backward"] = len(backward_cases) * (2 * case_s + 1)  # kernel and SDPA; the forwards, a check
     rms_cases = list(kernels_rmsnorm.cases(args.smoke))
     sections.append({"section": "rmsnorm", "cases": len(rms_cases)})
     seconds["rmsnorm"] = len(rms_cases) * 2 * case_s + 2  # kernel and torch per case; the copy bandwidth
@@ -637,8 +645,11 @@ def run_sections(args, device, dtype, tokenizer_dir, real_tokenizer, report, sec
             report.fail("kernel checks", f"failed: {failed}")
 
     section("kernel checks", kernel_checks)
-    for name, module in (("attention", kernels_attention), ("rmsnorm", kernels_rmsnorm)):
-        section(name, lambda module=module, name=name: report.add(name, *module.benchmark(device, dtype, args.smoke)))
+    benchmarks = (("attention", kernels_attention.benchmark),
+                  ("attention backward", kernels_attention.backward_benchmark),
+                  ("rmsnorm", kernels_rmsnorm.benchmark))  # fmt: skip
+    for name, benchmark in benchmarks:
+        section(name, lambda benchmark=benchmark, name=name: report.add(name, *benchmark(device, dtype, args.smoke)))
     peak = matmul_gflops(dtype, device, n=512 if args.smoke else 8192)
     report.add("matmul peak GFLOP/s", peak)
     for shape, layers in (("0.6B", None), ("8B", args.layers_8b)):

@@ -139,6 +139,67 @@ def benchmark(device: str, dtype: torch.dtype, smoke: bool = False) -> tuple[dic
     return results, table
 
 
+def backward_cases(smoke: bool):
+    """(name, lengths, Hq, Hkv) of the backward's timings: the 0.6B's heads on a mixed pack, the 8B's on long ones."""
+    if smoke:
+        yield "mixed", [5, 17, 40], 4, 2
+        return
+    yield "mixed 32-2048", log_uniform_lengths(64, 32, 2048, seed=1), 16, 8
+    yield "long 2 x 8k", [8192] * 2, 32, 8
+
+
+def run_backward(name, lengths, hq, hkv, dtype, device, d):
+    """The gradients of q, k, v through the kernels (forward saving the log-sum-exp, then the backward kernels)
+    against SDPA's per sequence (flash on CUDA: FlashAttention-2's backward), checked then timed (the backward
+    alone, from a kept graph)."""
+    from qwen3_embed.kernels import attention
+
+    g = torch.Generator(device=device).manual_seed(0)
+    t = sum(lengths)
+    q, k, v, do = (torch.randn(t, h, d, device=device, generator=g).to(dtype) for h in (hq, hkv, hkv, hq))
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    scale = d**-0.5
+    flops = 2.5 * sum(2 * n * n * hq * d for n in lengths)  # 5 matmuls to the forward's 2, over the lower triangle
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    backend = SDPBackend.FLASH_ATTENTION if device == "cuda" else SDPBackend.MATH
+    with sdpa_kernel(backend):
+        out = per_sequence_sdpa(*leaves, lengths, scale)
+        reference = torch.autograd.grad(out, leaves, do, retain_graph=True)
+        times = {"per-sequence SDPA": bench_seconds(lambda: torch.autograd.grad(out, leaves, do, retain_graph=True),
+                                                    device, repeats=1)}  # fmt: skip
+    out = attention.varlen_attention(*leaves, cu, scale)
+    grads = torch.autograd.grad(out, leaves, do, retain_graph=True)
+    errors = {name: (a.float() - b.float()).abs().max().item() for name, a, b in zip("qkv", grads, reference)}
+    times["kernel"] = bench_seconds(lambda: torch.autograd.grad(out, leaves, do, retain_graph=True), device, repeats=1)
+    config = attention.backward_configs(d, hq // hkv, dtype, attention.capability_of(q.device))
+    return {"case": name, "tokens": t, "sequences": len(lengths), "hq": hq, "hkv": hkv, "head_dim": d,
+            "max_abs_diff_vs_per_sequence_sdpa": errors, "config": config,
+            "tflops": {key: flops / s / 1e12 for key, s in times.items()}, "seconds": times}  # fmt: skip
+
+
+def backward_benchmark(device: str, dtype: torch.dtype, smoke: bool = False) -> tuple[dict, str]:
+    """Every backward case, checked then timed: the results and a markdown table."""
+    d = 64 if smoke else 128
+    m = machine()
+    results = {"machine": m, "dtype": str(dtype), "runs": []}
+    rows = []
+    for name, lengths, hq, hkv in backward_cases(smoke):
+        r = run_backward(name, lengths, hq, hkv, dtype, device, d)
+        results["runs"].append(r)
+        tf, diff = r["tflops"], r["max_abs_diff_vs_per_sequence_sdpa"]
+        rows.append(f"| {name} | {r['tokens']} | {hq}/{hkv} | {tf['kernel']:.1f} | {tf['per-sequence SDPA']:.1f} "
+                    f"({tf['kernel'] / tf['per-sequence SDPA']:.2f}x) | {max(diff.values()):.2g} |")  # fmt: skip
+        print(rows[-1], flush=True)
+    table = markdown_table(
+        f"Varlen causal attention backward (dQ, dK, dV from a kept graph), {dtype}, head_dim {d}, on "
+        f"{m.get('gpu', m['cpu'])} (TFLOP/s at 2.5x the causal forward's FLOPs; x = kernel speed-up)"
+        + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if smoke else ""),
+        ["case", "tokens", "Hq/Hkv", "kernel", "per-sequence SDPA backward (CUDA: flash)", "max grad diff vs SDPA"],
+        rows,
+    )  # fmt: skip
+    return results, table
+
+
 def main() -> None:
     kernel_benchmark_main(__doc__, benchmark, "kernels_attention")
 

@@ -115,7 +115,8 @@ def accepts(arch: int) -> bool:
 def launches(archs: list[int] | None = None) -> list[tuple[Launch, int]]:
     """Every launch of every kernel, on each architecture (default: every one the installed Triton takes)."""
     archs = archs or targets()
-    return [(launch, arch) for arch in archs for launch in attention_launches(arch) + rmsnorm_launches(arch)]
+    kinds = (attention_launches, attention_backward_launches, rmsnorm_launches)
+    return [(launch, arch) for arch in archs for kind in kinds for launch in kind(arch)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def launches(archs: list[int] | None = None) -> list[tuple[Launch, int]]:
 ATTENTION_HEAD_DIMS = (64, 128, 256)
 ATTENTION_GROUPS = (1, 2, 4, 8)
 _ATTENTION_STRIDES = ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_ot",
-                      "stride_oh")  # fmt: skip
+                      "stride_oh", "stride_lse")  # fmt: skip
 
 
 def attention_launches(arch: int) -> list[Launch]:
@@ -146,24 +147,66 @@ def attention_launches(arch: int) -> list[Launch]:
     return list(found.values())
 
 
-def _attention_launch(t: str, head_dim: int, config: dict, variant) -> Launch:
+def _attention_launch(t: str, head_dim: int, config: dict, variant, lse: bool = False) -> Launch:
     """The attention kernel's compiled form for these settings, as a real launch on contiguous q, k, v specializes
-    it."""
+    it; with `lse`, the training forward's (which also writes each row's log-sum-exp)."""
     flags = variant.flags(config)
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"], **flags}
     descriptor = f"tensordesc<{t}[{config['BLOCK_N']}, {head_dim}]>" if variant.tma else "constexpr"
-    signature = {**dict.fromkeys(("Q", "K", "V", "O"), f"*{t}"), "K_DESC": descriptor, "V_DESC": descriptor,
+    signature = {**dict.fromkeys(("Q", "K", "V", "O"), f"*{t}"), "LSE": "*fp32" if lse else "constexpr",
+                 "K_DESC": descriptor, "V_DESC": descriptor,
                  "WORK": "*i32", "scale_log2": "fp32", "group": "i32", "tokens_bucket": "i32",
                  **dict.fromkeys(_ATTENTION_STRIDES, "i32"), **dict.fromkeys(constexprs, "constexpr")}  # fmt: skip
     if not variant.tma:
         constexprs.update(K_DESC=None, V_DESC=None)
-    labels = {"op": "attention", "dtype": t, "head_dim": head_dim, "variant": variant.name,
-              "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"], "DIAG_N": flags["DIAG_N"],
-              "DIAG_TILES": flags["DIAG_TILES"]}  # fmt: skip
-    aligned = ("Q", "K", "V", "O", "WORK", *_ATTENTION_STRIDES)
+    if not lse:
+        constexprs.update(LSE=None)
+    labels = {"op": "attention + lse" if lse else "attention", "dtype": t, "head_dim": head_dim,
+              "variant": variant.name, "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
+              "DIAG_N": flags["DIAG_N"], "DIAG_TILES": flags["DIAG_TILES"]}  # fmt: skip
+    aligned = ("Q", "K", "V", "O", "WORK", *_ATTENTION_STRIDES, *(("LSE",) if lse else ()))
     module = "qwen3_embed.kernels.attention"
     return Launch(module, "_attention_kernel", signature, constexprs, aligned, config["num_warps"],
                   config["num_stages"], labels)  # fmt: skip
+
+
+def attention_backward_launches(arch: int) -> list[Launch]:
+    """What training launches on sm_`arch` at head dims 64/128/256 in fp16 and bf16 (one binary each for every GQA
+    group): the forward that also writes the log-sum-exp, the dK/dV and dQ kernels, and (on sm_80 and sm_90 only,
+    like RMSNorm: no tensor cores, a few registers) the preprocessing pass D = rowsum(dO * O)."""
+    from .attention import BASE, DTYPES, backward_configs, configs, delta_rows
+
+    capability, module, found = divmod(arch, 10), "qwen3_embed.kernels.attention", []
+    sixteen_bit = [dtype for dtype, name in DTYPES.items() if name != "fp32"]
+    for dtype, head_dim in itertools.product(sixteen_bit, ATTENTION_HEAD_DIMS):
+        t = DTYPES[dtype]
+        for config in configs(head_dim, 1, dtype, capability):
+            found.append(_attention_launch(t, head_dim, config, BASE, lse=True))
+        settings = backward_configs(head_dim, 1, dtype, capability)
+        strides = ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_dot",
+                   "stride_doh")  # fmt: skip
+        for kernel, outputs in (("dkdv", ("DK", "DV")), ("dq", ("DQ",))):
+            config = settings[kernel]
+            out_strides = tuple(f"stride_{o.lower()}{axis}" for o in outputs for axis in "th") + ("stride_lse",)
+            signature = {**dict.fromkeys(("Q", "K", "V", "DO"), f"*{t}"), "LSE": "*fp32", "DELTA": "*fp32",
+                         **dict.fromkeys(outputs, f"*{t}"), "WORK": "*i32", "scale": "fp32", "scale_log2": "fp32",
+                         "group": "i32", **dict.fromkeys(strides + out_strides, "i32"),
+                         **dict.fromkeys(("HEAD_DIM", "BLOCK_M", "BLOCK_N"), "constexpr")}  # fmt: skip
+            constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"]}
+            aligned = ("Q", "K", "V", "DO", "LSE", "DELTA", *outputs, "WORK", *strides, *out_strides)
+            labels = {"op": f"attention {kernel}", "dtype": t, "head_dim": head_dim, "BLOCK_M": config["BLOCK_M"],
+                      "BLOCK_N": config["BLOCK_N"]}  # fmt: skip
+            found.append(Launch(module, f"_attention_{kernel}_kernel", signature, constexprs, aligned,
+                                config["num_warps"], config["num_stages"], labels))  # fmt: skip
+        if arch in RMSNORM_ARCHS:
+            strides = ("stride_ot", "stride_oh", "stride_dot", "stride_doh")
+            signature = {"O": f"*{t}", "DO": f"*{t}", "DELTA": "*fp32", "rows": "i32", "heads": "i32",
+                         **dict.fromkeys(strides, "i32"), "HEAD_DIM": "constexpr", "ROWS": "constexpr"}  # fmt: skip
+            labels = {"op": "attention delta", "dtype": t, "head_dim": head_dim}
+            found.append(Launch(module, "_attention_delta_kernel", signature,
+                                {"HEAD_DIM": head_dim, "ROWS": delta_rows(head_dim)}, ("O", "DO", "DELTA", *strides),
+                                4, 1, labels))  # fmt: skip
+    return found
 
 
 RMSNORM_WIDTHS = (1024, 2560, 4096)  # the 0.6B, 4B and 8B hidden sizes
@@ -172,9 +215,10 @@ RMSNORM_ARCHS = (80, 90)
 
 
 def rmsnorm_launches(arch: int) -> list[Launch]:
-    """Every compiled form the RMSNorm wrappers launch for the Qwen3 widths and head dims, in every dtype, on sm_80
-    and sm_90 only: the launch settings do not depend on the architecture, and with no tensor cores and at most 4 KB
-    of shared memory and 90 of 255 registers (benchmarks/results/kernels-aot.md) no architecture is near a limit."""
+    """Every compiled form the RMSNorm wrappers launch (forward and backward) for the Qwen3 widths and head dims, in
+    every dtype, on sm_80 and sm_90 only: the launch settings do not depend on the architecture, and with no tensor
+    cores and at most 4 KB of shared memory and 90 of 255 registers (forward: benchmarks/results/kernels-aot.md) no
+    architecture is near a limit."""
     import triton
 
     from .rmsnorm import _row_settings
@@ -192,6 +236,12 @@ def rmsnorm_launches(arch: int) -> list[Launch]:
             labels = {"op": "rms_norm", "dtype": t, "BLOCK": block}
             found.append(Launch(module, "_rms_norm_kernel", signature, {"ROWS": rows, "BLOCK": block}, aligned,
                                 warps, 3, labels))  # fmt: skip
+            signature = {"DY": f"*{t}", "X": f"*{t}", "W": f"*{t}", "DX": f"*{t}", "DW": "*fp32", "rows": "i32",
+                         "n": "i32", "stride_dy": "i32", "stride_x": "i32", "stride_dx": "i32", "eps": "fp32",
+                         "ROWS": "constexpr", "BLOCK": "constexpr"}  # fmt: skip
+            aligned = ("DY", "X", "W", "DX", "DW", "n", "stride_dy", "stride_x", "stride_dx")
+            found.append(Launch(module, "_rms_norm_backward_kernel", signature, {"ROWS": rows, "BLOCK": block},
+                                aligned, warps, 3, {**labels, "op": "rms_norm backward"}))  # fmt: skip
         for head_dim in RMSNORM_HEAD_DIMS:
             half = triton.next_power_of_2(head_dim // 2)
             rows, warps = _row_settings(half)
@@ -204,6 +254,15 @@ def rmsnorm_launches(arch: int) -> list[Launch]:
             labels = {"op": "q/k norm + rope", "dtype": t, "head_dim": head_dim}
             found.append(Launch(module, "_qk_norm_rope_kernel", signature, {"ROWS": rows, "HALF": half}, aligned,
                                 warps, 3, labels))  # fmt: skip
+            pointers = ("Q", "K", "QW", "KW", "DQO", "DKO", "DQ", "DK")
+            integers = ("tokens", "q_heads", "k_heads", "n", "q_programs", "stride_qt", "stride_qh", "stride_kt",
+                        "stride_kh", "stride_rope")  # fmt: skip
+            signature = {**dict.fromkeys(pointers, f"*{t}"), "DQW": "*fp32", "DKW": "*fp32", "COS": f"*{t}",
+                         "SIN": f"*{t}", **dict.fromkeys(integers, "i32"), "eps": "fp32", "ROWS": "constexpr",
+                         "HALF": "constexpr"}  # fmt: skip
+            aligned = (*pointers, "DQW", "DKW", "COS", "SIN", "n", *integers[5:])
+            found.append(Launch(module, "_qk_norm_rope_backward_kernel", signature, {"ROWS": rows, "HALF": half},
+                                aligned, warps, 3, {**labels, "op": "q/k norm + rope backward"}))  # fmt: skip
     return found
 
 

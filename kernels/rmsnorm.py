@@ -95,6 +95,98 @@ def _qk_norm_rope_kernel(
                         stride_rope, eps, ROWS, HALF)  # fmt: skip
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Backward: each program walks row blocks `program, program + programs, ...`, recomputes rstd from x, and writes
+# dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * w and xhat = x * rstd (the casts of the forward taken as
+# identities), and its float32 part of the weight's gradient, sum(dy * xhat) over its rows (one row of a
+# [programs, n] buffer that the wrapper sums). Through RoPE, dy is first rotated back by the token's angles.
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _rms_norm_backward_kernel(
+    DY, X, W, DX,  # [rows, n] gradient of the output, input, [n] weight, [rows, n] gradient of the input
+    DW,  # [programs, n] float32: each program's part of the weight's gradient
+    rows, n, stride_dy, stride_x, stride_dx, eps,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    dtype = DX.dtype.element_ty
+    program, programs = tl.program_id(0), tl.num_programs(0)
+    col = tl.arange(0, BLOCK)[None, :]
+    w = tl.load(W + col, mask=col < n, other=0.0).to(tl.float32)
+    dw = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+    for block in range(program, tl.cdiv(rows, ROWS), programs):
+        row = (block * ROWS + tl.arange(0, ROWS)[:, None]).to(tl.int64)
+        mask = (row < rows) & (col < n)
+        x = tl.load(X + row * stride_x + col, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row * stride_dy + col, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n + eps)[:, None]
+        xhat = x * rstd
+        g = dy * w
+        dx = rstd * (g - xhat * (tl.sum(g * xhat, axis=1) / n)[:, None])
+        tl.store(DX + row * stride_dx + col, dx.to(dtype), mask=mask)
+        dw += dy * xhat.to(dtype).to(tl.float32)  # the forward's rounding of x * rstd
+    tl.store(DW + program * n + col, tl.sum(dw, axis=0)[None, :], mask=col < n)
+
+
+@triton.jit
+def _norm_rope_backward_rows(X, W, DO, DX, DW, COS, SIN, program, programs, rows, heads, n, stride_xt, stride_xh,
+                             stride_rope, eps, ROWS: tl.constexpr, HALF: tl.constexpr):  # fmt: skip
+    """The gradients of x and of the weight through norm then rotate, for the head rows of x (as `_norm_rope_rows`)
+    in blocks program, program + programs, ...; do and dx are contiguous [rows, n]."""
+    dtype = DX.dtype.element_ty
+    col = tl.arange(0, HALF)[None, :]
+    half = n // 2
+    w1 = tl.load(W + col, mask=col < half, other=0.0).to(tl.float32)
+    w2 = tl.load(W + half + col, mask=col < half, other=0.0).to(tl.float32)
+    dw1 = tl.zeros([ROWS, HALF], dtype=tl.float32)
+    dw2 = tl.zeros([ROWS, HALF], dtype=tl.float32)
+    for block in range(program, tl.cdiv(rows, ROWS), programs):
+        row = (block * ROWS + tl.arange(0, ROWS)[:, None]).to(tl.int64)
+        mask = (row < rows) & (col < half)
+        token = row // heads
+        x_row = X + token * stride_xt + (row - token * heads) * stride_xh
+        x1 = tl.load(x_row + col, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(x_row + half + col, mask=mask, other=0.0).to(tl.float32)
+        do1 = tl.load(DO + row * n + col, mask=mask, other=0.0).to(tl.float32)
+        do2 = tl.load(DO + row * n + half + col, mask=mask, other=0.0).to(tl.float32)
+        cos = tl.load(COS + token * stride_rope + col, mask=mask, other=0.0).to(tl.float32)
+        sin = tl.load(SIN + token * stride_rope + col, mask=mask, other=0.0).to(tl.float32)
+        dy1 = do1 * cos + do2 * sin  # the rotation's transpose
+        dy2 = do2 * cos - do1 * sin
+        rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / n + eps)[:, None]
+        xhat1, xhat2 = x1 * rstd, x2 * rstd
+        g1, g2 = dy1 * w1, dy2 * w2
+        dot = ((tl.sum(g1 * xhat1, axis=1) + tl.sum(g2 * xhat2, axis=1)) / n)[:, None]
+        tl.store(DX + row * n + col, (rstd * (g1 - xhat1 * dot)).to(dtype), mask=mask)
+        tl.store(DX + row * n + half + col, (rstd * (g2 - xhat2 * dot)).to(dtype), mask=mask)
+        dw1 += dy1 * xhat1.to(dtype).to(tl.float32)
+        dw2 += dy2 * xhat2.to(dtype).to(tl.float32)
+    tl.store(DW + program * n + col, tl.sum(dw1, axis=0)[None, :], mask=col < half)
+    tl.store(DW + program * n + half + col, tl.sum(dw2, axis=0)[None, :], mask=col < half)
+
+
+@triton.jit(do_not_specialize=["tokens", "q_programs"])
+def _qk_norm_rope_backward_kernel(
+    Q, K, QW, KW,  # the forward's inputs
+    DQO, DKO,  # contiguous gradients of its outputs
+    DQ, DK,  # contiguous gradients of q and k
+    DQW, DKW,  # [q_programs, n] and [programs - q_programs, n] float32 parts of the weights' gradients
+    COS, SIN,
+    tokens, q_heads, k_heads, n, q_programs,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_rope,
+    eps,
+    ROWS: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    program, programs = tl.program_id(0), tl.num_programs(0)
+    if program < q_programs:
+        _norm_rope_backward_rows(Q, QW, DQO, DQ, DQW, COS, SIN, program, q_programs, tokens * q_heads, q_heads, n,
+                                 stride_qt, stride_qh, stride_rope, eps, ROWS, HALF)  # fmt: skip
+    else:
+        _norm_rope_backward_rows(K, KW, DKO, DK, DKW, COS, SIN, program - q_programs, programs - q_programs,
+                                 tokens * k_heads, k_heads, n, stride_kt, stride_kh, stride_rope, eps, ROWS,
+                                 HALF)  # fmt: skip
+
+
 def _rows(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
     """t as a [rows, n] view with unit column stride, or a clear error."""
     if t.shape[-1] != n:
@@ -160,6 +252,81 @@ def _qk_norm_rope_op(
                 ROWS=per_program, HALF=half, num_warps=warps,
             )  # fmt: skip
     return q_out, k_out
+
+
+PARTIALS = 256  # most programs of a backward launch: rows of its weight-gradient buffer
+
+
+def _programs(rows: int, per_program: int) -> int:
+    return max(1, min(PARTIALS, triton.cdiv(rows, per_program)))
+
+
+@torch.library.triton_op("qwen3_embed::rms_norm_backward", mutates_args=())
+def _rms_norm_backward_op(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n = x.shape[-1]
+    x2, grad2 = x.view(-1, n), grad.view(-1, n)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    rows = x2.shape[0]
+    block = triton.next_power_of_2(n)
+    per_program, warps = _row_settings(block)
+    programs = _programs(rows, per_program)
+    dw = torch.empty(programs, n, dtype=torch.float32, device=x.device)
+    with on_device(x):
+        torch.library.wrap_triton(_rms_norm_backward_kernel)[(programs,)](
+            grad2, x2, weight, dx, dw, rows, n, grad2.stride(0), x2.stride(0), n, float(eps),
+            ROWS=per_program, BLOCK=block, num_warps=warps,
+        )  # fmt: skip
+    return dx, dw.sum(0).to(weight.dtype)
+
+
+@torch.library.triton_op("qwen3_embed::qk_norm_rope_backward", mutates_args=())
+def _qk_norm_rope_backward_op(
+    q_grad: torch.Tensor, k_grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor,
+    k_weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    t, hq, d = q.shape
+    hk = k.shape[1]
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    half = triton.next_power_of_2(d // 2)
+    per_program, warps = _row_settings(half)
+    q_programs, k_programs = _programs(t * hq, per_program), _programs(t * hk, per_program)
+    dqw = torch.empty(q_programs, d, dtype=torch.float32, device=q.device)
+    dkw = torch.empty(k_programs, d, dtype=torch.float32, device=q.device)
+    with on_device(q):
+        torch.library.wrap_triton(_qk_norm_rope_backward_kernel)[(q_programs + k_programs,)](
+            q, k, q_weight, k_weight, q_grad, k_grad, dq, dk, dqw, dkw, cos, sin, t, hq, hk, d, q_programs,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), float(eps),
+            ROWS=per_program, HALF=half, num_warps=warps,
+        )  # fmt: skip
+    return dq, dk, dqw.sum(0).to(q_weight.dtype), dkw.sum(0).to(k_weight.dtype)
+
+
+def _save_inputs(ctx, inputs: tuple, output) -> None:
+    ctx.save_for_backward(*(x for x in inputs if isinstance(x, torch.Tensor)))
+    ctx.eps = next(x for x in inputs if isinstance(x, float))
+
+
+def _rms_norm_backward(ctx, grad: torch.Tensor) -> tuple:
+    x, weight = ctx.saved_tensors
+    dx, dw = torch.ops.qwen3_embed.rms_norm_backward(grad.contiguous(), x, weight, ctx.eps)
+    return dx, dw, None
+
+
+def _qk_norm_rope_backward(ctx, q_grad: torch.Tensor, k_grad: torch.Tensor) -> tuple:
+    if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
+        raise NotImplementedError("qk_norm_rope has no gradient for cos and sin (RoPE tables are constants)")
+    q, k, q_weight, k_weight, cos, sin = ctx.saved_tensors
+    dq, dk, dqw, dkw = torch.ops.qwen3_embed.qk_norm_rope_backward(
+        q_grad.contiguous(), k_grad.contiguous(), q, k, q_weight, k_weight, ctx.eps, cos, sin
+    )
+    return dq, dk, dqw, dkw, None, None, None
+
+
+torch.library.register_autograd("qwen3_embed::rms_norm", _rms_norm_backward, setup_context=_save_inputs)
+torch.library.register_autograd("qwen3_embed::qk_norm_rope", _qk_norm_rope_backward, setup_context=_save_inputs)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

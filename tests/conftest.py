@@ -62,10 +62,16 @@ def any_shape(request, build_checkpoint):
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Every output a kernel wrapper allocates with torch.empty_like starts as NaN, so an element left unwritten
-    shows."""
-    empty_like = torch.empty_like
+    """Every output a kernel wrapper allocates with torch.empty_like, and every floating one with torch.empty (the
+    backward's weight-gradient parts, the log-sum-exp), starts as NaN, so an element left unwritten shows."""
+    empty_like, empty = torch.empty_like, torch.empty
+
+    def poisoned_empty(*args, **kwargs) -> torch.Tensor:
+        t = empty(*args, **kwargs)
+        return t.fill_(math.nan) if t.is_floating_point() else t
+
     monkeypatch.setattr(torch, "empty_like", lambda t, *a, **k: empty_like(t, *a, **k).fill_(math.nan))
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
 
 
 @pytest.fixture(autouse=True)

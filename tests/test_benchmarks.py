@@ -33,8 +33,8 @@ def run_gpu_check(*args: str, returncode: int = 0) -> subprocess.CompletedProces
 def test_gpu_check_plan_fits_its_budget_with_the_measured_compiles(tmp_path):
     plan = json.loads(run_gpu_check(str(tmp_path), "--plan").stdout)
     sections = {s["section"]: s for s in plan["sections"]}
-    assert list(sections) == ["kernel checks", "attention", "rmsnorm", "end to end 0.6B", "end to end 8B",
-                              "end to end 0.6B, CUDA graphs"]  # fmt: skip
+    assert list(sections) == ["kernel checks", "attention", "attention backward", "rmsnorm", "end to end 0.6B",
+                              "end to end 8B", "end to end 0.6B, CUDA graphs"]  # fmt: skip
     assert sections["end to end 8B"]["layers"] == 8
     assert sections["end to end 8B"]["systems"] == ["qwen3-embed", "sentence-transformers"]
     assert sections["end to end 0.6B, CUDA graphs"]["systems"] == ["qwen3-embed, CUDA graphs"]  # last: may spoil it
@@ -77,7 +77,8 @@ def test_sections_past_the_budget_are_skipped_with_a_note(tmp_path):
     out = tmp_path / "out"
     run_gpu_check(str(out), "--smoke", "--budget-s", "0.5", "--checkpoints", str(tmp_path / "checkpoints"))
     results = json.loads((out / "gpu-smoke.json").read_text())
-    assert list(results["skipped"]) == ["kernel checks", "attention", "rmsnorm", "end to end 0.6B", "end to end 8B"]
+    assert list(results["skipped"]) == ["kernel checks", "attention", "attention backward", "rmsnorm",
+                                        "end to end 0.6B", "end to end 8B"]  # fmt: skip
     assert all("budget (--budget-s)" in why for why in results["skipped"].values())
     assert "Skipped to stay within the budget" in (out / "gpu-smoke.md").read_text()
 
@@ -93,8 +94,11 @@ def test_gpu_check_smoke(tmp_path):
     results = json.loads((out / "gpu-smoke.json").read_text())
     assert "failures" not in results
     sections = results["sections"]
-    assert list(results["finished_at_s"]) == ["environment", "kernel checks", "attention", "rmsnorm",
-                                              "matmul peak GFLOP/s", "end to end", "autotune", "targets"]  # fmt: skip
+    assert list(results["finished_at_s"]) == ["environment", "kernel checks", "attention", "attention backward",
+                                              "rmsnorm", "matmul peak GFLOP/s", "end to end", "autotune",
+                                              "targets"]  # fmt: skip
+    assert all(r["tflops"]["kernel"] > 0 and max(r["max_abs_diff_vs_per_sequence_sdpa"].values()) < 2e-2
+               for r in sections["attention backward"]["runs"])  # fmt: skip
     assert sections["kernel checks"] and all(c["ok"] for c in sections["kernel checks"])
     names = {c["check"] for c in sections["kernel checks"]}
     assert {f"opcheck qwen3_embed.{op}.default" for op in ("rms_norm", "qk_norm_rope", "varlen_attention")} <= names

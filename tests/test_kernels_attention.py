@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from gradients import assert_grads_close, grads
 
 from qwen3_embed import ops
 from qwen3_embed.kernels import attention
@@ -284,3 +285,136 @@ def test_the_gpu_call_chain_reaches_the_launch_for_the_kernel_and_every_variant(
     done = subprocess.run([sys.executable, "-c", GPU_CALL_CHAIN], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-1] == str(1 + len(experimental.variants((9, 0), 128, torch.bfloat16)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward: the gradients through the forward that saves the log-sum-exp (`varlen_attention_lse`, registered with
+# torch.library.register_autograd), against float64 autograd of `attention64` (`gradients.assert_grads_close` states
+# the tolerance: twice the same-dtype SDPA autograd error plus a floor relative to the largest gradient).
+
+
+def check_backward(lengths, hq, hkv, d, dtype):
+    q, k, v, cu = pack(lengths, hq, hkv, d, dtype)
+    do = pack(lengths, hq, hq, d, dtype, seed=1)[0]
+    scale = d**-0.5
+    assert_grads_close(
+        grads(lambda q, k, v: varlen_attention(q, k, v, cu, scale), [q, k, v], [do]),
+        grads(lambda q, k, v: ops.varlen_attention(q, k, v, cu.tolist(), scale), [q, k, v], [do]),
+        grads(lambda q, k, v: attention64(q, k, v, cu, scale), [q, k, v], [do], torch.float64),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "group", [pytest.param(g, marks=[] if g in (1, 3, 8) else [pytest.mark.slow]) for g in range(1, 9)]
+)
+def test_backward_gqa_groups(poisoned, dtype, group):
+    """dQ, dK, dV for GQA groups 1-8 (1, 3 and 8 without `-m slow`), with sequences over several key blocks."""
+    check_backward([1, 7, 33, 130], hq=2 * group, hkv=2, d=64, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "lengths",
+    [[1], [1, 1, 1], [3, 0, 5], pytest.param([65], marks=pytest.mark.slow),
+     pytest.param([17, 1, 63, 129, 2, 31, 64, 5, 9, 40], marks=pytest.mark.slow)],
+    ids=["one-token", "ones", "empty-sequence", "block+1", "many"],
+)  # fmt: skip
+def test_backward_sequence_lengths(poisoned, dtype, lengths):
+    check_backward(lengths, hq=4, hkv=2, d=64, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "d", [16, pytest.param(128, marks=pytest.mark.slow), pytest.param(256, marks=pytest.mark.slow)]
+)
+def test_backward_other_head_dims(poisoned, d):
+    check_backward([5, 40], hq=2, hkv=1, d=d, dtype=DTYPE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_every_backward_config(poisoned, d):
+    """Each head dim's backward settings (the GPUs' own) at group 3: tiles of BLOCK_M // 3 tokens that start off a
+    key block."""
+    check_backward([1, 7, 150], hq=3, hkv=1, d=d, dtype=DTYPE)
+
+
+def test_backward_of_an_empty_pack():
+    q, k, v, cu = pack([], 4, 2, 64, DTYPE)
+    dq, dk, dv = grads(lambda q, k, v: varlen_attention(q, k, v, cu, 0.125), [q, k, v], [q])
+    assert dq.shape == (0, 4, 64) and dk.shape == dv.shape == (0, 2, 64)
+
+
+def test_only_a_forward_that_needs_a_gradient_saves_the_log_sum_exp(monkeypatch):
+    """Inference launches the kernel without the log-sum-exp output (its cost unchanged); with a gradient to take,
+    the forward writes it: log2-sum-exp of the scaled scores of each (token, head), checked against float64."""
+    seen = []
+    launch = attention.launch
+    monkeypatch.setattr(attention, "launch", lambda *a, **k: seen.append(k.get("lse")) or launch(*a, **k))
+    q, k, v, cu = pack([3, 20], 4, 2, 64, DTYPE)
+    with torch.no_grad():
+        varlen_attention(q.requires_grad_(), k, v, cu, 0.125)
+    varlen_attention(q.detach(), k, v, cu, 0.125)
+    assert seen == [None, None]
+    out = varlen_attention(q, k, v, cu, 0.125)
+    lse = seen[-1]
+    assert out.requires_grad and lse is not None and lse.shape == (23, 4) and lse.dtype == torch.float32
+    scores = torch.einsum("thd,shd->hts", q.double(), k.double().repeat_interleave(2, 1)) * 0.125
+    mask = torch.ones(23, 23, dtype=torch.bool).tril()
+    mask[3:, :3] = mask[:3, 3:] = False
+    exact = scores.masked_fill(~mask, -math.inf).logsumexp(-1).T / math.log(2)
+    torch.testing.assert_close(lse.double(), exact, rtol=0, atol=1e-5 if DTYPE == torch.float32 else 2e-3)
+
+
+def test_the_backward_custom_ops():
+    """The training forward's autograd registration and the backward op's schema, as opcheck sees them."""
+    q, k, v, cu = pack([5, 40, 1], 4, 2, 64, DTYPE)
+    work = attention.work_for(q, k, cu, None)
+    args = (q.requires_grad_(), k, v, cu, work, 0.125)
+    checks = torch.library.opcheck(torch.ops.qwen3_embed.varlen_attention_lse.default, args,
+                                   test_utils=("test_schema", "test_autograd_registration"))  # fmt: skip
+    assert set(checks.values()) == {"SUCCESS"}
+    out, lse = torch.ops.qwen3_embed.varlen_attention_lse(*args)
+    args = (torch.randn_like(out), q.detach(), k, v, out.detach(), lse, cu, 0.125)
+    checks = torch.library.opcheck(torch.ops.qwen3_embed.varlen_attention_backward.default, args,
+                                   test_utils=("test_schema",))  # fmt: skip
+    assert set(checks.values()) == {"SUCCESS"}
+
+
+def test_the_key_table_covers_every_key_block_once_most_queries_first():
+    lengths = [5, 0, 64, 65, 1, 200, 31]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    table = attention.key_table(cu, sum(lengths), 32)
+    used = table[table[:, 2] > 0].tolist()
+    expected = sorted(
+        (cu[b].item(), first, min(first + 32, n), n) for b, n in enumerate(lengths) for first in range(0, n, 32)
+    )
+    assert sorted(map(tuple, used)) == expected
+    queries = (table[:, 3] - table[:, 1]).tolist()
+    assert queries == sorted(queries, reverse=True) and not table[len(used) :].any()
+
+
+def test_a_kernel_model_has_the_reference_models_gradients():
+    """Autograd through a whole (tiny, random) model on the kernel path, every weight's gradient against the reference
+    path's: the three backward kernels in place, in float32 (the training path a GPU runs in 16-bit)."""
+    import copy
+    from dataclasses import replace
+
+    from qwen3_embed import Qwen3Config
+    from qwen3_embed.backends import kernels
+    from qwen3_embed.model import Qwen3Model
+
+    config = replace(Qwen3Config.preset("0.6B"), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=100)  # fmt: skip
+    reference = Qwen3Model(config)
+    for p in reference.parameters():  # norm weights away from 1, so their gradients are seen through
+        torch.nn.init.normal_(p, 1.0 if p.dim() == 1 else 0.0, 0.3 if p.dim() == 1 else 0.1)
+    fast = kernels.use_kernels(copy.deepcopy(reference))
+    lengths = [1, 9, 30]
+    ids = torch.randint(0, 100, (sum(lengths),), generator=torch.Generator().manual_seed(0))
+    cu = torch.tensor([0, 1, 10, 40], dtype=torch.int32)
+    positions = torch.cat([torch.arange(n) for n in lengths])
+    for model in (reference, fast):
+        (model(ids, cu, positions) * torch.linspace(-1, 1, 64)).sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gradients import assert_grads_close, grads
 
 from qwen3_embed.kernels import rmsnorm
 from qwen3_embed.model import RMSNorm, apply_rotary
@@ -145,3 +146,74 @@ def test_bad_inputs_are_refused():
         rmsnorm.qk_norm_rope(x, q, w, w, 1e-6, cos, sin)
     with pytest.raises(ValueError, match="k must have contiguous heads"):
         rmsnorm.qk_norm_rope(q, torch.zeros(64, 1, 4, device=DEVICE).permute(2, 1, 0), w, w, 1e-6, cos, sin)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward: the gradients through torch.library.register_autograd on the ops, against float64 autograd of the
+# PyTorch references (`gradients.assert_grads_close` states the tolerance).
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 7), (5, 33), (19, 1000), (2, 3, 96), (0, 64)])
+def test_rms_norm_backward(poisoned, monkeypatch, dtype, shape):
+    """dx and dweight; 3 programs at most, so each walks several row blocks, as a big batch does on a GPU."""
+    monkeypatch.setattr(rmsnorm, "PARTIALS", 3)
+    x, w = inputs(shape, dtype)
+    dy = inputs(shape, dtype, seed=7)[0]
+    eps = 1e-6
+    kernel = grads(lambda x, w: rmsnorm.rms_norm(x, w, eps), [x, w], [dy])
+    same_dtype = grads(lambda x, w: rms_norm_reference(x, w, eps), [x, w], [dy])
+    exact = grads(lambda x, w: rms_norm_reference(x, w, eps), [x, w], [dy], torch.float64)
+    assert_grads_close(kernel, same_dtype, exact)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens, q_heads, k_heads, d", [(1, 1, 1, 128), (7, 6, 3, 128), (21, 5, 1, 64), (3, 2, 2, 16)])
+def test_qk_norm_rope_backward(poisoned, dtype, tokens, q_heads, k_heads, d):
+    """dq, dk and both weights' gradients, through RoPE and the norm, from q and k read out of one stacked qkv."""
+    qkv, w = inputs((tokens, (q_heads + 2 * k_heads) * d), dtype, seed=5)
+    cos, sin = rope_tables(tokens, d, dtype)
+    dq, dk = inputs((tokens, q_heads, d), dtype, seed=8)[0], inputs((tokens, k_heads, d), dtype, seed=9)[0]
+
+    def split(qkv, w):
+        q, k, _ = qkv.split([q_heads * d, k_heads * d, k_heads * d], dim=-1)
+        return q.view(tokens, q_heads, d), k.view(tokens, k_heads, d), w[:d], w[d : 2 * d]
+
+    def kernel(qkv, w):
+        q, k, qw, kw = split(qkv, w)
+        return rmsnorm.qk_norm_rope(q, k, qw, kw, 1e-6, cos, sin)
+
+    def reference(qkv, w):
+        q, k, qw, kw = split(qkv, w)
+        return qk_norm_rope_reference(q, k, qw, kw, 1e-6, cos.to(qkv.dtype), sin.to(qkv.dtype))
+
+    assert_grads_close(
+        grads(kernel, [qkv, w], [dq, dk]),
+        grads(reference, [qkv, w], [dq, dk]),
+        grads(reference, [qkv, w], [dq, dk], torch.float64),
+    )
+
+
+def test_qk_norm_rope_has_no_gradient_for_the_rope_tables():
+    q, w = inputs((3, 2, 16), torch.float32)
+    cos, sin = rope_tables(3, 16, torch.float32)
+    out_q, _ = rmsnorm.qk_norm_rope(q, q, w, w, 1e-6, cos.requires_grad_(), sin)
+    with pytest.raises(NotImplementedError, match="no gradient for cos and sin"):
+        out_q.sum().backward()
+
+
+def test_the_backward_ops():
+    """The backward custom ops pass opcheck's schema check, and the forward ops' autograd registration holds with
+    inputs that require grad."""
+    x, w = inputs((5, 64), torch.float32)
+    q, k = x.view(5, 2, 32), x.view(5, 2, 32) * 2
+    cos, sin = rope_tables(5, 32, torch.float32)
+    cases = [
+        (torch.ops.qwen3_embed.rms_norm_backward.default, (x, x, w, 1e-6), ("test_schema",)),
+        (torch.ops.qwen3_embed.qk_norm_rope_backward.default, (q, k, q, k, w[:32], w[32:], 1e-6, cos, sin),
+         ("test_schema",)),
+        (torch.ops.qwen3_embed.rms_norm.default, (x.requires_grad_(), w.requires_grad_(), 1e-6),
+         ("test_schema", "test_autograd_registration")),
+    ]  # fmt: skip
+    for op, args, utils in cases:
+        assert set(torch.library.opcheck(op, args, test_utils=utils).values()) == {"SUCCESS"}
