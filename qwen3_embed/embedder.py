@@ -140,13 +140,15 @@ class Embedder(Pipeline):
         warn: bool = True,
         first: int = 0,
         cut: Cut | None = None,
+        left: bool = False,
     ) -> list[list[int]]:
         """The token ids `encode` runs for each text: prompt applied, one final EOS, cut to max_length (see
-        `Tokenizer.encode` for `warn`, `first` and `cut`)."""
+        `Tokenizer.encode` for `warn`, `first`, `cut` and `left`, which cuts the start, the prompt's tokens first)."""
         texts = list(texts)
         check_texts(texts, first)
         texts = self._apply_prompt(texts, instruction, prompt_name)
-        return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn, first=first, cut=cut)
+        return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn, first=first, cut=cut,
+                                     left=left)  # fmt: skip
 
     def check_dim(self, dim: int | None) -> int:
         """The output dimensions: an integer in 1..hidden, default hidden."""

@@ -186,7 +186,7 @@ def test_embed_bad_input(client, body, status, kind):
         ("/embed", dict(method="POST", content=b'{"inputs": "\xff\xfe"}'), 400, "tei"),  # not UTF-8
         ("/embed", dict(method="POST", content=b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), 400, "tei"),
         ("/embed", dict(method="POST", content=b'{"inputs": ["ok", "\\ud800"]}'), 422, "tei"),  # a lone surrogate
-        ("/v2/rerank", dict(method="POST", json={"query": "q", "documents": ["d"], "max_tokens_per_doc": 9}), 400,
+        ("/v2/rerank", dict(method="POST", json={"query": "q", "documents": ["d"], "max_chunks_per_doc": 9}), 400,
          "openai"),
     ],
 )  # fmt: skip
