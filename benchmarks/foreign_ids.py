@@ -16,24 +16,18 @@ package holds a copy, checked here against tiktoken's sha256) or `--cl100k FILE`
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
 import json
-import os
 import random
-import tempfile
 import time
 import unicodedata
-from importlib import util
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from clients import cl100k_from_a_copy
 from common import RESULTS, ROOT, SHARED_TOKENIZER, machine
 from qwen3_embed.server.token_ids import FOREIGN_SHARE, RoundTrip
 
-CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
-CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 WINDOWS = (7, 16, 64, 256)  # fixed window sizes, as a client cuts a long text's ids
 BATCH = 16  # texts per request in the detection's requests
 LENGTHS = [(4, "1-4"), (8, "5-8"), (16, "9-16"), (32, "17-32"), (64, "33-64"), (float("inf"), "over 64")]
@@ -100,27 +94,13 @@ def inside_a_character(trip: RoundTrip, ids: list[int]) -> bool:
 
 
 def cl100k(path: str | None):
-    """tiktoken's cl100k_base Encoding from tiktoken's cache or download, else from `path` or bpe-openai's copy
-    (checked against tiktoken's sha256); None when none can be had."""
+    """tiktoken's cl100k_base Encoding: from `path` or bpe-openai's copy (clients.cl100k_from_a_copy), else from
+    tiktoken's cache or download; None when none can be had."""
     import tiktoken
 
-    candidates = {path: path} if path else {}
-    spec = util.find_spec("bpe_openai")
-    if spec is not None and spec.origin is not None:
-        candidates[str(Path(spec.origin).parent / "data" / "cl100k_base.tiktoken.gz")] = "bpe-openai's copy"
-    for candidate, name in candidates.items():
-        if not Path(candidate).exists():
-            continue
-        data = Path(candidate).read_bytes()
-        data = gzip.decompress(data) if candidate.endswith(".gz") else data
-        if hashlib.sha256(data).hexdigest() != CL100K_SHA256:
-            raise SystemExit(f"{candidate} is not OpenAI's cl100k_base.tiktoken (its sha256 differs)")
-        cache = Path(tempfile.mkdtemp(prefix="tiktoken-"))
-        (cache / hashlib.sha1(CL100K_URL.encode()).hexdigest()).write_bytes(data)
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-        return tiktoken.get_encoding("cl100k_base"), f"{name}, sha256 checked"
+    source = cl100k_from_a_copy(path)
     try:
-        return tiktoken.get_encoding("cl100k_base"), "tiktoken"
+        return tiktoken.get_encoding("cl100k_base"), f"{source}, sha256 checked" if source else "tiktoken"
     except Exception:
         return None, "not available (no network; pip install bpe-openai, or --cl100k FILE)"
 

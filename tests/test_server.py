@@ -220,6 +220,7 @@ def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status,
                          "truncation_direction": "left", "prompt_name": None}}),  # TEI
         ("/tokenize", {"inputs": ["a"], "add_special_tokens": False, "prompt_name": "query"}),  # TEI
         ("/decode", {"ids": [1, 2], "skip_special_tokens": False}),  # TEI
+        ("/", {"inputs": ["a"], "options": {"wait_for_model": True, "use_cache": True}}),  # HF Inference API clients
         ("/v1/rerank", {"model": "m", "query": "q", "documents": [{"text": "a"}], "top_n": 1,
                         "return_documents": True, "rank_fields": None, "max_chunks_per_doc": None}),  # Cohere v1
         ("/v1/rerank", {"model": "jina-reranker-v2", "query": "q", "documents": ["a"], "top_n": 1,

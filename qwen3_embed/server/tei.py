@@ -21,6 +21,14 @@ Direction = Literal["Right", "Left", "right", "left"]
 Ids = FailFastList[StrictInt]
 
 
+class InferenceOptions(Strict):
+    """The Hugging Face Inference API's request options, which some of its clients send to TEI's POST / (LangChain's
+    HuggingFaceInferenceAPIEmbeddings): accepted and ignored, the served model being loaded and never cached."""
+
+    wait_for_model: StrictBool | None = None
+    use_cache: StrictBool | None = None
+
+
 class EmbedRequest(Body):
     inputs_field = "inputs"
     inputs: str | FailFastList[str]
@@ -29,6 +37,7 @@ class EmbedRequest(Body):
     truncation_direction: Direction = "Right"
     prompt_name: str | None = None
     dimensions: StrictInt | None = None
+    options: InferenceOptions | None = None  # ignored
 
 
 class RerankRequest(Body):
