@@ -18,7 +18,7 @@ from typing import Annotated, ClassVar, TypeVar
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from .limits import ApiError, Limits
 
@@ -28,6 +28,7 @@ NAME_CHARS = 64  # of a field name quoted in an error
 T = TypeVar("T")
 # A list checked element by element up to its first bad one.
 FailFastList = Annotated[list[T], Field(fail_fast=True)]
+Ids = FailFastList[StrictInt]  # a list of token ids
 
 
 class Strict(BaseModel):

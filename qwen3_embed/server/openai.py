@@ -11,11 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import StrictBool, StrictInt
 
-from .body import Body, BodyRoute, FailFastList
+from .body import Body, BodyRoute, FailFastList, Ids
 from .limits import ApiError
 
 router = APIRouter(route_class=BodyRoute)
-Ids = FailFastList[StrictInt]
 
 
 class EmbeddingRequest(Body):

@@ -11,14 +11,13 @@ from fastapi.responses import JSONResponse
 from pydantic import StrictBool, StrictInt
 
 from .. import __version__
-from .body import Body, BodyRoute, FailFastList, Strict
+from .body import Body, BodyRoute, FailFastList, Ids, Strict
 from .limits import ApiError
 from .service import TOKENIZATION_WORKERS
 
 router = APIRouter(route_class=BodyRoute)
 # Which end truncation cuts: "Right" its end, "Left" its start (TEI spells them so; huggingface_hub in lower case).
 Direction = Literal["Right", "Left", "right", "left"]
-Ids = FailFastList[StrictInt]
 
 
 class InferenceOptions(Strict):
