@@ -156,14 +156,16 @@ class Embedder(Pipeline):
         first: int = 0,
         cut: Cut | None = None,
         prompt: str | None = None,
+        left: bool = False,
     ) -> list[list[int]]:
         """The token ids `encode` runs for each text: prompt applied, one final EOS, cut to max_length (see
-        `Tokenizer.encode` for `warn`, `first` and `cut`)."""
+        `Tokenizer.encode` for `warn`, `first`, `cut` and `left`, which cuts the start, the prompt's tokens first)."""
         texts = list(texts)
         check_texts(texts, first)
         prefix = self.prefix(instruction, prompt_name, prompt)
         texts = [prefix + t for t in texts] if prefix else texts
-        return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn, first=first, cut=cut)
+        return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn, first=first, cut=cut,
+                                     left=left)  # fmt: skip
 
     def check_dim(self, dim: int | None) -> int:
         """The output dimensions: an integer in 1..hidden, default hidden."""

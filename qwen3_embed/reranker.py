@@ -176,8 +176,11 @@ class Reranker(Pipeline):
         warn: bool = True,
         *,
         name: str = "max_length",
+        left: bool = False,
+        document_tokens: int | None = None,
     ) -> list[list[int]]:
-        """The ids `tokenize` gives for the pairs of `query` with each document, with the query tokenized once.
+        """The ids `tokenize` gives for the pairs of `query` with each document, with the query tokenized once;
+        `left` cuts a document's start instead of its end, `document_tokens` cuts each document to that many tokens.
 
         Each pair's text is cut after '<Document>:', before the space that leads the document; Qwen's tokenizer
         (NFC, then a split before every space-led run) never joins tokens across that cut, so the ids are exactly
@@ -194,7 +197,10 @@ class Reranker(Pipeline):
                 f"{name} of at least {len(head) + len(self.suffix) + 1}"
             )
         documents = [" " + d for d in documents]
-        return self.tokenizer.encode(documents, max_length, truncate, prefix=head, suffix=self.suffix, warn=warn)
+        if document_tokens is not None:
+            max_length, truncate = min(max_length, len(head) + len(self.suffix) + document_tokens), True
+        return self.tokenizer.encode(documents, max_length, truncate, prefix=head, suffix=self.suffix, warn=warn,
+                                     left=left)  # fmt: skip
 
     def head(self, last: torch.Tensor) -> torch.Tensor:
         """l_yes - l_no from the final-normed last-token states [B, hidden]: [B] float32."""

@@ -57,6 +57,7 @@ class Tokenizer:
         warn: bool = True,
         first: int = 0,
         cut: Cut | None = None,
+        left: bool = False,
     ) -> list[list[int]]:
         """`prefix + tokens of the text + suffix` for each text, at most `max_length` tokens.
 
@@ -88,7 +89,10 @@ class Tokenizer:
             )
         lengths = [(first + i, len(ids[i]) + len(prefix) + len(suffix)) for i in too_long]
         for i in too_long:
-            del ids[i][room:]
+            if left:
+                del ids[i][: len(ids[i]) - room]
+            else:
+                del ids[i][room:]
         for i, seq in enumerate(ids):
             self._check_rows(seq, f"text {first + i}")
         warn_here = cut is None and warn
@@ -133,6 +137,11 @@ class Tokenizer:
         if normalizer is not None and not isinstance(normalizer, normalizers.NFC):
             return None
         return max_length * self.longest_token * (1 if normalizer is None else NFC_FOLD)
+
+    @property
+    def backend(self) -> _HFTokenizer:
+        """The `tokenizers` Tokenizer underneath (for the server's /tokenize, /decode and token-id checks)."""
+        return self._tokenizer
 
     def token_id(self, token: str) -> int:
         """The id of a token of the vocabulary, or a clear error."""

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoints import TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
+from checkpoints import CORPUS, SHARED_TOKENIZER, TINY_SHAPES, make_reranker_checkpoint, texts_of_lengths
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -27,6 +27,8 @@ from qwen3_embed.cli import main  # noqa: E402
 from qwen3_embed.reranker import Reranker  # noqa: E402
 from qwen3_embed.server import BatchingWorker, ConnectionLimits, Limits, create_app, served_name  # noqa: E402
 from qwen3_embed.server.connections import Server  # noqa: E402
+from qwen3_embed.server.token_ids import RoundTrip  # noqa: E402
+from qwen3_embed.tokenize import Tokenizer  # noqa: E402
 
 QUERY = "What is the capital of China?"
 MAX_INPUT = 512
@@ -186,7 +188,7 @@ def test_embed_bad_input(client, body, status, kind):
         ("/embed", dict(method="POST", content=b'{"inputs": "\xff\xfe"}'), 400, "tei"),  # not UTF-8
         ("/embed", dict(method="POST", content=b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), 400, "tei"),
         ("/embed", dict(method="POST", content=b'{"inputs": ["ok", "\\ud800"]}'), 422, "tei"),  # a lone surrogate
-        ("/v2/rerank", dict(method="POST", json={"query": "q", "documents": ["d"], "max_tokens_per_doc": 9}), 400,
+        ("/v2/rerank", dict(method="POST", json={"query": "q", "documents": ["d"], "max_chunks_per_doc": 9}), 400,
          "openai"),
     ],
 )  # fmt: skip
@@ -213,7 +215,12 @@ def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status,
         ("/v1/embeddings", {"input": ["a"], "model": "jina-embeddings-v3", "task": "retrieval.query",
                             "dimensions": 8, "normalized": True, "truncate": True, "embedding_type": "float",
                             "late_chunking": False}),  # Jina
-        ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "top_n": 1, "max_tokens_per_doc": None}),
+        ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "top_n": 1, "max_tokens_per_doc": 4}),
+        ("/similarity", {"inputs": {"source_sentence": "q", "sentences": ["a"]}, "parameters": {"truncate": True,
+                         "truncation_direction": "left", "prompt_name": None}}),  # TEI
+        ("/tokenize", {"inputs": ["a"], "add_special_tokens": False, "prompt_name": "query"}),  # TEI
+        ("/decode", {"ids": [1, 2], "skip_special_tokens": False}),  # TEI
+        ("/", {"inputs": ["a"], "options": {"wait_for_model": True, "use_cache": True}}),  # HF Inference API clients
         ("/v1/rerank", {"model": "m", "query": "q", "documents": [{"text": "a"}], "top_n": 1,
                         "return_documents": True, "rank_fields": None, "max_chunks_per_doc": None}),  # Cohere v1
         ("/v1/rerank", {"model": "jina-reranker-v2", "query": "q", "documents": ["a"], "top_n": 1,
@@ -298,6 +305,7 @@ def test_rerank_bad_input(client):
     assert client.post("/rerank", json={"query": QUERY, "texts": ["x"] * 40}).status_code == 413
     too_long = client.post("/rerank", json={"query": "gravity " * 1000, "texts": ["x"], "truncate": True})
     assert too_long.status_code == 413 and "leaving no room for a document" in too_long.json()["error"]
+    assert f"within the server's --max-input-length={MAX_INPUT}: shorten the query" in too_long.json()["error"]
 
 
 def test_cohere_client_reranks(url, reranker):
@@ -618,7 +626,7 @@ def test_serve_checks_the_limits_against_the_models_before_they_load(tiny, monke
             main([*arguments, *option])
 
 
-def test_serve_command(tiny, tmp_path):
+def test_serve_command(tiny, embedder, tmp_path):
     """The CLI: settings checked before the model loads, the API key from the environment, the folder's name
     served, and SIGTERM ending the process."""
     folder = tmp_path / "my-embedder"
@@ -646,8 +654,8 @@ def test_serve_command(tiny, tmp_path):
     command = [sys.executable, "-m", "qwen3_embed.cli", "serve", "--model", str(folder), "--port", str(port)]
 
     env = os.environ | {"QWEN3_EMBED_API_KEY": "s3cret"}
-    process = subprocess.Popen([*command, "--max-connections", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=env)  # fmt: skip
+    flags = ["--max-connections", "4", "--openai-max-client-batch-size", "3", "--accept-foreign-token-ids"]
+    process = subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     base, key = f"http://127.0.0.1:{port}", {"Authorization": "Bearer s3cret"}
     try:
         deadline = time.monotonic() + 60
@@ -664,6 +672,11 @@ def test_serve_command(tiny, tmp_path):
         assert httpx.get(f"{base}/info", headers=key).json()["model_id"] == "my-embedder"
         response = httpx.post(f"{base}/embed", json={"inputs": "hello"}, headers=key)
         assert response.status_code == 200 and len(response.json()[0]) == tiny[1].config.hidden_size
+        four = httpx.post(f"{base}/v1/embeddings", json={"input": ["a"] * 4}, headers=key).json()["error"]["message"]
+        assert four == "input holds 4 inputs, more than openai_max_client_batch_size=3"
+        foreign = [foreign_ids(embedder.tokenizer, CORPUS[0])]  # refused without the flag
+        assert RoundTrip(embedder.tokenizer.backend).foreign(foreign) == [0]
+        assert httpx.post(f"{base}/v1/embeddings", json={"input": foreign}, headers=key).status_code == 200
         flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]  # 26 over --max-connections
         with httpx.Client(headers=key) as client:
             assert client.get(f"{base}/health").status_code == 200
@@ -677,3 +690,142 @@ def test_serve_command(tiny, tmp_path):
     assert log.count("over max_connections") == 1 and "Traceback" not in log, log  # one line for the burst
     for sock in flood:
         sock.close()
+
+
+def test_tei_similarity_tokenize_and_decode(client, embedder):
+    """TEI's /similarity (cosines to the source sentence), /tokenize (ids, the text of each token by its character
+    offsets, and the EOS the model pools as a special token) and /decode, in TEI's shapes."""
+    documents = ["The capital of China is Beijing.", "Gravity is a force.", "中文 🙂"]
+    similarity = client.post("/similarity", json={"inputs": {"source_sentence": QUERY, "sentences": documents}})
+    expected = embedder.encode(documents) @ embedder.encode(QUERY)
+    np.testing.assert_allclose(similarity.json(), expected.numpy(), atol=1e-5)
+    misspelt = client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": ["b"]},
+                                                "parameters": {"truncat": True}})  # fmt: skip
+    assert misspelt.status_code == 422
+    said = misspelt.json()["error"]
+    assert said.startswith("unknown field 'parameters.truncat' (did you mean 'parameters.truncate'?)")
+
+    text = "héllo <|im_start|> 中文 🙂 42"
+    [tokens] = client.post("/tokenize", json={"inputs": text}).json()
+    assert [t["id"] for t in tokens] == embedder.tokenizer.ids(text) + [embedder.tokenizer.eos_id]
+    assert tokens[-1] == {"id": embedder.tokenizer.eos_id, "text": "<|endoftext|>", "special": True, "start": None,
+                          "stop": None}  # fmt: skip
+    assert all(t["text"] == text[t["start"] : t["stop"]] and not t["special"] for t in tokens[:-1])
+    assert "".join(dict((t["start"], t["text"]) for t in tokens[:-1]).values()) == text
+    plain = client.post("/tokenize", json={"inputs": [text, "a"], "add_special_tokens": False}).json()
+    assert [[t["id"] for t in ts] for ts in plain] == [embedder.tokenizer.ids(text), embedder.tokenizer.ids("a")]
+
+    ids = [t["id"] for t in tokens]
+    assert client.post("/decode", json={"ids": ids}).json() == [text.replace("<|im_start|>", "")]  # specials skipped
+    both = client.post("/decode", json={"ids": [ids, ids[:1]], "skip_special_tokens": False}).json()
+    assert both == [text + "<|endoftext|>", "h"]
+    outside = client.post("/decode", json={"ids": [[1, 10**6]]})
+    assert outside.status_code == 422 and "ids[0] holds the token id 1000000" in outside.json()["error"]
+
+
+def test_post_root_routes_by_the_models_kind(client, embedder, reranker):
+    """TEI's POST /: /embed's body (or /similarity's) on a server with an embedder, /rerank's on a reranker-only
+    one."""
+    vectors = client.post("/", json={"inputs": "one text"}).json()
+    np.testing.assert_allclose(vectors, embedder.encode(["one text"]).numpy(), atol=1e-5)
+    similarity = client.post("/", json={"inputs": {"source_sentence": QUERY, "sentences": ["x"]}, "parameters": {}})
+    np.testing.assert_allclose(similarity.json(), embedder.encode(["x"]) @ embedder.encode(QUERY), atol=1e-5)
+    misspelt = client.post("/", json={"inputs": "x", "normalise": True}).json()["error"]
+    assert misspelt.startswith("unknown field 'normalise' (did you mean 'normalize'?)")
+    assert client.get("/").status_code == 405 and client.post("/embed/", json={"inputs": "x"}).status_code == 404
+    with Served(create_app(None, reranker)) as base:
+        ranked = httpx.post(f"{base}/", json={"query": QUERY, "texts": ["a", "b"]}).json()
+    scores = reranker.score(QUERY, ["a", "b"])
+    assert {r["index"]: r["score"] for r in ranked} == pytest.approx(dict(enumerate(scores.tolist())), abs=1e-5)
+
+
+def test_truncation_direction_left_keeps_the_end(client, embedder, reranker):
+    """truncation_direction "Left" (or huggingface_hub's "left") cuts a text's start: the vector is that of its last
+    max_input_length - 1 tokens and the EOS; on /rerank a document's start, the query and prompt kept."""
+    text = "alpha beta " * 300 + "omega gamma " * 300
+    ids = embedder.tokenizer.ids(text)
+    kept = ids[len(ids) - (MAX_INPUT - 1) :] + [embedder.tokenizer.eos_id]
+    expected = torch.nn.functional.normalize(embedder.run([kept], lambda last: last.float()), dim=-1)
+    for direction in ("Left", "left"):
+        body = {"inputs": [text], "truncate": True, "truncation_direction": direction}
+        np.testing.assert_allclose(client.post("/embed", json=body).json(), expected.numpy(), atol=1e-5)
+    right = client.post("/embed", json={"inputs": [text], "truncate": True}).json()
+    assert not np.allclose(right, expected.numpy(), atol=1e-3)
+
+    pair = reranker.tokenize([(QUERY, text)], max_length=8192)[0]
+    head = len(pair) - len(reranker.suffix) - len(reranker.tokenizer.ids(" " + text))
+    cut = pair[:head] + pair[head + len(pair) - MAX_INPUT :]
+    score = torch.sigmoid(reranker.run([cut], reranker.head)).item()
+    body = {"query": QUERY, "texts": [text], "truncate": True, "truncation_direction": "Left"}
+    assert client.post("/rerank", json=body).json()[0]["score"] == pytest.approx(score, abs=1e-5)
+
+
+def foreign_ids(tokenizer, text: str) -> list[int]:
+    """The ids of `text` under a tokenizer of the same tokens in reverse order: ids of another tokenizer, as
+    OpenAI's tiktoken ids are to Qwen's."""
+    special = set(tokenizer.backend.get_added_tokens_decoder())
+    regular = [i for i in range(tokenizer.backend.get_vocab_size(with_added_tokens=True)) if i not in special]
+    other = dict(zip(regular, reversed(regular)))
+    return [other.get(i, i) for i in tokenizer.ids(text)]  # special tokens kept
+
+
+def test_foreign_token_ids_are_refused_unless_accepted(embedder):
+    """Token ids that change when decoded and tokenized again are refused (400) when a quarter of a request's lists
+    do; --accept-foreign-token-ids embeds them as they are. The model's own ids always pass (test_openai_token_ids)."""
+    texts = CORPUS[:4]
+    foreign = [foreign_ids(embedder.tokenizer, t) for t in texts]
+    own = [embedder.tokenizer.ids(t) for t in texts]
+    with Served(create_app(embedder)) as base:
+        refused = httpx.post(f"{base}/v1/embeddings", json={"input": foreign})
+        assert refused.status_code == 400
+        message = refused.json()["error"]["message"]
+        assert message.startswith("4 of the 4 token-id lists (first input[0]) change when decoded and tokenized")
+        assert "--accept-foreign-token-ids" in message and "check_embedding_ctx_length=False" in message
+        mixed = httpx.post(f"{base}/v1/embeddings", json={"input": [foreign[0], *own, *own]})
+        assert mixed.status_code == 200  # one list in nine: not a clear share
+        assert httpx.post(f"{base}/v1/embeddings", json={"input": foreign[1]}).status_code == 400
+    with Served(create_app(embedder, limits=Limits(accept_foreign_token_ids=True))) as base:
+        accepted = httpx.post(f"{base}/v1/embeddings", json={"input": foreign}).json()
+    eos = embedder.tokenizer.eos_id
+    expected = torch.nn.functional.normalize(embedder.run([[*f, eos] for f in foreign], lambda x: x.float()), dim=-1)
+    np.testing.assert_allclose([d["embedding"] for d in accepted["data"]], expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.skipif(
+    not (SHARED_TOKENIZER / "tokenizer.json").exists(), reason=f"no Qwen3 tokenizer at {SHARED_TOKENIZER}"
+)
+def test_the_real_tokenizers_ids_and_their_windows_survive_the_round_trip():
+    """Every window of real Qwen3 ids of varied texts comes back (windows cut inside a UTF-8 character, or
+    between "'" and "s", included); ids of the same texts under another order of the vocabulary mostly do not.
+    benchmarks/foreign_ids.py measures this on thousands of texts."""
+    tokenizer = Tokenizer(SHARED_TOKENIZER / "tokenizer.json", 151669)
+    trip = RoundTrip(tokenizer.backend)
+    texts = [
+        "`/rerank`'s query is tokenized once",
+        "中文分词测试，日本語のテキスト。한국어 텍스트",
+        "👩‍👩‍👧 🇫🇷 e\u0301 x²",
+        "def f(x):\n    return x ** 2  # 12345678901234567890",
+        "<|im_start|>user\nhi<|im_end|>  \t end",
+    ]
+    for text in texts:
+        ids = tokenizer.ids(text)
+        assert all(trip.survives(ids[a:b]) for a in range(len(ids)) for b in range(a + 1, len(ids) + 1)), text
+    foreign = [foreign_ids(tokenizer, t) for t in texts]
+    assert len(trip.foreign(foreign)) >= 4
+
+
+def test_each_api_family_has_its_own_batch_limit_and_models_route(client):
+    """TEI's 32 inputs on TEI's routes, OpenAI's 2,048 on /v1/embeddings; GET /v1/models/{model}, counted under its
+    template."""
+    assert client.post("/embed", json={"inputs": ["x"] * 33}).json()["error"] == (
+        "inputs holds 33 inputs, more than max_client_batch_size=32"
+    )
+    assert len(client.post("/v1/embeddings", json={"input": ["x"] * 1000}).json()["data"]) == 1000
+    too_many = client.post("/v1/embeddings", json={"input": ["x"] * 2049})
+    assert too_many.status_code == 413
+    assert too_many.json()["error"]["message"] == "input holds 2049 inputs, more than openai_max_client_batch_size=2048"
+    assert client.get("/v1/models/tiny-embedder").json()["id"] == "tiny-embedder"
+    missing = client.get("/v1/models/gpt-4")
+    assert missing.status_code == 404 and "the model 'gpt-4' is not served here" in missing.json()["error"]["message"]
+    routes = {dict(labels).get("route") for _, labels in scrape(str(client.base_url), client)}
+    assert "/v1/models/{model:path}" in routes and "/v1/models/gpt-4" not in routes

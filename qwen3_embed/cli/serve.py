@@ -12,6 +12,7 @@ LIMITS = (
     "max_input_length",
     "max_batch_tokens",
     "max_client_batch_size",
+    "openai_max_client_batch_size",
     "payload_limit",
     "max_concurrent_requests",
     "max_queue_tokens",
@@ -47,7 +48,15 @@ def add_limits(p: argparse.ArgumentParser) -> None:
     """The flags of server.Limits, one per field."""
     p.add_argument("--max-input-length", type=int, help="tokens per input (default 8192, at most the model's)")
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per request, and per queue drain")
-    p.add_argument("--max-client-batch-size", type=int, default=32, help="inputs per request")
+    p.add_argument(
+        "--max-client-batch-size",
+        type=int,
+        default=32,
+        help="inputs (texts, documents, sentences, id lists) per request on TEI's and Cohere's routes",
+    )
+    p.add_argument(
+        "--openai-max-client-batch-size", type=int, default=2048, help="inputs per request on /v1/embeddings"
+    )
     p.add_argument(
         "--payload-limit",
         type=int,
@@ -69,6 +78,12 @@ def add_limits(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long an idle worker waits to fill a batch")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (for comparison)")
+    p.add_argument(
+        "--accept-foreign-token-ids",
+        action="store_true",
+        help="embed token ids on /v1/embeddings as they are, even those that look like another tokenizer's (by "
+        "default a request is refused when a clear share of its id lists change when decoded and tokenized again)",
+    )
     p.add_argument(
         "--health-stall-s",
         type=float,
@@ -106,7 +121,8 @@ def run(args: argparse.Namespace) -> None:
         from .. import server
     except ImportError as e:
         raise SystemExit(f"the server needs its extra ({e}): pip install 'qwen3-embed-triton[server]'") from None
-    limits = server.Limits(**{name: getattr(args, name) for name in LIMITS}, batching=not args.no_batching)
+    limits = server.Limits(**{name: getattr(args, name) for name in LIMITS}, batching=not args.no_batching,
+                           accept_foreign_token_ids=args.accept_foreign_token_ids)  # fmt: skip
     connections = server.ConnectionLimits(**{name: getattr(args, name) for name in CONNECTIONS})
     server.serve(
         args.model,

@@ -13,11 +13,12 @@ import difflib
 import json
 import sys
 import typing
+from collections.abc import Callable
 from typing import Annotated, ClassVar, TypeVar
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from .limits import ApiError, Limits
 
@@ -27,15 +28,24 @@ NAME_CHARS = 64  # of a field name quoted in an error
 T = TypeVar("T")
 # A list checked element by element up to its first bad one.
 FailFastList = Annotated[list[T], Field(fail_fast=True)]
+Ids = FailFastList[StrictInt]  # a list of token ids
 
 
-class Body(BaseModel):
-    """A POST route's body: strictly typed; an unknown field is refused. `inputs_field` names the field that holds
-    the texts, documents or token ids; `token_ids`: whether it may hold token-id lists (OpenAI's)."""
+class Strict(BaseModel):
+    """An object of a body, typed strictly; an unknown field is refused (naming the closest known one)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class Body(Strict):
+    """A POST route's body. `inputs_field` names the field that holds the texts, documents or token ids (a dotted
+    path into an object: `inputs.sentences`), of at most the `batch_limit` field of the Limits; `token_ids`: whether
+    it may hold token-id lists, `ids_get_eos`: whether each gets the EOS (model inputs) or not (ids to decode)."""
+
     inputs_field: ClassVar[str]
+    batch_limit: ClassVar[str] = "max_client_batch_size"
     token_ids: ClassVar[bool] = False
+    ids_get_eos: ClassVar[bool] = True
 
 
 B = TypeVar("B", bound=Body)
@@ -57,14 +67,17 @@ class BodyRoute(APIRoute):
         return handler
 
 
-def parse(model: type[B], raw: bytes, limits: Limits, max_input_length: int) -> B:
-    """The body `raw` as `model`: JSON, then its fields' names, then its inputs' count and lengths (`check_inputs`),
-    then each field's type and value; the first failure is refused (ApiError)."""
+def parse(model: type[B] | Callable[[dict], type[B]], raw: bytes, limits: Limits, max_input_length: int) -> B:
+    """The body `raw` as `model` (or as the model that `model(data)` picks for its JSON object): JSON, then its
+    fields' names, then its inputs' count and lengths (`check_inputs`), then each field's type and value; the first
+    failure is refused (ApiError)."""
     data = load_json(raw)
     if not isinstance(data, dict):
         raise ApiError(422, f"the body is a JSON {type(data).__name__}; send an object of the route's fields")
+    if not isinstance(model, type):
+        model = model(data)
     check_fields(model, data)
-    check_inputs(model, data.get(model.inputs_field), limits, max_input_length)
+    check_inputs(model, inputs_of(model, data), limits, max_input_length)
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -88,33 +101,51 @@ def load_json(raw: bytes) -> object:
                        "field takes one that large") from None  # fmt: skip
 
 
-def check_fields(model: type[Body], data: dict) -> None:
-    """422 for a field the route does not know, naming the closest one it knows."""
+def check_fields(model: type[BaseModel], data: dict, within: str = "") -> None:
+    """422 for a field the route does not know, naming the closest one it knows; in the objects it holds too
+    (`within` is the path to the object checked)."""
     known = list(model.model_fields)
     unknown = [name for name in data if name not in model.model_fields]
-    if not unknown:
-        return
-    name = unknown[0]
-    close = difflib.get_close_matches(name, known, n=1) if len(name) <= NAME_CHARS else []
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-    raise ApiError(422, f"unknown field '{cut(name)}'{hint}{more}; this route takes {', '.join(known)}")
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, known, n=1) if len(name) <= NAME_CHARS else []
+        hint = f" (did you mean '{within}{close[0]}'?)" if close else ""
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+        owner = f"'{within[:-1]}'" if within else "this route"
+        raise ApiError(422, f"unknown field '{within}{cut(name)}'{hint}{more}; {owner} takes {', '.join(known)}")
+    for name, field in model.model_fields.items():
+        inner = next((t for t in (field.annotation, *typing.get_args(field.annotation)) if is_strict(t)), None)
+        if inner is not None and isinstance(data.get(name), dict):
+            check_fields(inner, data[name], f"{within}{name}.")
+
+
+def is_strict(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Strict)
+
+
+def inputs_of(model: type[Body], data: dict) -> object:
+    """The value at the model's `inputs_field` path, or None where the body has none."""
+    for name in model.inputs_field.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(name)
+    return data
 
 
 def check_inputs(model: type[Body], value: object, limits: Limits, max_input_length: int) -> None:
-    """The inputs' count, and for token ids each list's length and their tokens in all (with the EOS each gets),
-    checked before any element is: 400 when empty, 413 past max_client_batch_size, max_input_length or
-    max_batch_tokens. A value that is not a list is left to the model's validation."""
+    """The inputs' count, and for token ids each list's length and their tokens in all (with the EOS each gets,
+    where they get one), checked before any element is: 400 when empty, 413 past the model's batch limit
+    (max_client_batch_size, or openai_max_client_batch_size), max_input_length or max_batch_tokens. A value that is
+    not a list is left to the model's validation."""
     if not isinstance(value, list):
         return
-    field = model.inputs_field
+    field, most = model.inputs_field, getattr(limits, model.batch_limit)
     if model.token_ids and value and type(value[0]) is int:
         value = [value]  # one list of token ids
     elif not value:
         raise ApiError(400, f"{field} is empty", "Empty")
-    elif len(value) > limits.max_client_batch_size:
-        raise ApiError(413, f"{field} holds {len(value)} inputs, more than max_client_batch_size="
-                       f"{limits.max_client_batch_size}")  # fmt: skip
+    elif len(value) > most:
+        raise ApiError(413, f"{field} holds {len(value)} inputs, more than {model.batch_limit}={most}")
     if not model.token_ids:
         return
     tokens = 0
@@ -123,10 +154,10 @@ def check_inputs(model: type[Body], value: object, limits: Limits, max_input_len
             continue
         if not ids:
             raise ApiError(400, f"{field}[{i}] is an empty list of token ids", "Empty")
-        if len(ids) + 1 > max_input_length:
+        if model.ids_get_eos and len(ids) + 1 > max_input_length:
             raise ApiError(413, f"{field}[{i}] holds {len(ids)} token ids; with the EOS that is more than "
                            f"max_input_length={max_input_length}")  # fmt: skip
-        tokens += len(ids) + 1
+        tokens += len(ids) + model.ids_get_eos
     limits.check_request_tokens(tokens)
 
 

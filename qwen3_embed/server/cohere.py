@@ -26,8 +26,8 @@ class RerankRequest(Body):
     top_n: StrictInt | None = Field(None, ge=1)
     return_documents: StrictBool = False
     truncate: StrictBool = False  # this server's addition: cut documents that are over max_input_length
+    max_tokens_per_doc: StrictInt | None = Field(None, ge=1)  # each document cut to this many tokens (Cohere v2)
     # Cohere options this server does not implement: refused when given, rather than silently ignored.
-    max_tokens_per_doc: None = None
     max_chunks_per_doc: None = None
     rank_fields: None = None
 
@@ -37,7 +37,8 @@ class RerankRequest(Body):
 async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
     service = request.app.state.service
-    raw, tokens = await service.rerank(request, body.query, texts, field="documents", truncate=body.truncate)
+    raw, tokens = await service.rerank(request, body.query, texts, field="documents", truncate=body.truncate,
+                                       document_tokens=body.max_tokens_per_doc)  # fmt: skip
     scores = torch.sigmoid(raw).tolist()
     order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.top_n]
     document = (lambda i: {"document": {"text": texts[i]}}) if body.return_documents else (lambda i: {})

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .limits import ApiError, ClientGone, error_response, internal_error
@@ -32,7 +33,7 @@ class Guard:
     its methods (404, 405, and 400 for a body sent with a method other than POST), admission of POST requests (429
     past `max_concurrent_requests`, 503 while shutting down), the body read in full up to `payload_limit` before
     anything parses it (413), and a generic 500 with a logged id for any unexpected error. It counts every answer
-    by route and status. `routes`: each path's methods."""
+    by route and status. `routes`: each route's methods, by its path (or path template: `/v1/models/{model:path}`)."""
 
     app: ASGIApp
     service: Admission
@@ -40,6 +41,15 @@ class Guard:
     payload_limit: int
     api_key: str | None
     routes: dict[str, set[str]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.templates = [(compile_path(path)[0], path) for path in self.routes if "{" in path]
+
+    def route_of(self, path: str) -> str | None:
+        """The route that takes `path`: its own, or the template it fits; None when none does."""
+        if path in self.routes:
+            return path
+        return next((template for regex, template in self.templates if regex.match(path)), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,7 +66,7 @@ class Guard:
         try:
             await self._handle(scope, receive, send_, lambda: status != 499)
         finally:
-            self.metrics.requests.labels(path if path in self.routes else "other", str(status)).inc()
+            self.metrics.requests.labels(self.route_of(path) or "other", str(status)).inc()
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, started) -> None:
         path = scope["path"]
@@ -97,10 +107,11 @@ class Guard:
     def _route(self, scope: Scope) -> None:
         """404 for no such route, 405 for a method it does not take, 400 for a body on a method other than POST."""
         path, method = scope["path"], scope["method"]
-        if path not in self.routes:
+        route = self.route_of(path)
+        if route is None:
             raise ApiError(404, f"no route {path}; /docs lists them")
-        if method not in self.routes[path]:
-            allowed = ", ".join(sorted(self.routes[path]))
+        if method not in self.routes[route]:
+            allowed = ", ".join(sorted(self.routes[route]))
             raise ApiError(405, f"{method} is not allowed on {path}; use {allowed}", headers={"Allow": allowed})
         if method != "POST" and any(
             name == b"transfer-encoding" or (name == b"content-length" and int(value))

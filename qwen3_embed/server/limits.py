@@ -26,18 +26,20 @@ class Limits:
 
     max_input_length: int | None = None  # tokens per input (default 8192, at most the model's maximum)
     max_batch_tokens: int = 16384  # tokens per request, and per drain of the queue
-    max_client_batch_size: int = 32  # inputs per request
+    max_client_batch_size: int = 32  # inputs per request on TEI's and Cohere's routes (TEI's default)
+    openai_max_client_batch_size: int = 2048  # inputs per request on /v1/embeddings (OpenAI's limit)
     payload_limit: int = 2_000_000  # bytes per request body
     max_concurrent_requests: int = 512  # requests in flight (POST) before 429
     max_queue_tokens: int = 131072  # tokens waiting for a model before 429
     health_stall_s: float = 60.0  # with work pending and no progress for this long, /health answers 503
     max_wait_ms: float = 2.0  # how long an idle worker waits for more requests to batch
     batching: bool = True  # False: each request runs alone (for comparison)
+    accept_foreign_token_ids: bool = False  # True: embed token ids that look like another tokenizer's as they are
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("max_wait_ms", "batching") or value is None:
+            if f.name in ("max_wait_ms", "batching", "accept_foreign_token_ids") or value is None:
                 continue  # max_wait_ms may be 0 (checked below)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{f.name}={value} must be positive and finite")
@@ -119,10 +121,10 @@ def internal_error(path: str, error: BaseException) -> JSONResponse:
     return error_response(path, 500, f"internal error {error_id}; the server's log has the details", "Backend")
 
 
-def check_text(text: str, name: str, max_chars: int | None, truncate: bool) -> str:
+def check_text(text: str, name: str, max_chars: int | None, truncate: bool, left: bool = False) -> str:
     """A text checked before it is tokenized: valid Unicode (no lone surrogate), and at most `max_chars`
-    characters, the most that can fit in the token limit; a longer one is cut to that when `truncate`, else
-    refused with 413. `name` says which text it is in the errors."""
+    characters, the most that can fit in the token limit; a longer one is cut to that when `truncate` (its start
+    when `left`, else its end), else refused with 413. `name` says which text it is in the errors."""
     if not text.isascii():
         try:
             text.encode("utf-8")
@@ -133,7 +135,7 @@ def check_text(text: str, name: str, max_chars: int | None, truncate: bool) -> s
             ) from None  # fmt: skip
     if max_chars is not None and len(text) > max_chars:
         if truncate:
-            return text[:max_chars]
+            return text[-max_chars:] if left else text[:max_chars]
         raise ApiError(
             413, f"{name} has {len(text)} characters; at most {max_chars} can fit in this server's max_input_length "
             "(its tokens x the longest token); shorten it or ask for truncation",

@@ -1,4 +1,5 @@
-"""OpenAI's routes: POST /v1/embeddings (texts or token ids; Jina's fields too) and GET /v1/models."""
+"""OpenAI's routes: POST /v1/embeddings (texts or token ids; Jina's fields too), GET /v1/models and
+/v1/models/{model}."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import StrictBool, StrictInt
 
-from .body import Body, BodyRoute, FailFastList
+from .body import Body, BodyRoute, FailFastList, Ids
+from .limits import ApiError
 
 router = APIRouter(route_class=BodyRoute)
-Ids = FailFastList[StrictInt]
 
 
 class EmbeddingRequest(Body):
     """OpenAI's fields, and Jina's (which Jina's clients send to the same route)."""
 
-    inputs_field, token_ids = "input", True
+    inputs_field, token_ids, batch_limit = "input", True, "openai_max_client_batch_size"
     input: str | FailFastList[str] | Ids | FailFastList[Ids]  # texts, or token ids of the model's tokenizer
     model: str | None = None  # any name: the served model answers
     dimensions: StrictInt | None = None
@@ -49,10 +50,21 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
 
 @router.get("/v1/models", summary="The served models (OpenAI)")
 async def models(request: Request) -> JSONResponse:
-    started = request.app.state.service.started_at
-    data = [{"id": name, "object": "model", "created": started, "owned_by": "qwen3-embed"}
-            for name in request.app.state.served_names.values()]  # fmt: skip
+    data = [describe(request, name) for name in request.app.state.served_names.values()]
     return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/v1/models/{model:path}", summary="A served model (OpenAI)")
+async def model(model: str, request: Request) -> JSONResponse:
+    names = list(request.app.state.served_names.values())
+    if model not in names:
+        raise ApiError(404, f"the model '{model}' is not served here; this server serves {', '.join(names)}")
+    return JSONResponse(describe(request, model))
+
+
+def describe(request: Request, name: str) -> dict:
+    """OpenAI's model object for a served model."""
+    return {"id": name, "object": "model", "created": request.app.state.service.started_at, "owned_by": "qwen3-embed"}
 
 
 def encode_vector(vector: torch.Tensor, encoding_format: str) -> list[float] | str:

@@ -17,10 +17,11 @@ from starlette.requests import Request
 
 from ..embedder import Embedder
 from ..reranker import Reranker
-from ..tokenize import TextTooLong
+from ..tokenize import EOS, TextTooLong
 from .body import Body, parse
 from .limits import ApiError, ClientGone, Limits, check_text
 from .metrics import Metrics
+from .token_ids import FOREIGN_SHARE, RoundTrip
 from .worker import BatchingWorker, QueueFull, ShuttingDown, Stopped
 
 # Threads that tokenize requests: a 2 MB body takes ~150 MB while it is tokenized, so memory stays bounded by this.
@@ -53,6 +54,9 @@ class Service:
                     "prompt, even with an empty query; raise it"
                 ) from None
         self.max_chars = {name: p.tokenizer.max_chars(self.max_input_length) for name, p in self.models.items()}
+        self.tokenizer = next(iter(self.models.values())).tokenizer  # the embedder's, else the reranker's: the same
+        foreign = embedder is not None and not limits.accept_foreign_token_ids
+        self.round_trip = RoundTrip(embedder.tokenizer.backend) if foreign else None
         self.workers: dict[str, BatchingWorker] = {}
         self.in_flight = 0
         self.shutdown_deadline: float | None = None  # set when draining starts
@@ -123,9 +127,9 @@ class Service:
                         f"(health_stall_s={self.limits.health_stall_s:g})")  # fmt: skip
         return None
 
-    async def parse(self, request: Request, model: type[B]) -> B:
-        """The request's body as `model`, parsed and checked within the limits (body.parse): on the event loop when
-        it is small, else in the parsing thread, dropped if the client leaves first."""
+    async def parse(self, request: Request, model: type[B] | Callable[[dict], type[B]]) -> B:
+        """The request's body as `model` (or the model it picks, see body.parse), parsed and checked within the
+        limits: on the event loop when it is small, else in the parsing thread, dropped if the client leaves first."""
         raw = await request.body()
         work = lambda: parse(model, raw, self.limits, self.max_input_length)  # noqa: E731
         if len(raw) <= INLINE_BODY:
@@ -138,15 +142,18 @@ class Service:
         request: Request,
         inputs: Sequence[str] | Sequence[Sequence[int]],
         *,
-        field: str,
+        field: str | Callable[[int], str],
         truncate: bool = False,
+        left: bool = False,
         prompt_name: str | None = None,
         dimensions: int | None = None,
         normalize: bool = True,
     ) -> tuple[torch.Tensor, int]:
         """(vectors [n, dim], tokens) of texts, or of token id lists (OpenAI's), in order; their count and the
-        lists' lengths already checked (body.check_inputs). `field` names the inputs in errors."""
+        lists' lengths already checked (body.check_inputs). `field` names the inputs in errors (`field[i]`), or
+        gives the i-th input's name; `left`: truncation cuts a text's start."""
         embedder = self._model("embed")
+        name = field if callable(field) else lambda i: f"{field}[{i}]"
         try:
             dim = embedder.check_dim(dimensions)
         except ValueError as e:
@@ -156,31 +163,87 @@ class Service:
                 cap = self.max_chars["embed"]
 
                 def tokenize() -> list[list[int]]:
-                    texts = [check_text(t, f"{field}[{i}]", cap, truncate) for i, t in enumerate(inputs)]
-                    return embedder.tokenize(texts, None, prompt_name, self.max_input_length, truncate, warn=False)
+                    texts = [check_text(t, name(i), cap, truncate, left) for i, t in enumerate(inputs)]
+                    return embedder.tokenize(texts, None, prompt_name, self.max_input_length, truncate, warn=False,
+                                             left=left)  # fmt: skip
 
                 ids = await self._tokenize(tokenize, gone)
             else:
-                ids = self._check_ids(inputs, field, embedder)
+                ids = await self._tokenize(lambda: self._check_ids(inputs, name, embedder), gone)
             finish = lambda rows: embedder.finish(rows[:, :dim], normalize)  # noqa: E731
             return await self._queue("embed", ids, finish, gone), sum(map(len, ids))
 
     async def rerank(
-        self, request: Request, query: str, documents: Sequence[str], *, field: str, truncate: bool = False
+        self,
+        request: Request,
+        query: str,
+        documents: Sequence[str],
+        *,
+        field: str,
+        truncate: bool = False,
+        left: bool = False,
+        document_tokens: int | None = None,
     ) -> tuple[torch.Tensor, int]:
         """(raw scores l_yes - l_no [n], tokens) of the documents for the query, in order; their count already
-        checked (body.check_inputs). `field` names the documents in errors."""
+        checked (body.check_inputs). `field` names the documents in errors; `left`: truncation cuts a document's
+        start; `document_tokens`: each document is cut to that many tokens (Cohere's max_tokens_per_doc)."""
         reranker = self._model("rerank")
         cap = self.max_chars["rerank"]
+        truncate = truncate or document_tokens is not None
 
         def tokenize() -> list[list[int]]:
             checked = check_text(query, "the query", cap, False)
-            texts = [check_text(d, f"{field}[{i}]", cap, truncate) for i, d in enumerate(documents)]
-            return reranker.tokenize_query(checked, texts, None, self.max_input_length, truncate, warn=False)
+            texts = [check_text(d, f"{field}[{i}]", cap, truncate, left) for i, d in enumerate(documents)]
+            return reranker.tokenize_query(
+                checked, texts, None, self.max_input_length, truncate, warn=False, name="the server's "
+                "--max-input-length", left=left, document_tokens=document_tokens,
+            )  # fmt: skip
 
         async with watch(request) as gone:
             ids = await self._tokenize(tokenize, gone)
             return await self._queue("rerank", ids, lambda rows: rows, gone), sum(map(len, ids))
+
+    async def similarity(
+        self, request: Request, source: str, sentences: Sequence[str], **options
+    ) -> tuple[list[float], int]:
+        """(cosine similarity of each sentence to the source, tokens), TEI's /similarity; `options` are embed's."""
+        name = lambda i: f"inputs.sentences[{i - 1}]" if i else "inputs.source_sentence"  # noqa: E731
+        vectors, tokens = await self.embed(request, [source, *sentences], field=name, **options)
+        return (vectors[1:] @ vectors[0]).tolist(), tokens
+
+    async def tokenize(
+        self, request: Request, texts: Sequence[str], *, special: bool, prompt_name: str | None
+    ) -> list[list[dict]]:
+        """TEI's /tokenize: each text's tokens (`{id, text, special, start, stop}`, character offsets into the text
+        with its prompt), and with `special` the EOS the embedding model pools; within max_batch_tokens."""
+        cap = self.tokenizer.max_chars(self.limits.max_batch_tokens)
+
+        def tokenize() -> list[list[dict]]:
+            checked = [check_text(t, f"inputs[{i}]", cap, False) for i, t in enumerate(texts)]
+            if prompt_name is not None or "embed" in self.models:  # the checkpoint's default prompt too, as /embed
+                prefix = self._model("embed").prefix(None, prompt_name, None)
+                checked = [prefix + t for t in checked]
+            eos = {"id": self.tokenizer.eos_id, "text": EOS, "special": True, "start": None, "stop": None}
+            encodings = self.tokenizer.backend.encode_batch(checked, add_special_tokens=False)
+            return [[{"id": i, "text": text[a:b], "special": False, "start": a, "stop": b}
+                     for i, (a, b) in zip(e.ids, e.offsets)] + [eos] * special
+                    for text, e in zip(checked, encodings)]  # fmt: skip
+
+        async with watch(request) as gone:
+            return await self._tokenize(tokenize, gone)
+
+    async def decode(self, request: Request, lists: Sequence[Sequence[int]], *, skip_special: bool) -> list[str]:
+        """TEI's /decode: the text of each token-id list (their count and lengths already checked)."""
+        backend = self.tokenizer.backend
+        size = backend.get_vocab_size(with_added_tokens=True)
+        for i, ids in enumerate(lists):
+            bad = next((t for t in ids if not 0 <= t < size), None)
+            if bad is not None:
+                raise ApiError(422, f"ids[{i}] holds the token id {bad}, outside the tokenizer's 0..{size - 1}",
+                               "Tokenizer")  # fmt: skip
+        async with watch(request) as gone:
+            work = lambda: backend.decode_batch([list(ids) for ids in lists], skip_special_tokens=skip_special)  # noqa: E731
+            return await self._in_thread(self.tokenizing, work, gone)
 
     def _model(self, name: str):
         if name not in self.models:
@@ -188,18 +251,32 @@ class Service:
             raise ApiError(424, f"this server has no {name} model: start it with {option}", "Backend")
         return self.models[name]
 
-    def _check_ids(self, inputs: Sequence[Sequence[int]], field: str, embedder: Embedder) -> list[list[int]]:
-        """Token id lists checked against the embedding table, each with the EOS appended as a text gets it."""
+    def _check_ids(
+        self, inputs: Sequence[Sequence[int]], name: Callable[[int], str], embedder: Embedder
+    ) -> list[list[int]]:
+        """Token id lists checked against the embedding table and, unless accept_foreign_token_ids, refused (400)
+        when a clear share of them look like another tokenizer's (token_ids.RoundTrip); each with the EOS appended
+        as a text gets it."""
         rows = embedder.config.vocab_size
         for i, seq in enumerate(inputs):
             bad = next((t for t in seq if not 0 <= t < rows), None)
             if bad is not None:
-                raise ApiError(422, f"{field}[{i}] holds the token id {bad}, outside the model's 0..{rows - 1}",
+                raise ApiError(422, f"{name(i)} holds the token id {bad}, outside the model's 0..{rows - 1}",
                                "Tokenizer")  # fmt: skip
+        foreign = self.round_trip.foreign(inputs) if self.round_trip is not None else []
+        if foreign and len(foreign) >= FOREIGN_SHARE * len(inputs):
+            raise ApiError(
+                400, f"{len(foreign)} of the {len(inputs)} token-id lists (first {name(foreign[0])}) change when "
+                "decoded and tokenized again with this model's tokenizer: they look like another tokenizer's ids, "
+                "such as OpenAI's tiktoken ids that LangChain's OpenAIEmbeddings sends by default. Send texts instead "
+                "(LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False), or tiktoken_enabled=False with "
+                "the model's hub id as model), or start the server with --accept-foreign-token-ids to embed these ids "
+                "as they are",
+            )  # fmt: skip
         return [[*seq, embedder.tokenizer.eos_id] for seq in inputs]
 
-    async def _tokenize(self, tokenize: Callable[[], list[list[int]]], gone: asyncio.Task) -> list[list[int]]:
-        """Token ids from the tokenization threads, within max_batch_tokens; 413 for an input over
+    async def _tokenize(self, tokenize: Callable[[], list[list[T]]], gone: asyncio.Task) -> list[list[T]]:
+        """Token ids (or tokens) from the tokenization threads, within max_batch_tokens; 413 for an input over
         max_input_length, 422 for any other input the tokenizer refuses."""
         try:
             ids = await self._in_thread(self.tokenizing, tokenize, gone)

@@ -1,4 +1,5 @@
-"""text-embeddings-inference's routes: /embed, /rerank, /health, /info."""
+"""text-embeddings-inference's routes: /embed, /rerank, /similarity, /tokenize, /decode, POST / (by the model's
+kind), /health, /info."""
 
 from __future__ import annotations
 
@@ -10,11 +11,21 @@ from fastapi.responses import JSONResponse
 from pydantic import StrictBool, StrictInt
 
 from .. import __version__
-from .body import Body, BodyRoute, FailFastList
+from .body import Body, BodyRoute, FailFastList, Ids, Strict
 from .limits import ApiError
 from .service import TOKENIZATION_WORKERS
 
 router = APIRouter(route_class=BodyRoute)
+# Which end truncation cuts: "Right" its end, "Left" its start (TEI spells them so; huggingface_hub in lower case).
+Direction = Literal["Right", "Left", "right", "left"]
+
+
+class InferenceOptions(Strict):
+    """The Hugging Face Inference API's request options, which some of its clients send to TEI's POST / (LangChain's
+    HuggingFaceInferenceAPIEmbeddings): accepted and ignored, the served model being loaded and never cached."""
+
+    wait_for_model: StrictBool | None = None
+    use_cache: StrictBool | None = None
 
 
 class EmbedRequest(Body):
@@ -22,9 +33,10 @@ class EmbedRequest(Body):
     inputs: str | FailFastList[str]
     normalize: StrictBool = True
     truncate: StrictBool = False
-    truncation_direction: Literal["Right"] = "Right"  # the end of a text is cut; TEI's "Left" is not implemented
+    truncation_direction: Direction = "Right"
     prompt_name: str | None = None
     dimensions: StrictInt | None = None
+    options: InferenceOptions | None = None  # ignored
 
 
 class RerankRequest(Body):
@@ -34,15 +46,45 @@ class RerankRequest(Body):
     raw_scores: StrictBool = False
     return_text: StrictBool = False
     truncate: StrictBool = False
-    truncation_direction: Literal["Right"] = "Right"
+    truncation_direction: Direction = "Right"
+
+
+class SimilarityInput(Strict):
+    source_sentence: str
+    sentences: FailFastList[str]
+
+
+class SimilarityParameters(Strict):
+    truncate: StrictBool = False
+    truncation_direction: Direction = "Right"
+    prompt_name: str | None = None
+
+
+class SimilarityRequest(Body):
+    inputs_field = "inputs.sentences"
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
+
+
+class TokenizeRequest(Body):
+    inputs_field = "inputs"
+    inputs: str | FailFastList[str]
+    add_special_tokens: StrictBool = True
+    prompt_name: str | None = None
+
+
+class DecodeRequest(Body):
+    inputs_field, token_ids, ids_get_eos = "ids", True, False
+    ids: Ids | FailFastList[Ids]
+    skip_special_tokens: StrictBool = True
 
 
 @router.post("/embed", summary="Embed texts (TEI)")
 async def embed(body: EmbedRequest, request: Request) -> JSONResponse:
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     vectors, _ = await request.app.state.service.embed(
-        request, texts, field="inputs", truncate=body.truncate, prompt_name=body.prompt_name,
-        dimensions=body.dimensions, normalize=body.normalize,
+        request, texts, field="inputs", truncate=body.truncate, left=left(body.truncation_direction),
+        prompt_name=body.prompt_name, dimensions=body.dimensions, normalize=body.normalize,
     )  # fmt: skip
     return JSONResponse(vectors.tolist())
 
@@ -50,11 +92,60 @@ async def embed(body: EmbedRequest, request: Request) -> JSONResponse:
 @router.post("/rerank", summary="Rerank texts for a query (TEI)")
 async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
     service = request.app.state.service
-    raw, _ = await service.rerank(request, body.query, body.texts, field="texts", truncate=body.truncate)
+    raw, _ = await service.rerank(request, body.query, body.texts, field="texts", truncate=body.truncate,
+                                  left=left(body.truncation_direction))  # fmt: skip
     scores = (raw if body.raw_scores else torch.sigmoid(raw)).tolist()
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     text = (lambda i: {"text": body.texts[i]}) if body.return_text else (lambda i: {})
     return JSONResponse([{"index": i, "score": scores[i], **text(i)} for i in order])
+
+
+@router.post("/similarity", summary="Cosine similarity of sentences to a source sentence (TEI)")
+async def similarity(body: SimilarityRequest, request: Request) -> JSONResponse:
+    options = body.parameters or SimilarityParameters()
+    scores, _ = await request.app.state.service.similarity(
+        request, body.inputs.source_sentence, body.inputs.sentences, truncate=options.truncate,
+        left=left(options.truncation_direction), prompt_name=options.prompt_name,
+    )  # fmt: skip
+    return JSONResponse(scores)
+
+
+@router.post("/tokenize", summary="The tokens of texts, with their character offsets (TEI)")
+async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    tokens = await request.app.state.service.tokenize(
+        request, texts, special=body.add_special_tokens, prompt_name=body.prompt_name
+    )
+    return JSONResponse(tokens)
+
+
+@router.post("/decode", summary="The text of token ids (TEI)")
+async def decode(body: DecodeRequest, request: Request) -> JSONResponse:
+    lists = [body.ids] if body.ids and isinstance(body.ids[0], int) else body.ids
+    texts = await request.app.state.service.decode(request, lists, skip_special=body.skip_special_tokens)
+    return JSONResponse(texts)
+
+
+@router.post(
+    "/",
+    summary="TEI's route by the model's kind: /embed's (or /similarity's, for a body of its shape) on a server with "
+    "an embedding model, else /rerank's",
+)
+async def root(request: Request) -> JSONResponse:
+    service = request.app.state.service
+    if "embed" not in service.models:
+        return await rerank(await service.parse(request, RerankRequest), request)
+    body = await service.parse(request, embed_or_similarity)
+    return await (similarity(body, request) if isinstance(body, SimilarityRequest) else embed(body, request))
+
+
+def embed_or_similarity(data: dict) -> type[EmbedRequest] | type[SimilarityRequest]:
+    """/similarity's body has an object of inputs (huggingface_hub's sentence_similarity sends it to POST /)."""
+    return SimilarityRequest if isinstance(data.get("inputs"), dict) else EmbedRequest
+
+
+def left(direction: str) -> bool:
+    return direction.lower() == "left"
 
 
 @router.get("/health", summary="200 while the server can answer, else 503 saying why")
@@ -86,6 +177,7 @@ async def info(request: Request) -> JSONResponse:
             "max_batch_tokens": limits.max_batch_tokens,
             "max_batch_requests": None,
             "max_client_batch_size": limits.max_client_batch_size,
+            "openai_max_client_batch_size": limits.openai_max_client_batch_size,
             "auto_truncate": False,
             "tokenization_workers": TOKENIZATION_WORKERS,
             "version": __version__,
