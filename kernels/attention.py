@@ -314,7 +314,7 @@ AMPERE_CONFIGS = {  # also Ada and consumer Blackwell (sm_120): their 99 KB of s
 # are 32 rows): "dkdv" is BLOCK_M query rows per tile x BLOCK_N keys per program, "dq" BLOCK_M query rows per program
 # x BLOCK_N keys per tile.
 BACKWARD_CONFIGS = {
-    64: {"dkdv": _config(32, 64, 8, 2), "dq": _config(64, 64, 8, 2)},
+    64: {"dkdv": _config(32, 32, 8, 2), "dq": _config(64, 64, 8, 2)},
     128: {"dkdv": _config(32, 64, 8, 2), "dq": _config(64, 64, 8, 2)},
     256: {"dkdv": _config(32, 32, 8, 2), "dq": _config(32, 32, 4, 2)},
 }
