@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from checkpoints import CORPUS, TINY_SHAPES, make_checkpoint
+from checkpoints import CORPUS, TINY_SHAPES, make_checkpoint, make_reranker_checkpoint
 from qwen3_embed import Embedder
 from qwen3_embed.train.data import Example, read_examples
 from qwen3_embed.train.lora import LoRALinear, add_lora
@@ -232,3 +232,49 @@ def test_a_lora_run_saves_merged_weights(tmp_path, small):
             assert 1 <= rank <= 2, key
         else:
             assert torch.equal(saved[key], source[key]), key
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_a_reranker_run_saves_a_reranker_that_scores_as_transformers(tmp_path, tied):
+    """--reranker trains on each example's positive (yes) and negatives (no); the saved folder has the reranker
+    repos' layout, loads as a Reranker, and its scores equal transformers' Qwen3ForCausalLM on the card's prompt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qwen3_embed import Reranker
+    from qwen3_embed.reranker import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_pair
+
+    source = tmp_path / "source"
+    make_reranker_checkpoint(source, TINY_SHAPES["gqa1"], tied=tied)
+    examples, _ = retrieval_task(4, 30)
+    data = [{**e, "negatives": [examples[(i + 1) % len(examples)]["positive"]]} for i, e in enumerate(examples)]
+    output = tmp_path / "out"
+    train(TrainOptions(model=str(source), data=write_jsonl(tmp_path / "train.jsonl", data), output=str(output),
+                       lr=1e-3, batch_tokens=2000, max_length=256, reranker=True, show_progress=False))  # fmt: skip
+    saved, original = load_file(output / "model.safetensors"), load_file(source / "model.safetensors")
+    assert saved.keys() == original.keys()
+    changed = "lm_head.weight" if not tied else "model.embed_tokens.weight"
+    no_yes = [AutoTokenizer.from_pretrained(source).convert_tokens_to_ids(t) for t in ("no", "yes")]
+    assert not torch.equal(saved[changed][no_yes], original[changed][no_yes])  # the yes/no rows trained
+
+    pairs = [(e["query"], d) for e in data[:4] for d in (e["positive"], *e["negatives"])]
+    ours = Reranker.from_pretrained(output, device="cpu").score(pairs, raw=True)
+    hf = AutoModelForCausalLM.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output, padding_side="left")
+    prompts = [PREFIX + format_pair(DEFAULT_INSTRUCTION, q, d) + SUFFIX for q, d in pairs]
+    with torch.no_grad():
+        logits = hf(**tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)).logits[:, -1]
+    torch.testing.assert_close(ours, logits[:, no_yes[1]] - logits[:, no_yes[0]], rtol=0, atol=1e-4)
+
+
+def test_bf16_autocast_trains_close_to_float32(tmp_path, small):
+    from qwen3_embed.train.model import load_embedder
+    from qwen3_embed.train.step import ContrastiveStep
+
+    examples = [Example(**e) for e in retrieval_task(5, 8)[0]]
+    losses = []
+    for autocast in (False, True):
+        _, embedder = load_embedder(small, device="cpu")
+        step = ContrastiveStep(embedder, autocast=autocast, instruction="q")
+        losses.append(step.backward(step.tokenize(examples)).item())
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in embedder.model.parameters())
+    assert losses[0] > 0.1 and 0 < abs(losses[1] - losses[0]) < 0.05 * losses[0]  # bfloat16 rounding, no more
