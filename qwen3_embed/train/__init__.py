@@ -5,4 +5,11 @@
 - `losses`: the losses themselves, on vectors and logits.
 - `step`: one batch's forward and backward (with gradient caching as an option).
 - `model`: a checkpoint loaded for training (plain weights that take gradients).
+- `lora`: low-rank adapters on the projections, merged on save.
+- `save`: the final model in its checkpoint's layout, and crash-safe writes.
+- `trainer`: the loop (`TrainOptions`, `train`), which `qwen3-embed train` runs.
 """
+
+from .trainer import TrainOptions, train
+
+__all__ = ["TrainOptions", "train"]
