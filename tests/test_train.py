@@ -15,7 +15,7 @@ from qwen3_embed.tokenize import pack
 from qwen3_embed.train.data import Example
 from qwen3_embed.train.losses import reranker_loss
 from qwen3_embed.train.model import load_embedder, load_reranker
-from qwen3_embed.train.step import ContrastiveStep, reranker_logits, tokenize_examples
+from qwen3_embed.train.step import ContrastiveStep, reranker_logits
 
 CARD_QUERY_PROMPT = f"Instruct: {DEFAULT_INSTRUCTION}\nQuery:"
 
@@ -85,7 +85,8 @@ def test_packed_gradients_equal_transformers_padded(tiny, checkpointing):
 def sentence_transformers_step(folder, batch: list[Example], same_kind: bool, cached: bool):
     """sentence-transformers' loss and gradients (under the checkpoint's keys) on the batch: queries with the
     card's prompt, then positives, then one column per negative."""
-    from sentence_transformers import SentenceTransformer, losses
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses
 
     st = SentenceTransformer(str(folder), device="cpu")
     st.train()
@@ -111,7 +112,8 @@ def test_step_equals_sentence_transformers(tiny, same_kind, negatives):
     batch = examples(6, negatives, seed=2)
     ref_loss, ref_grads = sentence_transformers_step(folder, batch, same_kind, cached=False)
     _, embedder = load_embedder(folder, device="cpu")
-    loss = ContrastiveStep(embedder, temperature=0.05, same_kind=same_kind).backward(tokenize_examples(embedder, batch))
+    step = ContrastiveStep(embedder, temperature=0.05, same_kind=same_kind)
+    loss = step.backward(step.tokenize(batch))
     assert loss > 0.1 and abs(loss - ref_loss) <= 1e-5
     assert_grads_close(checkpoint_grads(embedder.model), ref_grads, 1e-4)
 
@@ -125,9 +127,9 @@ def test_cached_step_equals_one_pass_and_sentence_transformers_cached(tiny, same
     results = []
     for cache_tokens in (None, 40):
         _, embedder = load_embedder(folder, device="cpu")
-        tokenized = tokenize_examples(embedder, batch)
-        assert cache_tokens is None or tokenized.tokens > 4 * cache_tokens  # several chunks
         step = ContrastiveStep(embedder, same_kind=same_kind, cache_tokens=cache_tokens)
+        tokenized = step.tokenize(batch)
+        assert sum(e.tokens for e in tokenized) > 4 * 40  # several chunks
         results.append((step.backward(tokenized), checkpoint_grads(embedder.model)))
     (loss, grads), (cached_loss, cached_grads) = results
     assert abs(cached_loss - loss) <= 1e-6

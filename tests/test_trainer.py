@@ -278,3 +278,49 @@ def test_bf16_autocast_trains_close_to_float32(tmp_path, small):
         losses.append(step.backward(step.tokenize(examples)).item())
         assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in embedder.model.parameters())
     assert losses[0] > 0.1 and 0 < abs(losses[1] - losses[0]) < 0.05 * losses[0]  # bfloat16 rounding, no more
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_over_gloo_take_the_averaged_step(tmp_path, small):
+    """Two CPU ranks (torchrun, gloo): each trains on every other example of each batch, and the saved weights are
+    those of one process that averages the two shares' gradients before each step, bit for bit."""
+    from qwen3_embed.train.data import epoch_batches
+    from qwen3_embed.train.model import load_embedder
+    from qwen3_embed.train.step import ContrastiveStep
+    from qwen3_embed.train.trainer import trainable, warmup_then_decay
+
+    examples, _ = retrieval_task(6, 40)
+    data = write_jsonl(tmp_path / "train.jsonl", examples)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "qwen3_embed", "train",
+               "--model", str(small), "--data", data, "--output", str(tmp_path / "out"), "--lr", "1e-3",
+               "--batch-tokens", "300", "--max-length", "64", "--instruction", "q", "--no-progress"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank
+    try:
+        _, embedder = load_embedder(small, device="cpu")
+        step = ContrastiveStep(embedder, instruction="q", max_length=64)
+        tokenized = step.tokenize([Example(**e) for e in examples])
+        schedule = epoch_batches([e.tokens for e in tokenized], 300, 0, 0)
+        assert any(len(batch) > 2 for batch in schedule)
+        parameters = trainable(embedder)
+        optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.01)
+        scheduler = warmup_then_decay(optimizer, len(schedule), round(0.05 * len(schedule)))
+        for batch in schedule:
+            optimizer.zero_grad(set_to_none=True)
+            for rank in (0, 1):
+                step.backward([tokenized[i] for i in batch[rank::2]])  # the second share's gradients added
+            for p in parameters:
+                p.grad /= 2
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            scheduler.step()
+    finally:
+        torch.set_num_threads(threads)
+    reference = embedder.model.state_dict()
+    assert saved.keys() == reference.keys()
+    assert all(torch.equal(saved[key], reference[key]) for key in saved)

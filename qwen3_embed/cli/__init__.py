@@ -1,6 +1,6 @@
 """The `qwen3-embed` command: `similarity` prints a score matrix, `encode` embeds a corpus (into a folder of shards,
 or one file), `verify` checks such a folder, `search` finds its documents nearest to queries, `rerank` orders
-documents for a query, `serve` runs the HTTP server."""
+documents for a query, `serve` runs the HTTP server, `train` fine-tunes a model."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 import warnings
 
 from .. import __version__
-from . import encode, rerank, search, serve, similarity, verify
+from . import encode, rerank, search, serve, similarity, train, verify
 from .common import HelpFormatter
 
-COMMANDS = (similarity, encode, verify, rerank, search, serve)  # each module: add_parser(commands), run(args)
+COMMANDS = (similarity, encode, verify, rerank, search, serve, train)  # each module: add_parser(commands), run(args)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -18,7 +18,20 @@ from ..pipeline import DEFAULT_INSTRUCTION
 from ..reranker import Reranker
 from ..tokenize import batches, pack
 from .data import Example
-from .losses import DEFAULT_TEMPERATURE, info_nce
+from .losses import DEFAULT_TEMPERATURE, info_nce, reranker_loss
+
+
+@dataclass
+class ExampleIds:
+    """The token ids of one example's texts."""
+
+    query: list[int]
+    positive: list[int]
+    negatives: list[list[int]]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.query) + len(self.positive) + sum(map(len, self.negatives))
 
 
 @dataclass
@@ -33,6 +46,13 @@ class Tokenized:
     @property
     def tokens(self) -> int:
         return sum(map(len, self.sequences))
+
+
+def collate(examples: Sequence[ExampleIds]) -> Tokenized:
+    """A batch of tokenized examples laid out for `info_nce`."""
+    negatives = [(i, ids) for i, example in enumerate(examples) for ids in example.negatives]
+    sequences = [e.query for e in examples] + [e.positive for e in examples] + [ids for _, ids in negatives]
+    return Tokenized(sequences, len(examples), list(range(len(examples))) + [i for i, _ in negatives])
 
 
 def query_ids(embedder: Embedder, texts: Sequence[str], instruction: str | None, max_length: int) -> list[list[int]]:
@@ -52,13 +72,16 @@ def document_ids(embedder: Embedder, texts: Sequence[str], max_length: int) -> l
 
 def tokenize_examples(
     embedder: Embedder, examples: Sequence[Example], instruction: str | None = None, max_length: int = 512
-) -> Tokenized:
-    """The token ids of a batch of examples, laid out for `info_nce`."""
-    negatives = [(i, text) for i, example in enumerate(examples) for text in example.negatives]
+) -> list[ExampleIds]:
+    """The token ids of each example's texts, as at inference: queries with the instruction, documents without."""
     queries = query_ids(embedder, [e.query for e in examples], instruction, max_length)
-    documents = document_ids(embedder, [e.positive for e in examples] + [t for _, t in negatives], max_length)
-    owners = list(range(len(examples))) + [i for i, _ in negatives]
-    return Tokenized(queries + documents, len(examples), owners)
+    positives = document_ids(embedder, [e.positive for e in examples], max_length)
+    negatives = document_ids(embedder, [text for e in examples for text in e.negatives], max_length)
+    out, used = [], 0
+    for example, query, positive in zip(examples, queries, positives):
+        out.append(ExampleIds(query, positive, negatives[used : used + len(example.negatives)]))
+        used += len(example.negatives)
+    return out
 
 
 def embed(model: torch.nn.Module, sequences: Sequence[list[int]], device: torch.device, autocast: bool) -> torch.Tensor:
@@ -69,7 +92,7 @@ def embed(model: torch.nn.Module, sequences: Sequence[list[int]], device: torch.
 
 
 class ContrastiveStep:
-    """The embedder's InfoNCE (`info_nce`) on batches of examples, forward and backward."""
+    """The embedder's InfoNCE (`info_nce`) on batches of examples: `tokenize` once, `backward` per batch."""
 
     def __init__(
         self,
@@ -78,17 +101,23 @@ class ContrastiveStep:
         same_kind: bool = False,
         cache_tokens: int | None = None,
         autocast: bool = False,
+        instruction: str | None = None,
+        max_length: int = 512,
     ):
-        self.embedder, self.temperature, self.same_kind = embedder, temperature, same_kind
+        self.pipeline, self.temperature, self.same_kind = embedder, temperature, same_kind
         self.cache_tokens, self.autocast = cache_tokens, autocast
+        self.instruction, self.max_length = instruction, max_length
+
+    def tokenize(self, examples: Sequence[Example]) -> list[ExampleIds]:
+        return tokenize_examples(self.pipeline, examples, self.instruction, self.max_length)
 
     def loss(self, vectors: torch.Tensor, batch: Tokenized) -> torch.Tensor:
         owners = torch.tensor(batch.owners, device=vectors.device)
         return info_nce(vectors[: batch.queries], vectors[batch.queries :], owners, self.temperature, self.same_kind)
 
-    def backward(self, batch: Tokenized) -> torch.Tensor:
+    def backward(self, examples: Sequence[ExampleIds]) -> torch.Tensor:
         """The batch's loss (detached); its gradients added to the parameters' `.grad`."""
-        model, device = self.embedder.model, self.embedder.device
+        batch, model, device = collate(examples), self.pipeline.model, self.pipeline.device
         if self.cache_tokens is None:
             loss = self.loss(embed(model, batch.sequences, device, self.autocast), batch)
             loss.backward()
@@ -107,9 +136,46 @@ class ContrastiveStep:
         return loss.detach()
 
 
-def pair_ids(reranker: Reranker, pairs: Sequence[tuple[str, str]], instruction: str | None, max_length: int):
-    """(query, document) pairs tokenized as `Reranker.score` does: the model card's prompt."""
-    return reranker.tokenize(pairs, instruction, max_length)
+@dataclass
+class PairIds:
+    """One example's (query, document) pairs for the reranker, tokenized with the card's prompt: the positive's pair
+    first (label 1), then each negative's (label 0)."""
+
+    sequences: list[list[int]]
+
+    @property
+    def tokens(self) -> int:
+        return sum(map(len, self.sequences))
+
+    @property
+    def labels(self) -> list[int]:
+        return [1] + [0] * (len(self.sequences) - 1)
+
+
+class RerankerStep:
+    """The reranker's cross-entropy over its "no"/"yes" logits (`reranker_loss`) on batches of examples, each with
+    its negatives."""
+
+    def __init__(
+        self, reranker: Reranker, autocast: bool = False, instruction: str | None = None, max_length: int = 512
+    ):
+        self.pipeline, self.autocast, self.instruction, self.max_length = reranker, autocast, instruction, max_length
+
+    def tokenize(self, examples: Sequence[Example]) -> list[PairIds]:
+        pairs = [(e.query, d) for e in examples for d in (e.positive, *e.negatives)]
+        ids, out = self.pipeline.tokenize(pairs, self.instruction, self.max_length), []
+        for example in examples:
+            count = 1 + len(example.negatives)
+            out.append(PairIds(ids[:count]))
+            del ids[:count]
+        return out
+
+    def backward(self, examples: Sequence[PairIds]) -> torch.Tensor:
+        sequences = [ids for e in examples for ids in e.sequences]
+        labels = torch.tensor([label for e in examples for label in e.labels], device=self.pipeline.device)
+        loss = reranker_loss(reranker_logits(self.pipeline, sequences, self.autocast), labels)
+        loss.backward()
+        return loss.detach()
 
 
 def reranker_logits(reranker: Reranker, sequences: Sequence[list[int]], autocast: bool = False) -> torch.Tensor:
