@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as recompute
 
 from . import checkpoint, ops
 from .config import Qwen3Config
@@ -146,6 +147,7 @@ class Qwen3Model(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.checkpointing = False  # training: each layer's activations recomputed in the backward, not kept
         # state_dict() and load_state_dict() in the checkpoint's keys: q/k/v and gate/up apart
         self.register_state_dict_post_hook(checkpoint.split_stacked)
         self.register_load_state_dict_pre_hook(checkpoint.stack_parts)
@@ -174,7 +176,10 @@ class Qwen3Model(nn.Module):
         rope = self.rotary(position_ids, x.dtype)
         states = [x] if output_hidden_states else None
         for layer in self.layers:
-            x = layer(x, rope, plan)
+            if self.checkpointing and torch.is_grad_enabled():
+                x = recompute(layer, x, rope, plan, use_reentrant=False)
+            else:
+                x = layer(x, rope, plan)
             if states is not None:
                 states.append(x)
         last = self.norm(x[plan.cu_seqlens[1:].long() - 1])  # the final norm only on the rows that are pooled

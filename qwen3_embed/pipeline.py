@@ -87,9 +87,11 @@ class Pipeline:
         dtype: str | torch.dtype | None,
         check_kind: bool = True,
         skip: frozenset[str] = frozenset(),
+        pack: bool = True,
     ):
         """(folder, model, tokenizer) of a local folder or hub id; default: CUDA in bf16 when available, else CPU
-        in float32. A checkpoint of the other kind is an error unless `check_kind` is False."""
+        in float32. A checkpoint of the other kind is an error unless `check_kind` is False. `pack=False` leaves a
+        CPU model's weights plain (for training)."""
         check_bools(check_kind=check_kind)
         device = resolve_device(device)
         dtype = resolve_dtype(device, dtype)
@@ -98,7 +100,7 @@ class Pipeline:
         tokenizer = Tokenizer(folder / "tokenizer.json", config.vocab_size)
         if check_kind:
             checkpoint.check_kind(folder, cls.KIND)
-        return folder, backends.prepare(load_model(folder, config, dtype, device, skip)), tokenizer
+        return folder, backends.prepare(load_model(folder, config, dtype, device, skip), pack=pack), tokenizer
 
     def max_length(self, max_length: int | None) -> int:
         """The token limit per sequence: default 8192, at most the model's maximum."""

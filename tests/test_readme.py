@@ -32,6 +32,9 @@ FILES = {
     "corpus.jsonl": JSONL.encode(),
     "data/part-1.jsonl": JSONL.encode(),
     "data/more/part-2.jsonl.gz": gzip.compress(JSONL.encode()),
+    "train.jsonl": b'{"query": "What is the capital of China?", "positive": "The capital of China is Beijing."}\n'
+    b'{"query": "Explain gravity", "positive": "Gravity is a force."}\n',
+    "eval.jsonl": b'{"query": "Where is Paris?", "positive": "Paris is in France."}\n',
 }
 
 

@@ -23,15 +23,16 @@ from . import cpu
 BACKENDS = ("torch", "triton")
 
 
-def prepare(model: Qwen3Model, backend: str | None = None) -> Qwen3Model:
+def prepare(model: Qwen3Model, backend: str | None = None, pack: bool = True) -> Qwen3Model:
     """`model`, loaded onto its device, put on that device's fast path: the Triton kernels where they run (`backend`,
-    else $QWEN3_EMBED_BACKEND, else by device), and packed weights on the CPU."""
+    else $QWEN3_EMBED_BACKEND, else by device), and packed weights on the CPU unless `pack` is False (training: autograd
+    needs plain weights)."""
     device = model.embed_tokens.weight.device
     if choose(device, backend) == "triton":
         from . import kernels
 
         kernels.use_kernels(model)
-    if device.type == "cpu":
+    if device.type == "cpu" and pack:
         cpu.pack(model)
     return model
 

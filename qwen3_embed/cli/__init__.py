@@ -1,6 +1,6 @@
 """The `qwen3-embed` command: `similarity` prints a score matrix, `encode` embeds a corpus (into a folder of shards,
 or one file), `verify` checks such a folder, `search` finds its documents nearest to queries, `rerank` orders
-documents for a query, `serve` runs the HTTP server."""
+documents for a query, `serve` runs the HTTP server, `train` fine-tunes a model."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import warnings
 from collections.abc import Iterable
 
 from .. import __version__
-from . import encode, rerank, search, serve, similarity, verify
+from . import encode, rerank, search, serve, similarity, train, verify
 from .common import HelpFormatter
 
-COMMANDS = (similarity, encode, verify, rerank, search, serve)  # each module: add_parser(commands), run(args)
+COMMANDS = (similarity, encode, verify, rerank, search, serve, train)  # each module: add_parser(commands), run(args)
 WORD = r"(?<![\w/.-]){}(?![\w/-]|\.\w)"  # a word of a message, not part of a path or a file name
 
 
