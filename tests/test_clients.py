@@ -62,6 +62,16 @@ def test_openai_sdk_embedding_options(sdk, embedder):
     np.testing.assert_array_equal(vectors, embedder.encode(TEXTS[:2]).numpy())
 
 
+def test_a_bad_dimensions_is_named_as_the_client_sent_it(sdk, url):
+    """The request's field is `dimensions` (OpenAI's and TEI's), not the Python API's `dim`."""
+    import httpx
+
+    with pytest.raises(openai.BadRequestError, match=r"^Error code: 400 - dimensions=0 is outside 1\.\."):
+        sdk.embeddings.create(model=EMBEDDER, input="x", dimensions=0)
+    tei = httpx.post(f"{url}/embed", json={"inputs": "x", "dimensions": 100_000})
+    assert tei.status_code == 422 and tei.json()["error"].startswith("dimensions=100000 is outside 1..")
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=openai.APIStatusError,
