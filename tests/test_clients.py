@@ -62,6 +62,30 @@ def test_openai_sdk_embedding_options(sdk, embedder):
     np.testing.assert_array_equal(vectors, embedder.encode(TEXTS[:2]).numpy())
 
 
+def test_a_bad_dimensions_is_named_as_the_client_sent_it(sdk, url):
+    """The request's field is `dimensions` (OpenAI's and TEI's), not the Python API's `dim`."""
+    import httpx
+
+    with pytest.raises(openai.BadRequestError, match=r"^Error code: 400 - dimensions=0 is outside 1\.\."):
+        sdk.embeddings.create(model=EMBEDDER, input="x", dimensions=0)
+    tei = httpx.post(f"{url}/embed", json={"inputs": "x", "dimensions": 100_000})
+    assert tei.status_code == 422 and tei.json()["error"].startswith("dimensions=100000 is outside 1..")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=openai.APIStatusError,
+    reason="open: a request may hold at most --max-batch-tokens (16384) tokens, so OpenAI-sized batches of ordinary "
+    "texts (LangChain's default chunk of 1,000, OpenAI's 2,048) are refused 413 under the default flags",
+)
+def test_openai_sdk_embeds_a_langchain_sized_batch_of_ordinary_texts(sdk, embedder):
+    """LangChain's OpenAIEmbeddings sends 1,000 texts per request by default: 1,000 texts of up to 30 words (70,915
+    tokens with the tests' tokenizer) must embed under the default flags, as OpenAI's API takes 300,000 tokens."""
+    texts = texts_of_lengths(1000, seed=1, max_words=30)
+    response = sdk.embeddings.create(model=EMBEDDER, input=texts)
+    np.testing.assert_allclose([d.embedding for d in response.data], embedder.encode(texts).numpy(), atol=1e-5)
+
+
 def test_openai_sdk_lists_and_retrieves_the_models(sdk):
     assert [m.id for m in sdk.models.list()] == [EMBEDDER, RERANKER]
     assert sdk.models.retrieve(EMBEDDER).id == EMBEDDER  # the SDK sends tiny%2Fembedder

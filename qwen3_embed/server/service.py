@@ -15,6 +15,7 @@ from typing import TypeVar
 import torch
 from starlette.requests import Request
 
+from ..checks import check_dim
 from ..embedder import Embedder
 from ..reranker import Reranker
 from ..tokenize import EOS, TextTooLong
@@ -155,7 +156,7 @@ class Service:
         embedder = self._model("embed")
         name = field if callable(field) else lambda i: f"{field}[{i}]"
         try:
-            dim = embedder.check_dim(dimensions)
+            dim = check_dim(dimensions, embedder.config.hidden_size, "dimensions")  # the request's field
         except ValueError as e:
             raise ApiError(422, str(e)) from None
         async with watch(request) as gone:
