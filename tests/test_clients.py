@@ -72,12 +72,6 @@ def test_a_bad_dimensions_is_named_as_the_client_sent_it(sdk, url):
     assert tei.status_code == 422 and tei.json()["error"].startswith("dimensions=100000 is outside 1..")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=openai.APIStatusError,
-    reason="open: a request may hold at most --max-batch-tokens (16384) tokens, so OpenAI-sized batches of ordinary "
-    "texts (LangChain's default chunk of 1,000, OpenAI's 2,048) are refused 413 under the default flags",
-)
 def test_openai_sdk_embeds_a_langchain_sized_batch_of_ordinary_texts(sdk, embedder):
     """LangChain's OpenAIEmbeddings sends 1,000 texts per request by default: 1,000 texts of up to 30 words (70,915
     tokens with the tests' tokenizer) must embed under the default flags, as OpenAI's API takes 300,000 tokens."""
