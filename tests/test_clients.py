@@ -115,10 +115,26 @@ def test_cohere_sdk_v1_v2_and_max_tokens_per_doc(url, reranker):
     assert expected != pytest.approx(scores, abs=1e-3)  # the cut changed the longer documents' scores
 
 
+def test_cohere_v2_cuts_a_long_document_by_default(url, reranker):
+    """Cohere v2's max_tokens_per_doc defaults to 4,096: a document over --max-input-length (8192) is cut to its first
+    4,096 tokens on /v2/rerank, where /v1/rerank refuses it without "truncate" (413, saying how in the body's
+    terms)."""
+    import httpx
+
+    cohere = pytest.importorskip("cohere")
+    document = "gravity pulls " * 1000
+    assert len(reranker.tokenizer.ids(document)) > 8192
+    v2 = cohere.ClientV2(api_key="unused", base_url=url).rerank(model=RERANKER, query=QUERY, documents=[document])
+    assert v2.results[0].relevance_score == pytest.approx(score_of_first_tokens(reranker, document, 4096), abs=1e-5)
+    v1 = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": [document]}, timeout=60)
+    assert v1.status_code == 413, v1.text
+    assert v1.json()["error"]["message"].endswith('shorten them, or send "truncate": true in the body')
+
+
 def score_of_first_tokens(reranker, document: str, tokens: int) -> float:
     """The score of the query with the document's first `tokens` tokens (" " + document, as the prompt joins
     them): its pair cut by Reranker.score's own truncation to the length that leaves exactly those."""
-    pair = reranker.tokenize([(QUERY, document)])[0]
+    pair = reranker.tokenize([(QUERY, document)], max_length=reranker.config.max_position_embeddings)[0]
     extra = max(0, len(reranker.tokenizer.ids(" " + document)) - tokens)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cut is the point
