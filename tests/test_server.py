@@ -284,8 +284,11 @@ def test_too_many_tokens_in_one_request(embedder):
     with Served(app) as base:
         response = httpx.post(f"{base}/embed", json={"inputs": ["gravity " * 20] * 8, "truncate": True})
         no_reranker = httpx.post(f"{base}/rerank", json={"query": "q", "texts": ["t"]})
-    assert response.status_code == 413 and "more than the server's --max-batch-tokens=100; send fewer or shorter " \
-        "inputs per request" in response.json()["error"]
+    assert (
+        response.status_code == 413
+        and "more than the server's --max-batch-tokens=100; send fewer or shorter inputs per request"
+        in response.json()["error"]
+    )
     assert no_reranker.status_code == 424 and "--reranker" in no_reranker.json()["error"]
 
 
@@ -627,7 +630,7 @@ def test_serve_checks_the_limits_against_the_models_before_they_load(tiny, monke
     monkeypatch.setattr("qwen3_embed.pipeline.load_model", fail)
     arguments = ["serve", "--model", str(tiny[0]), "--port", str(free_port())]
     for option, message in [
-        (["--max-batch-tokens", "4096", "--max-queue-tokens", "8192"], "--max-batch-tokens=4096 must be at least "
+        (["--max-batch-tokens", "4096"], "--max-batch-tokens=4096 must be at least "
          "--max-input-length=8192"),
         (["--reranker", str(tiny[0]), "--max-input-length", "40000", "--max-batch-tokens", "40000"],
          "--max-input-length=40000 is outside 2..32768, the model's maximum sequence length"),
@@ -650,8 +653,10 @@ def test_serve_command(tiny, embedder, tmp_path):
     big = ["--max-input-length", "1000000", "--max-batch-tokens", "1000000", "--max-queue-tokens", "1000000"]
     for option, message in [
         (["--max-queue-tokens", "10"], "--max-queue-tokens=10 must be at least --max-batch-tokens=16384"),
-        (["--max-queue-tokens", "200000"], "--max-queue-tokens=200000 must be at least --openai-max-batch-tokens="
-         "300000"),  # a request of OpenAI's size must fit the queue: 413 past the route's limit, never 429
+        (
+            ["--max-queue-tokens", "200000"],
+            "--max-queue-tokens=200000 must be at least --openai-max-batch-tokens=300000",
+        ),  # a request of OpenAI's size must fit the queue: 413 past the route's limit, never 429
         (["--read-timeout-s", "0"], "--read-timeout-s=0.0 must be positive and finite"),
         (["--keep-alive-s", "inf"], "--keep-alive-s=inf must be positive and finite"),
         (["--health-stall-s", "nan"], "--health-stall-s=nan must be positive and finite"),
@@ -685,8 +690,10 @@ def test_serve_command(tiny, embedder, tmp_path):
         response = httpx.post(f"{base}/embed", json={"inputs": "hello"}, headers=key)
         assert response.status_code == 200 and len(response.json()[0]) == tiny[1].config.hidden_size
         four = httpx.post(f"{base}/v1/embeddings", json={"input": ["a"] * 4}, headers=key).json()["error"]["message"]
-        assert four == "input holds 4 inputs, more than the server's --openai-max-client-batch-size=3; send fewer " \
+        assert (
+            four == "input holds 4 inputs, more than the server's --openai-max-client-batch-size=3; send fewer "
             "inputs per request"
+        )
         foreign = [foreign_ids(embedder.tokenizer, CORPUS[0])]  # refused without the flag
         assert RoundTrip(embedder.tokenizer.backend).foreign(foreign) == [0]
         assert httpx.post(f"{base}/v1/embeddings", json={"input": foreign}, headers=key).status_code == 200

@@ -40,9 +40,9 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
     if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
         inputs = [inputs]  # one text, or one list of token ids
     vectors, tokens = await request.app.state.service.embed(
-        request, inputs, field="input", truncate=body.truncate, dimensions=body.dimensions, normalize=body.normalized,
-        token_limit=body.token_limit,
-    )
+        request, inputs, field="input", truncate=body.truncate, dimensions=body.dimensions,
+        normalize=body.normalized, token_limit=body.token_limit,
+    )  # fmt: skip
     data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)]  # fmt: skip
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}

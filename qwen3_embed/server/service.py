@@ -81,8 +81,7 @@ class Service:
                 metrics=self.metrics,
             )
             self.workers[name] = worker
-            largest = limits.max_batch_tokens if name == "rerank" else max(limits.max_batch_tokens,
-                                                                           limits.openai_max_batch_tokens)
+            largest = max(limits.max_batch_tokens, limits.openai_max_batch_tokens if name == "embed" else 0)
             worker.warm_up(self.max_input_length, largest)
 
     def drain(self, seconds: float) -> None:
