@@ -72,12 +72,6 @@ def test_a_bad_dimensions_is_named_as_the_client_sent_it(sdk, url):
     assert tei.status_code == 422 and tei.json()["error"].startswith("dimensions=100000 is outside 1..")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=openai.APIStatusError,
-    reason="open: a request may hold at most --max-batch-tokens (16384) tokens, so OpenAI-sized batches of ordinary "
-    "texts (LangChain's default chunk of 1,000, OpenAI's 2,048) are refused 413 under the default flags",
-)
 def test_openai_sdk_embeds_a_langchain_sized_batch_of_ordinary_texts(sdk, embedder):
     """LangChain's OpenAIEmbeddings sends 1,000 texts per request by default: 1,000 texts of up to 30 words (70,915
     tokens with the tests' tokenizer) must embed under the default flags, as OpenAI's API takes 300,000 tokens."""
@@ -121,10 +115,26 @@ def test_cohere_sdk_v1_v2_and_max_tokens_per_doc(url, reranker):
     assert expected != pytest.approx(scores, abs=1e-3)  # the cut changed the longer documents' scores
 
 
+def test_cohere_v2_cuts_a_long_document_by_default(url, reranker):
+    """Cohere v2's max_tokens_per_doc defaults to 4,096: a document over --max-input-length (8192) is cut to its first
+    4,096 tokens on /v2/rerank, where /v1/rerank refuses it without "truncate" (413, saying how in the body's
+    terms)."""
+    import httpx
+
+    cohere = pytest.importorskip("cohere")
+    document = "gravity pulls " * 1000
+    assert len(reranker.tokenizer.ids(document)) > 8192
+    v2 = cohere.ClientV2(api_key="unused", base_url=url).rerank(model=RERANKER, query=QUERY, documents=[document])
+    assert v2.results[0].relevance_score == pytest.approx(score_of_first_tokens(reranker, document, 4096), abs=1e-5)
+    v1 = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": [document]}, timeout=60)
+    assert v1.status_code == 413, v1.text
+    assert v1.json()["error"]["message"].endswith('shorten them, or send "truncate": true in the body')
+
+
 def score_of_first_tokens(reranker, document: str, tokens: int) -> float:
     """The score of the query with the document's first `tokens` tokens (" " + document, as the prompt joins
     them): its pair cut by Reranker.score's own truncation to the length that leaves exactly those."""
-    pair = reranker.tokenize([(QUERY, document)])[0]
+    pair = reranker.tokenize([(QUERY, document)], max_length=reranker.config.max_position_embeddings)[0]
     extra = max(0, len(reranker.tokenizer.ids(" " + document)) - tokens)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cut is the point

@@ -115,7 +115,8 @@ def runs(embedder):
 
 @pytest.fixture(scope="module")
 def url(embedder, reranker, runs):
-    limits = Limits(max_input_length=MAX_INPUT, max_batch_tokens=4096, max_queue_tokens=65536, max_wait_ms=5)
+    limits = Limits(max_input_length=MAX_INPUT, max_batch_tokens=4096, openai_max_batch_tokens=65536,
+                    max_queue_tokens=65536, max_wait_ms=5)  # fmt: skip
     app = create_app(embedder, reranker, served_model_name="tiny-embedder", served_reranker_name="tiny-reranker",
                      limits=limits)  # fmt: skip
     with Served(app) as base:
@@ -149,7 +150,9 @@ def test_embed_truncation(client, embedder):
     long_text = "gravity " * 1000
     refused = client.post("/embed", json={"inputs": [long_text]})
     assert refused.status_code == 413 and refused.json()["error_type"] == "Validation"
-    assert f"max_length={MAX_INPUT}" in refused.json()["error"]
+    said = refused.json()["error"]  # in the client's terms, with the operator's flag: not the Python API's names
+    assert f"longer than the server's --max-input-length={MAX_INPUT} tokens" in said
+    assert said.endswith('shorten them, or send "truncate": true in the body') and "max_length" not in said
     cut = client.post("/embed", json={"inputs": [long_text], "truncate": True})
     assert cut.status_code == 200
     with pytest.warns(UserWarning):
@@ -276,11 +279,16 @@ def test_a_server_error_tells_only_an_id_that_the_log_has(embedder, caplog):
 
 
 def test_too_many_tokens_in_one_request(embedder):
-    app = create_app(embedder, None, limits=Limits(max_input_length=64, max_batch_tokens=100, max_queue_tokens=100))
+    limits = Limits(max_input_length=64, max_batch_tokens=100, openai_max_batch_tokens=100, max_queue_tokens=100)
+    app = create_app(embedder, None, limits=limits)
     with Served(app) as base:
         response = httpx.post(f"{base}/embed", json={"inputs": ["gravity " * 20] * 8, "truncate": True})
         no_reranker = httpx.post(f"{base}/rerank", json={"query": "q", "texts": ["t"]})
-    assert response.status_code == 413 and "more than max_batch_tokens=100" in response.json()["error"]
+    assert (
+        response.status_code == 413
+        and "more than the server's --max-batch-tokens=100; send fewer or shorter inputs per request"
+        in response.json()["error"]
+    )
     assert no_reranker.status_code == 424 and "--reranker" in no_reranker.json()["error"]
 
 
@@ -365,7 +373,11 @@ def test_openai_errors(client):
     response = client.post("/v1/embeddings", json={"input": "gravity " * 1000})
     assert response.status_code == 413
     error = response.json()["error"]
-    assert error["type"] == "invalid_request_error" and f"max_length={MAX_INPUT}" in error["message"]
+    assert error["type"] == "invalid_request_error" and "truncate=True" not in error["message"]
+    assert f"longer than the server's --max-input-length={MAX_INPUT} tokens" in error["message"]
+    similarity = client.post("/similarity", json={"inputs": {"source_sentence": "gravity " * 1000, "sentences": ["x"]}})
+    assert similarity.status_code == 413
+    assert similarity.json()["error"].endswith('or send "parameters": {"truncate": true} in the body')
     assert client.post("/v1/embeddings", json={"inputs": "x"}).status_code == 400
     assert client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"}).status_code == 400
 
@@ -501,7 +513,7 @@ def test_each_model_is_warmed_up_before_the_server_takes_requests(embedder, rera
 
     for name, model in (("embed", embedder), ("rerank", reranker)):
         monkeypatch.setattr(model, "run", recording(name, model.run))
-    limits = Limits(max_input_length=600, max_batch_tokens=4096, max_queue_tokens=4096)
+    limits = Limits(max_input_length=600, max_batch_tokens=4096, openai_max_batch_tokens=4096, max_queue_tokens=4096)
     for devices in (worker.WARM_UP_DEVICES, ("cuda", "cpu")):
         monkeypatch.setattr(worker, "WARM_UP_DEVICES", devices)
         served, passes["embed"], passes["rerank"] = Served(create_app(embedder, reranker, limits=limits)), [], []
@@ -540,7 +552,7 @@ def test_the_warm_up_meets_every_power_of_two_a_pass_can_reach(embedder, largest
     worker = BatchingWorker(Recording(), None, max_batch_tokens=largest, max_queue_tokens=2 * largest,
                             max_wait_ms=0, batching=batching)  # fmt: skip
     try:
-        worker.warm_up(8192)
+        worker.warm_up(8192, largest)
     finally:
         worker.close()
     assert seen == sizes
@@ -604,7 +616,8 @@ def test_serve_refuses_a_max_input_length_the_reranker_prompt_does_not_fit(tiny,
     make_reranker_checkpoint(tmp_path, TINY_SHAPES["gqa1"], tied=True)
     arguments = ["serve", "--model", str(tiny[0]), "--reranker", str(tmp_path), "--port", str(free_port())]
     with pytest.raises(SystemExit, match="--max-input-length=8 leaves no room for a document in the reranker's"):
-        main([*arguments, "--max-input-length", "8", "--max-batch-tokens", "64", "--max-queue-tokens", "64"])
+        main([*arguments, "--max-input-length", "8", "--max-batch-tokens", "64", "--max-queue-tokens", "64",
+              "--openai-max-batch-tokens", "64"])  # fmt: skip
 
 
 def test_serve_checks_the_limits_against_the_models_before_they_load(tiny, monkeypatch):
@@ -617,7 +630,7 @@ def test_serve_checks_the_limits_against_the_models_before_they_load(tiny, monke
     monkeypatch.setattr("qwen3_embed.pipeline.load_model", fail)
     arguments = ["serve", "--model", str(tiny[0]), "--port", str(free_port())]
     for option, message in [
-        (["--max-batch-tokens", "4096", "--max-queue-tokens", "4096"], "--max-batch-tokens=4096 must be at least "
+        (["--max-batch-tokens", "4096"], "--max-batch-tokens=4096 must be at least "
          "--max-input-length=8192"),
         (["--reranker", str(tiny[0]), "--max-input-length", "40000", "--max-batch-tokens", "40000"],
          "--max-input-length=40000 is outside 2..32768, the model's maximum sequence length"),
@@ -640,6 +653,10 @@ def test_serve_command(tiny, embedder, tmp_path):
     big = ["--max-input-length", "1000000", "--max-batch-tokens", "1000000", "--max-queue-tokens", "1000000"]
     for option, message in [
         (["--max-queue-tokens", "10"], "--max-queue-tokens=10 must be at least --max-batch-tokens=16384"),
+        (
+            ["--max-queue-tokens", "200000"],
+            "--max-queue-tokens=200000 must be at least --openai-max-batch-tokens=300000",
+        ),  # a request of OpenAI's size must fit the queue: 413 past the route's limit, never 429
         (["--read-timeout-s", "0"], "--read-timeout-s=0.0 must be positive and finite"),
         (["--keep-alive-s", "inf"], "--keep-alive-s=inf must be positive and finite"),
         (["--health-stall-s", "nan"], "--health-stall-s=nan must be positive and finite"),
@@ -673,7 +690,10 @@ def test_serve_command(tiny, embedder, tmp_path):
         response = httpx.post(f"{base}/embed", json={"inputs": "hello"}, headers=key)
         assert response.status_code == 200 and len(response.json()[0]) == tiny[1].config.hidden_size
         four = httpx.post(f"{base}/v1/embeddings", json={"input": ["a"] * 4}, headers=key).json()["error"]["message"]
-        assert four == "input holds 4 inputs, more than openai_max_client_batch_size=3"
+        assert (
+            four == "input holds 4 inputs, more than the server's --openai-max-client-batch-size=3; send fewer "
+            "inputs per request"
+        )
         foreign = [foreign_ids(embedder.tokenizer, CORPUS[0])]  # refused without the flag
         assert RoundTrip(embedder.tokenizer.backend).foreign(foreign) == [0]
         assert httpx.post(f"{base}/v1/embeddings", json={"input": foreign}, headers=key).status_code == 200
@@ -818,12 +838,15 @@ def test_each_api_family_has_its_own_batch_limit_and_models_route(client):
     """TEI's 32 inputs on TEI's routes, OpenAI's 2,048 on /v1/embeddings; GET /v1/models/{model}, counted under its
     template."""
     assert client.post("/embed", json={"inputs": ["x"] * 33}).json()["error"] == (
-        "inputs holds 33 inputs, more than max_client_batch_size=32"
+        "inputs holds 33 inputs, more than the server's --max-client-batch-size=32; send fewer inputs per request"
     )
     assert len(client.post("/v1/embeddings", json={"input": ["x"] * 1000}).json()["data"]) == 1000
     too_many = client.post("/v1/embeddings", json={"input": ["x"] * 2049})
     assert too_many.status_code == 413
-    assert too_many.json()["error"]["message"] == "input holds 2049 inputs, more than openai_max_client_batch_size=2048"
+    assert too_many.json()["error"]["message"] == (
+        "input holds 2049 inputs, more than the server's --openai-max-client-batch-size=2048; send fewer inputs per "
+        "request"
+    )
     assert client.get("/v1/models/tiny-embedder").json()["id"] == "tiny-embedder"
     missing = client.get("/v1/models/gpt-4")
     assert missing.status_code == 404 and "the model 'gpt-4' is not served here" in missing.json()["error"]["message"]

@@ -215,7 +215,8 @@ def post_in_thread(url: str, body: dict, results: list, timeout: float = 30) -> 
 
 
 def test_overload_answers_429_with_retry_after_and_recovers(embedder):
-    limits = dict(max_input_length=40, max_batch_tokens=64, max_queue_tokens=64, max_concurrent_requests=3)
+    limits = dict(max_input_length=40, max_batch_tokens=64, openai_max_batch_tokens=64, max_queue_tokens=64,
+                  max_concurrent_requests=3)  # fmt: skip
     app, gate = overloaded_app(embedder, **limits)
     ids = lambda n: {"input": [[7] * (n - 1)]}  # noqa: E731 (n tokens with the EOS)
     with Served(app) as base:
@@ -504,21 +505,24 @@ def test_a_body_of_a_million_elements_is_refused_at_once_in_few_words(embedder):
         assert len(response.content) < 1000 and seconds < 5, (len(response.content), seconds)
         error = response.json()["error"]
         message = error if response.request.url.path == "/embed" else error["message"]
-        assert message in ("input[0] holds 985001 token ids; with the EOS that is more than max_input_length=8192",
-                           "inputs holds 990000 inputs, more than max_client_batch_size=32")  # fmt: skip
+        assert message in ("input[0] holds 985001 token ids; with the EOS that is more than the server's "
+                           "--max-input-length=8192", "inputs holds 990000 inputs, more than the server's "
+                           "--max-client-batch-size=32; send fewer inputs per request")  # fmt: skip
     assert slowest_health < 2, slowest_health  # 0.4 s at most against a server process on this 2-core VM
     assert rss.growth < 300 * 2**20, rss.growth / 2**20
     assert wrong.status_code == 400 and len(wrong.content) < 1000 and "(and 1 more)" in wrong.text, wrong.text
 
 
 def test_token_ids_count_toward_the_token_budget(embedder):
-    """Token ids are held to max_batch_tokens as texts are: 16 or 32 lists of 8191 ids (with their EOS, 131,072 and
-    262,144 tokens) are refused with 413 before they are queued; a request that can never run is never a 429."""
+    """Token ids are held to the route's tokens per request (OpenAI's 300,000 on /v1/embeddings) as texts are: 37 or
+    48 lists of 8191 ids (with their EOS, 303,104 and 393,216 tokens) are refused with 413 before they are queued; a
+    request that can never run is never a 429."""
     with Served(create_app(embedder)) as base:
-        for n in (16, 32):
+        for n in (37, 48):
             response = httpx.post(f"{base}/v1/embeddings", json={"input": [[100] * 8191] * n}, timeout=10)
             assert response.status_code == 413, response.text
-            message = f"the inputs hold {n * 8192} tokens, more than max_batch_tokens=16384"
+            message = (f"the inputs hold {n * 8192} tokens, more than the server's --openai-max-batch-tokens=300000; "
+                       "send fewer or shorter inputs per request")  # fmt: skip
             assert response.json()["error"]["message"] == message
         fits = httpx.post(f"{base}/v1/embeddings", json={"input": [[100] * 8191, [100] * 10]}, timeout=60)
         assert fits.status_code == 200 and fits.json()["usage"]["total_tokens"] == 8192 + 11

@@ -13,6 +13,7 @@ LIMITS = (
     "max_batch_tokens",
     "max_client_batch_size",
     "openai_max_client_batch_size",
+    "openai_max_batch_tokens",
     "payload_limit",
     "max_concurrent_requests",
     "max_queue_tokens",
@@ -47,7 +48,12 @@ def add_parser(commands) -> None:
 def add_limits(p: argparse.ArgumentParser) -> None:
     """The flags of server.Limits, one per field."""
     p.add_argument("--max-input-length", type=int, help="tokens per input (default 8192, at most the model's)")
-    p.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per request, and per queue drain")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=16384,
+        help="tokens per request on TEI's and Cohere's routes, and per queue drain",
+    )
     p.add_argument(
         "--max-client-batch-size",
         type=int,
@@ -56,6 +62,12 @@ def add_limits(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--openai-max-client-batch-size", type=int, default=2048, help="inputs per request on /v1/embeddings"
+    )
+    p.add_argument(
+        "--openai-max-batch-tokens",
+        type=int,
+        default=300_000,
+        help="tokens per request on /v1/embeddings (OpenAI's limit; run in passes of the batch budget)",
     )
     p.add_argument(
         "--payload-limit",
@@ -73,8 +85,9 @@ def add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-queue-tokens",
         type=int,
-        default=131072,
-        help="tokens waiting for each model; past it a request is refused with 429",
+        default=600_000,
+        help="tokens waiting for each model; past it a request is refused with 429 (at least each route's tokens per "
+        "request)",
     )
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long an idle worker waits to fill a batch")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (for comparison)")

@@ -39,11 +39,13 @@ class Strict(BaseModel):
 
 class Body(Strict):
     """A POST route's body. `inputs_field` names the field that holds the texts, documents or token ids (a dotted
-    path into an object: `inputs.sentences`), of at most the `batch_limit` field of the Limits; `token_ids`: whether
-    it may hold token-id lists, `ids_get_eos`: whether each gets the EOS (model inputs) or not (ids to decode)."""
+    path into an object: `inputs.sentences`), of at most the `batch_limit` field of the Limits, and of at most its
+    `token_limit` field's tokens; `token_ids`: whether it may hold token-id lists, `ids_get_eos`: whether each gets
+    the EOS (model inputs) or not (ids to decode)."""
 
     inputs_field: ClassVar[str]
     batch_limit: ClassVar[str] = "max_client_batch_size"
+    token_limit: ClassVar[str] = "max_batch_tokens"
     token_ids: ClassVar[bool] = False
     ids_get_eos: ClassVar[bool] = True
 
@@ -135,7 +137,7 @@ def inputs_of(model: type[Body], data: dict) -> object:
 def check_inputs(model: type[Body], value: object, limits: Limits, max_input_length: int) -> None:
     """The inputs' count, and for token ids each list's length and their tokens in all (with the EOS each gets,
     where they get one), checked before any element is: 400 when empty, 413 past the model's batch limit
-    (max_client_batch_size, or openai_max_client_batch_size), max_input_length or max_batch_tokens. A value that is
+    (max_client_batch_size, or openai_max_client_batch_size), max_input_length or its token limit. A value that is
     not a list is left to the model's validation."""
     if not isinstance(value, list):
         return
@@ -145,7 +147,8 @@ def check_inputs(model: type[Body], value: object, limits: Limits, max_input_len
     elif not value:
         raise ApiError(400, f"{field} is empty", "Empty")
     elif len(value) > most:
-        raise ApiError(413, f"{field} holds {len(value)} inputs, more than {model.batch_limit}={most}")
+        raise ApiError(413, f"{field} holds {len(value)} inputs, more than {model.batch_limit}={most}; send fewer "
+                       "inputs per request")  # fmt: skip
     if not model.token_ids:
         return
     tokens = 0
@@ -158,7 +161,7 @@ def check_inputs(model: type[Body], value: object, limits: Limits, max_input_len
             raise ApiError(413, f"{field}[{i}] holds {len(ids)} token ids; with the EOS that is more than "
                            f"max_input_length={max_input_length}")  # fmt: skip
         tokens += len(ids) + model.ids_get_eos
-    limits.check_request_tokens(tokens)
+    limits.check_request_tokens(tokens, model.token_limit)
 
 
 def malformed(e: ValidationError) -> ApiError:

@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt
 from .body import Body, BodyRoute, FailFastList
 
 router = APIRouter(route_class=BodyRoute)
+# Cohere v2's default max_tokens_per_doc: a longer document is cut to it (and to what fits --max-input-length).
+COHERE_V2_DOCUMENT_TOKENS = 4096
 
 
 class Document(BaseModel):
@@ -37,8 +39,11 @@ class RerankRequest(Body):
 async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
     service = request.app.state.service
+    document_tokens = body.max_tokens_per_doc
+    if document_tokens is None and request.url.path == "/v2/rerank":
+        document_tokens = COHERE_V2_DOCUMENT_TOKENS
     raw, tokens = await service.rerank(request, body.query, texts, field="documents", truncate=body.truncate,
-                                       document_tokens=body.max_tokens_per_doc)  # fmt: skip
+                                       document_tokens=document_tokens)  # fmt: skip
     scores = torch.sigmoid(raw).tolist()
     order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.top_n]
     document = (lambda i: {"document": {"text": texts[i]}}) if body.return_documents else (lambda i: {})

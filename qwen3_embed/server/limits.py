@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -25,12 +26,13 @@ class Limits:
     `input_length`, all before any model loads."""
 
     max_input_length: int | None = None  # tokens per input (default 8192, at most the model's maximum)
-    max_batch_tokens: int = 16384  # tokens per request, and per drain of the queue
+    max_batch_tokens: int = 16384  # tokens per request on TEI's and Cohere's routes, and per drain of the queue
     max_client_batch_size: int = 32  # inputs per request on TEI's and Cohere's routes (TEI's default)
     openai_max_client_batch_size: int = 2048  # inputs per request on /v1/embeddings (OpenAI's limit)
+    openai_max_batch_tokens: int = 300_000  # tokens per request on /v1/embeddings (OpenAI's limit)
     payload_limit: int = 2_000_000  # bytes per request body
     max_concurrent_requests: int = 512  # requests in flight (POST) before 429
-    max_queue_tokens: int = 131072  # tokens waiting for a model before 429
+    max_queue_tokens: int = 600_000  # tokens waiting for a model before 429 (two of OpenAI's largest requests)
     health_stall_s: float = 60.0  # with work pending and no progress for this long, /health answers 503
     max_wait_ms: float = 2.0  # how long an idle worker waits for more requests to batch
     batching: bool = True  # False: each request runs alone (for comparison)
@@ -47,15 +49,16 @@ class Limits:
             raise ValueError(f"max_wait_ms={self.max_wait_ms:g} must be a finite number of at least 0")
         if self.max_input_length is not None and self.max_input_length < 2:
             raise ValueError(f"max_input_length={self.max_input_length} must be at least 2 (a token and the EOS)")
-        if self.max_queue_tokens < self.max_batch_tokens:
-            raise ValueError(
-                f"max_queue_tokens={self.max_queue_tokens} must be at least max_batch_tokens={self.max_batch_tokens}, "
-                "or a request of that size could never be queued"
-            )
+        for limit in ("max_batch_tokens", "openai_max_batch_tokens"):
+            if self.max_queue_tokens < getattr(self, limit):
+                raise ValueError(
+                    f"max_queue_tokens={self.max_queue_tokens} must be at least {limit}={getattr(self, limit)}, or a "
+                    "request of that size could never be queued"
+                )
 
     def input_length(self, configs: Sequence[Qwen3Config]) -> int:
         """The tokens an input may hold on a server of models of these configs: max_input_length (default 8192), at
-        most each model's maximum sequence length; max_batch_tokens must hold an input of that length."""
+        most each model's maximum sequence length; each route's tokens per request must hold an input of that length."""
         positions = [config.max_position_embeddings for config in configs]
         if self.max_input_length is None:
             length = min(DEFAULT_MAX_LENGTH, *positions)
@@ -63,21 +66,28 @@ class Limits:
             for limit in positions:
                 check_int("max_input_length", self.max_input_length, 2, limit, "the model's maximum sequence length")
             length = self.max_input_length
-        if self.max_batch_tokens < length:
-            raise ValueError(f"max_batch_tokens={self.max_batch_tokens} must be at least max_input_length={length}")
+        for limit in ("max_batch_tokens", "openai_max_batch_tokens"):
+            if getattr(self, limit) < length:
+                raise ValueError(f"{limit}={getattr(self, limit)} must be at least max_input_length={length}")
         return length
 
-    def check_request_tokens(self, tokens: int) -> None:
-        """413 for a request of more tokens than max_batch_tokens: it may never run (nor wait in a queue, which
-        holds max_queue_tokens >= max_batch_tokens)."""
-        if tokens > self.max_batch_tokens:
-            raise ApiError(413, f"the inputs hold {tokens} tokens, more than max_batch_tokens={self.max_batch_tokens}")
+    def check_request_tokens(self, tokens: int, limit: str = "max_batch_tokens") -> None:
+        """413 for a request of more tokens than its route's `limit` (max_batch_tokens, or openai_max_batch_tokens):
+        it may never run (nor wait in a queue, which holds max_queue_tokens, at least either)."""
+        if tokens > getattr(self, limit):
+            raise ApiError(413, f"the inputs hold {tokens} tokens, more than {limit}={getattr(self, limit)}; send "
+                           "fewer or shorter inputs per request")  # fmt: skip
 
 
 def check_api_key(key: str | None) -> None:
     """An API key must be printable ASCII without spaces: it travels in a header."""
     if key is not None and not (key.isascii() and key.isprintable() and key and " " not in key):
         raise ValueError("the API key must be non-empty printable ASCII without spaces (it travels in a header)")
+
+
+# A limit as the library or a Limits field names it with its value, and the serve flag of a library name.
+FLAG_OF = {"max_length": "max_input_length"}
+LIMIT_NAMED = re.compile(rf"(?<![\w-])({'|'.join([*FLAG_OF, *(f.name for f in fields(Limits))])})=([\d.]+\d|\d)")
 
 
 class ApiError(Exception):
@@ -102,8 +112,9 @@ def openai_style(path: str) -> bool:
 
 def error_response(path: str, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
     """TEI's error body ({"error", "error_type"}), or under /v1/ and /v2/ OpenAI's
-    ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422. A message past
-    MESSAGE_CHARS (one that quotes what a client sent) is cut there."""
+    ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422; the message in an HTTP
+    client's terms (`for_clients`). A message past MESSAGE_CHARS (one that quotes what a client sent) is cut there."""
+    message = for_clients(message, path)
     if len(message) > MESSAGE_CHARS:
         message = f"{message[:MESSAGE_CHARS]}... (cut)"
     if openai_style(path):
@@ -112,6 +123,16 @@ def error_response(path: str, status: int, message: str, kind: str, headers: dic
                 "param": None, "code": None}  # fmt: skip
         return JSONResponse({"error": body}, status, headers)
     return JSONResponse({"error": message, "error_type": kind}, status, headers)
+
+
+def for_clients(message: str, path: str) -> str:
+    """A message of the library or the server in the terms of an HTTP client: the library's advice as what the
+    client can send (`"truncate": true`, not `truncate=True`; the server's limit is not the client's to raise), and a
+    limit named as the server's flag for its operator (`max_batch_tokens=16384`: `the server's
+    --max-batch-tokens=16384`; the library's max_length is the server's --max-input-length)."""
+    truncate = '"parameters": {"truncate": true}' if path == "/similarity" else '"truncate": true'
+    message = message.replace("raise max_length, or pass truncate=True", f"or send {truncate} in the body")
+    return LIMIT_NAMED.sub(lambda m: f"the server's --{FLAG_OF.get(m[1], m[1]).replace('_', '-')}={m[2]}", message)
 
 
 def internal_error(path: str, error: BaseException) -> JSONResponse:

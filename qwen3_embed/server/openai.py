@@ -20,7 +20,8 @@ router = APIRouter(route_class=BodyRoute)
 class EmbeddingRequest(Body):
     """OpenAI's fields, and Jina's (which Jina's clients send to the same route)."""
 
-    inputs_field, token_ids, batch_limit = "input", True, "openai_max_client_batch_size"
+    inputs_field, token_ids = "input", True
+    batch_limit, token_limit = "openai_max_client_batch_size", "openai_max_batch_tokens"
     input: str | FailFastList[str] | Ids | FailFastList[Ids]  # texts, or token ids of the model's tokenizer
     model: str | None = None  # any name: the served model answers
     dimensions: StrictInt | None = None
@@ -39,8 +40,9 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
     if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
         inputs = [inputs]  # one text, or one list of token ids
     vectors, tokens = await request.app.state.service.embed(
-        request, inputs, field="input", truncate=body.truncate, dimensions=body.dimensions, normalize=body.normalized
-    )
+        request, inputs, field="input", truncate=body.truncate, dimensions=body.dimensions,
+        normalize=body.normalized, token_limit=body.token_limit,
+    )  # fmt: skip
     data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)]  # fmt: skip
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}

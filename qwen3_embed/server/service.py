@@ -81,7 +81,8 @@ class Service:
                 metrics=self.metrics,
             )
             self.workers[name] = worker
-            worker.warm_up(self.max_input_length)
+            largest = max(limits.max_batch_tokens, limits.openai_max_batch_tokens if name == "embed" else 0)
+            worker.warm_up(self.max_input_length, largest)
 
     def drain(self, seconds: float) -> None:
         """Shutting down: refuse new requests (503) and fail the queued ones (503); the running batches finish."""
@@ -149,10 +150,12 @@ class Service:
         prompt_name: str | None = None,
         dimensions: int | None = None,
         normalize: bool = True,
+        token_limit: str = "max_batch_tokens",
     ) -> tuple[torch.Tensor, int]:
         """(vectors [n, dim], tokens) of texts, or of token id lists (OpenAI's), in order; their count and the
         lists' lengths already checked (body.check_inputs). `field` names the inputs in errors (`field[i]`), or
-        gives the i-th input's name; `left`: truncation cuts a text's start."""
+        gives the i-th input's name; `left`: truncation cuts a text's start; `token_limit`: the Limits field of the
+        route's tokens per request."""
         embedder = self._model("embed")
         name = field if callable(field) else lambda i: f"{field}[{i}]"
         try:
@@ -168,9 +171,9 @@ class Service:
                     return embedder.tokenize(texts, None, prompt_name, self.max_input_length, truncate, warn=False,
                                              left=left)  # fmt: skip
 
-                ids = await self._tokenize(tokenize, gone)
+                ids = await self._tokenize(tokenize, gone, token_limit)
             else:
-                ids = await self._tokenize(lambda: self._check_ids(inputs, name, embedder), gone)
+                ids = await self._tokenize(lambda: self._check_ids(inputs, name, embedder), gone, token_limit)
             finish = lambda rows: embedder.finish(rows[:, :dim], normalize)  # noqa: E731
             return await self._queue("embed", ids, finish, gone), sum(map(len, ids))
 
@@ -276,16 +279,18 @@ class Service:
             )  # fmt: skip
         return [[*seq, embedder.tokenizer.eos_id] for seq in inputs]
 
-    async def _tokenize(self, tokenize: Callable[[], list[list[T]]], gone: asyncio.Task) -> list[list[T]]:
-        """Token ids (or tokens) from the tokenization threads, within max_batch_tokens; 413 for an input over
-        max_input_length, 422 for any other input the tokenizer refuses."""
+    async def _tokenize(
+        self, tokenize: Callable[[], list[list[T]]], gone: asyncio.Task, token_limit: str = "max_batch_tokens"
+    ) -> list[list[T]]:
+        """Token ids (or tokens) from the tokenization threads, within the Limits field `token_limit`; 413 for an
+        input over max_input_length, 422 for any other input the tokenizer refuses."""
         try:
             ids = await self._in_thread(self.tokenizing, tokenize, gone)
         except TextTooLong as e:
             raise ApiError(413, str(e)) from None
         except (ValueError, TypeError) as e:
             raise ApiError(422, str(e), "Tokenizer") from None
-        self.limits.check_request_tokens(sum(map(len, ids)))
+        self.limits.check_request_tokens(sum(map(len, ids)), token_limit)
         return ids
 
     @staticmethod

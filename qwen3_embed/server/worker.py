@@ -214,17 +214,17 @@ class BatchingWorker:
             self.metrics.batch_tokens.labels(self.name).observe(tokens)
             self.metrics.tokens.labels(self.name).inc(tokens)
 
-    def warm_up(self, max_input_length: int) -> float:
+    def warm_up(self, max_input_length: int, max_request_tokens: int) -> float:
         """Before any request, on a device of WARM_UP_DEVICES, run a forward pass of each size of `warm_up_sizes` up
-        to the largest this worker can run, of sequences of at most `max_input_length` tokens: there the first pass
-        of each power of two compiles and autotunes (seconds), which a request would otherwise pay. Logs and returns
-        the seconds it took."""
+        to the largest this worker can run (its requests hold at most `max_request_tokens`), of sequences of at most
+        `max_input_length` tokens: there the first pass of each power of two compiles and autotunes (seconds), which
+        a request would otherwise pay. Logs and returns the seconds it took."""
         if self.pipeline.device.type not in WARM_UP_DEVICES:
             return 0.0
         start = time.monotonic()
-        # A drain takes requests (of at most max_batch_tokens each) until it holds max_batch_tokens, and the pipeline
-        # cuts what it took into forward passes of its batch budget.
-        drain = 2 * self.max_batch_tokens - 1 if self.batching else self.max_batch_tokens
+        # A drain takes requests until it holds max_batch_tokens, and the pipeline cuts what it took into forward
+        # passes of its batch budget.
+        drain = self.max_batch_tokens - 1 + max_request_tokens if self.batching else max_request_tokens
         sizes = warm_up_sizes(min(drain, self.pipeline.batch_tokens(None)))
         eos = self.pipeline.tokenizer.eos_id
         for size in sizes:
