@@ -258,6 +258,22 @@ def test_errors_name_what_the_client_sent_in_the_servers_words(client):
         assert response.status_code in (400, 422) and message.startswith(f"{name} is not valid Unicode"), message
 
 
+def test_an_unknown_field_named_with_a_lone_surrogate_is_refused_not_a_500(client):
+    """The error quoting the field's name writes the surrogate as its escape (UTF-8 cannot hold it)."""
+    json_type = {"content-type": "application/json"}
+    for path, body, name in [
+        ("/embed", b'{"inputs": "a", "\\ud800": 1}', "\\ud800"),
+        ("/", b'{"inputs": "a", "x\\udfff": 1}', "x\\udfff"),
+        ("/similarity", b'{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {"\\udc00": 1}}',
+         "parameters.\\udc00"),
+        ("/v1/embeddings", b'{"input": "a", "\\ud800" : 1}', "\\ud800"),
+    ]:
+        response = client.post(path, content=body, headers=json_type)
+        error = response.json()["error"]
+        message = error["message"] if path.startswith("/v1/") else error
+        assert response.status_code in (400, 422) and message.startswith(f"unknown field '{name}'"), message
+
+
 def test_a_server_error_tells_only_an_id_that_the_log_has(embedder, caplog):
     class Broken:
         def run(self, *args, **kwargs):

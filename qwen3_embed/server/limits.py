@@ -103,7 +103,9 @@ def openai_style(path: str) -> bool:
 def error_response(path: str, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
     """TEI's error body ({"error", "error_type"}), or under /v1/ and /v2/ OpenAI's
     ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422. A message past
-    MESSAGE_CHARS (one that quotes what a client sent) is cut there."""
+    MESSAGE_CHARS (one that quotes what a client sent) is cut there, after a lone surrogate it quotes (JSON's
+    \\ud800, which UTF-8 cannot hold) is written as its escape."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(message) > MESSAGE_CHARS:
         message = f"{message[:MESSAGE_CHARS]}... (cut)"
     if openai_style(path):
