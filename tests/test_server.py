@@ -264,8 +264,11 @@ def test_an_unknown_field_named_with_a_lone_surrogate_is_refused_not_a_500(clien
     for path, body, name in [
         ("/embed", b'{"inputs": "a", "\\ud800": 1}', "\\ud800"),
         ("/", b'{"inputs": "a", "x\\udfff": 1}', "x\\udfff"),
-        ("/similarity", b'{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {"\\udc00": 1}}',
-         "parameters.\\udc00"),
+        (
+            "/similarity",
+            b'{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {"\\udc00": 1}}',
+            "parameters.\\udc00",
+        ),
         ("/v1/embeddings", b'{"input": "a", "\\ud800" : 1}', "\\ud800"),
     ]:
         response = client.post(path, content=body, headers=json_type)
