@@ -124,10 +124,17 @@ def _hidden(relative: Path) -> bool:
 
 def glob_matches(pattern: str, path: Path) -> bool:
     """Whether the glob `pattern` matches `path` as resolve_inputs reads it (recursively: `**` is any number of
-    folders; a wildcard does not match a name starting with a dot), whether or not the path exists."""
+    folders; a wildcard does not match a name starting with a dot), whether or not the path exists: as written, or
+    with the symbolic links of the pattern's folder and of the path's existing part followed."""
     parts = Path(os.path.abspath(os.path.expanduser(pattern))).parts
-    names = Path(os.path.abspath(path)).parts
+    magic = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    real = Path(os.path.realpath(Path(*parts[:magic])), *parts[magic:]).parts
+    return _glob_matches(parts, Path(os.path.abspath(path)).parts) or _glob_matches(
+        real, Path(os.path.realpath(path)).parts
+    )
 
+
+def _glob_matches(parts: tuple[str, ...], names: tuple[str, ...]) -> bool:
     def match(i: int, j: int) -> bool:
         if i == len(parts):
             return j == len(names)
