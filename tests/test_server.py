@@ -190,6 +190,8 @@ def test_embed_bad_input(client, body, status, kind):
         ("/embed", dict(method="POST", content=b'{"inputs": ["ok", "\\ud800"]}'), 422, "tei"),  # a lone surrogate
         ("/v2/rerank", dict(method="POST", json={"query": "q", "documents": ["d"], "max_chunks_per_doc": 9}), 400,
          "openai"),
+        ("/v2/rerank", dict(method="POST", json={"query": "q", "documents": ["d"], "relevant_spans": {"mode": "on"}}),
+         400, "openai"),
     ],
 )  # fmt: skip
 def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status, shape):
@@ -216,6 +218,7 @@ def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status,
                             "dimensions": 8, "normalized": True, "truncate": True, "embedding_type": "float",
                             "late_chunking": False}),  # Jina
         ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "top_n": 1, "max_tokens_per_doc": 4}),
+        ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "priority": 3, "relevant_spans": None}),  # 7.x
         ("/similarity", {"inputs": {"source_sentence": "q", "sentences": ["a"]}, "parameters": {"truncate": True,
                          "truncation_direction": "left", "prompt_name": None}}),  # TEI
         ("/tokenize", {"inputs": ["a"], "add_special_tokens": False, "prompt_name": "query"}),  # TEI
