@@ -527,6 +527,19 @@ def test_an_output_the_input_reads_is_refused(tiny, embedder, tmp_path):
             encode(tiny, embedder, spec, gl / "out")
 
 
+def test_an_output_the_input_pattern_reaches_through_a_symbolic_link_is_refused(tiny, embedder, tmp_path):
+    """`--input 'alias/**' --output real/out` with alias -> real (or the other way round) wrote the shards, and
+    its rerun was refused: the pattern was matched against the output as written, not as the files are reached."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.txt").write_text("one\ntwo\n")
+    (tmp_path / "alias").symlink_to(real)
+    for pattern, output in [(tmp_path / "alias" / "**", real / "out"), (real / "**", tmp_path / "alias" / "out")]:
+        with pytest.raises(ValueError, match=r"output .*/out is where the input pattern '.*/\*\*' matches files"):
+            encode(tiny, embedder, str(pattern), output)
+        assert not (real / "out").exists()
+
+
 def test_a_second_encoder_on_a_held_folder_names_the_process_that_holds_it(tiny, tmp_path):
     """Two encoders of other settings on one folder both died with 'RuntimeError ... this looks like a bug', and the
     rerun they suggested was refused. The first holds the folder (a flocked .lock); the second is refused at once."""

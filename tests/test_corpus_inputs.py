@@ -188,6 +188,32 @@ def test_a_damaged_gzip_file_is_an_error_naming_it_and_what_is_wrong(tiny, tmp_p
     assert not list((tmp_path / "out").glob("*.json"))
 
 
+@pytest.mark.parametrize("name, keep", [("in.txt.gz", 0), ("in.txt.gz", 1), ("in.txt.zst", 3), ("in.TXT.ZSTD", 2)])
+def test_a_compressed_file_cut_inside_its_magic_number_is_an_error_naming_it(tiny, tmp_path, name, keep):
+    """Cut to its first byte (or none), a .gz file was read as a text file and its one line embedded, exit 0."""
+    import zstandard
+
+    data = "".join(f"line {i}\n" for i in range(50)).encode()
+    compressed = gzip.compress(data) if name.endswith(".gz") else zstandard.ZstdCompressor().compress(data)
+    (tmp_path / name).write_bytes(compressed[:keep])
+    done = encode_cli("--model", str(tiny[0]), "--input", str(tmp_path / name), "--output", str(tmp_path / "out"))
+    suffix = name.lower()[name.rfind(".") :]
+    assert done.returncode == 1 and "wrote" not in done.stderr, done.stderr
+    assert f"qwen3-embed: error: input {name} is named {suffix} but does not start as" in done.stderr
+    assert not list((tmp_path / "out").glob("*.json"))
+
+
+def test_a_zstd_file_that_starts_with_a_skippable_frame_is_read(tmp_path):
+    """pzstd writes a skippable frame before each frame: such a file was refused as text that is not UTF-8."""
+    import zstandard
+
+    data = "".join(f"line {i}\n" for i in range(50)).encode()
+    skippable = b"\x5a\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"size"
+    (tmp_path / "in.txt.zst").write_bytes(skippable + zstandard.ZstdCompressor().compress(data))
+    file = resolve_inputs(tmp_path / "in.txt.zst").files[0]
+    assert file.compression == "zstd" and [r.text for r in read_records(file, positions=True)] == data.decode().splitlines()
+
+
 def test_rerank_names_a_bad_record_and_what_rerank_takes(tiny, tmp_path):
     """rerank's error suggested --skip-bad, which rerank does not take."""
     (tmp_path / "docs.jsonl").write_text('{"text": "fine"}\n{broken\n')

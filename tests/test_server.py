@@ -193,6 +193,8 @@ def test_embed_bad_input(client, body, status, kind):
         ("/embed", dict(method="POST", content=b'{"inputs": ["ok", "\\ud800"]}'), 422, "tei"),  # a lone surrogate
         ("/v2/rerank", dict(method="POST", json={"query": "q", "documents": ["d"], "max_chunks_per_doc": 9}), 400,
          "openai"),
+        ("/v2/rerank", dict(method="POST", json={"query": "q", "documents": ["d"], "relevant_spans": {"mode": "on"}}),
+         400, "openai"),
     ],
 )  # fmt: skip
 def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status, shape):
@@ -219,6 +221,7 @@ def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status,
                             "dimensions": 8, "normalized": True, "truncate": True, "embedding_type": "float",
                             "late_chunking": False}),  # Jina
         ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "top_n": 1, "max_tokens_per_doc": 4}),
+        ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "priority": 3, "relevant_spans": None}),  # 7.x
         ("/similarity", {"inputs": {"source_sentence": "q", "sentences": ["a"]}, "parameters": {"truncate": True,
                          "truncation_direction": "left", "prompt_name": None}}),  # TEI
         ("/tokenize", {"inputs": ["a"], "add_special_tokens": False, "prompt_name": "query"}),  # TEI
@@ -259,6 +262,25 @@ def test_errors_name_what_the_client_sent_in_the_servers_words(client):
         error = response.json()["error"]
         message = error if path == "/rerank" else error["message"]
         assert response.status_code in (400, 422) and message.startswith(f"{name} is not valid Unicode"), message
+
+
+def test_an_unknown_field_named_with_a_lone_surrogate_is_refused_not_a_500(client):
+    """The error quoting the field's name writes the surrogate as its escape (UTF-8 cannot hold it)."""
+    json_type = {"content-type": "application/json"}
+    for path, body, name in [
+        ("/embed", b'{"inputs": "a", "\\ud800": 1}', "\\ud800"),
+        ("/", b'{"inputs": "a", "x\\udfff": 1}', "x\\udfff"),
+        (
+            "/similarity",
+            b'{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {"\\udc00": 1}}',
+            "parameters.\\udc00",
+        ),
+        ("/v1/embeddings", b'{"input": "a", "\\ud800" : 1}', "\\ud800"),
+    ]:
+        response = client.post(path, content=body, headers=json_type)
+        error = response.json()["error"]
+        message = error["message"] if path.startswith("/v1/") else error
+        assert response.status_code in (400, 422) and message.startswith(f"unknown field '{name}'"), message
 
 
 def test_a_server_error_tells_only_an_id_that_the_log_has(embedder, caplog):

@@ -32,8 +32,9 @@ import numpy as np
 
 INPUT_FORMATS = ("text", "jsonl", "parquet")
 SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+ZSTD_SKIPPABLE = b"\x2a\x4d\x18"  # after a byte 0x50..0x5f: a skippable frame, which pzstd writes first
 BOM = b"\xef\xbb\xbf"
 BLOCK = 1 << 22
 ZSTD_STEP = 1 << 10  # compressed bytes decoded at a time
@@ -123,10 +124,17 @@ def _hidden(relative: Path) -> bool:
 
 def glob_matches(pattern: str, path: Path) -> bool:
     """Whether the glob `pattern` matches `path` as resolve_inputs reads it (recursively: `**` is any number of
-    folders; a wildcard does not match a name starting with a dot), whether or not the path exists."""
+    folders; a wildcard does not match a name starting with a dot), whether or not the path exists: as written, or
+    with the symbolic links of the pattern's folder and of the path's existing part followed."""
     parts = Path(os.path.abspath(os.path.expanduser(pattern))).parts
-    names = Path(os.path.abspath(path)).parts
+    magic = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    real = Path(os.path.realpath(Path(*parts[:magic])), *parts[magic:]).parts
+    return _glob_matches(parts, Path(os.path.abspath(path)).parts) or _glob_matches(
+        real, Path(os.path.realpath(path)).parts
+    )
 
+
+def _glob_matches(parts: tuple[str, ...], names: tuple[str, ...]) -> bool:
     def match(i: int, j: int) -> bool:
         if i == len(parts):
             return j == len(names)
@@ -146,11 +154,18 @@ def _input_file(name: str, path: Path | None, forced: str | None, data: bytes | 
             magic = f.read(4)
     except OSError as e:
         raise OSError(e.errno, f"cannot read input {path}: {e.strerror}") from None
-    compression = next((kind for prefix, kind in MAGIC.items() if magic.startswith(prefix)), None)
+    compression = compression_of(magic)
     if compression == "zstd":
         _need_zstandard(name)
     parquet = magic == b"PAR1"
     base = name.lower()
+    suffix = os.path.splitext(base)[1]
+    named = COMPRESSION_SUFFIXES.get(suffix)
+    if named is not None and compression != named:
+        raise DamagedInput(
+            f"input {name} is named {suffix} but does not start as {named} data does: it is cut short, or not "
+            f"{named}-compressed; replace it with a complete, intact copy"
+        )
     for suffix in COMPRESSION_SUFFIXES:
         base = base.removesuffix(suffix)
     by_name = SUFFIXES.get(os.path.splitext(base)[1])
@@ -168,6 +183,13 @@ def _input_file(name: str, path: Path | None, forced: str | None, data: bytes | 
             head = f.read(1 << 16).removeprefix(BOM).lstrip()
         file = InputFile(name, path, "jsonl" if head.startswith(b"{") else "text", compression, data)
     return file
+
+
+def compression_of(magic: bytes) -> str | None:
+    """'gzip' or 'zstd' by a file's first 4 bytes (a zstd file may start with a skippable frame), else None."""
+    if len(magic) == 4 and 0x50 <= magic[0] <= 0x5F and magic[1:] == ZSTD_SKIPPABLE:
+        return "zstd"
+    return next((kind for prefix, kind in MAGIC.items() if magic.startswith(prefix)), None)
 
 
 def _need_pyarrow():

@@ -29,9 +29,11 @@ class RerankRequest(Body):
     return_documents: StrictBool = False
     truncate: StrictBool = False  # this server's addition: cut documents that are over max_input_length
     max_tokens_per_doc: StrictInt | None = Field(None, ge=1)  # each document cut to this many tokens (Cohere v2)
+    priority: StrictInt | None = None  # Cohere v2's hint for ordering requests under load: ignored (one queue here)
     # Cohere options this server does not implement: refused when given, rather than silently ignored.
     max_chunks_per_doc: None = None
     rank_fields: None = None
+    relevant_spans: None = None  # Cohere v2 (Rerank v5 models): the spans of each document that made its score
 
 
 @router.post("/v1/rerank", summary="Rerank documents for a query (Cohere, Jina)")

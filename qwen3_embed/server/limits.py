@@ -113,8 +113,9 @@ def openai_style(path: str) -> bool:
 def error_response(path: str, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
     """TEI's error body ({"error", "error_type"}), or under /v1/ and /v2/ OpenAI's
     ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422; the message in an HTTP
-    client's terms (`for_clients`). A message past MESSAGE_CHARS (one that quotes what a client sent) is cut there."""
-    message = for_clients(message, path)
+    client's terms (`for_clients`). A message past MESSAGE_CHARS (one that quotes what a client sent) is cut there,
+    after a lone surrogate it quotes (JSON's \\ud800, which UTF-8 cannot hold) is written as its escape."""
+    message = for_clients(message, path).encode("utf-8", "backslashreplace").decode("utf-8")
     if len(message) > MESSAGE_CHARS:
         message = f"{message[:MESSAGE_CHARS]}... (cut)"
     if openai_style(path):
