@@ -74,6 +74,27 @@ def test_bad_data_names_file_and_line(tmp_path, line, error):
         read_examples(path)
 
 
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b'{"query": "q", "positive": "p"}\n{"query": "q\xff", "positive": "p"}\n', "line.jsonl:2: not UTF-8 text"),
+        (b'{"query": "q", "positive": "p"', "line.jsonl:1: not valid JSON .* at column 31"),
+        (b'{"query": "q", "positive": "p"\r\n', "line.jsonl:1: not valid JSON .* at column 31"),
+    ],
+)
+def test_undecodable_or_cut_lines_name_file_line_and_column(tmp_path, data, error):
+    path = tmp_path / "line.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=error):
+        read_examples(path)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"query": "q", "positive": "p"}\r\n')
+    assert read_examples(path) == [Example("q", "p")]
+
+
 def test_a_negative_equal_to_its_positive_is_warned_and_dropped(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text('\n{"query": "q", "positive": "p", "negatives": ["p", "n"]}\n')

@@ -24,12 +24,18 @@ class Example:
 
 
 def read_examples(path: str | os.PathLike) -> list[Example]:
-    """The examples of a JSON lines file (blank lines skipped); bad data is a ValueError naming file and line."""
+    """The examples of a JSON lines file (UTF-8, a byte order mark allowed, blank lines skipped); bad data is a
+    ValueError naming file and line."""
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at byte {e.start + 1})") from None
             if line.strip():
-                examples.append(parse_line(line, f"{path}:{number}"))
+                examples.append(parse_line(line, where))
     if not examples:
         raise ValueError(f"{path} holds no examples: write one JSON object per line with query and positive")
     return examples
