@@ -190,6 +190,23 @@ def test_resuming_with_other_options_is_refused(tmp_path, small):
         train(TrainOptions(**{**options, "lr": 2e-3}))
 
 
+def test_the_progress_bar_shows_each_steps_own_loss(tmp_path, small):
+    import functools
+    import io
+
+    from qwen3_embed.train import trainer
+
+    screen = io.StringIO()
+    examples, _ = retrieval_task(3, 12)
+    with pytest.MonkeyPatch.context() as patch:  # every frame drawn, into `screen`
+        patch.setattr(trainer, "tqdm", functools.partial(trainer.tqdm, file=screen, mininterval=0, miniters=1))
+        train(TrainOptions(model=str(small), data=write_jsonl(tmp_path / "train.jsonl", examples),
+                           output=str(tmp_path / "out"), lr=1e-3, batch_tokens=100, max_length=64))  # fmt: skip
+    frames = [frame for frame in screen.getvalue().split("\r") if "step" in frame]
+    steps = [frame for frame in frames if not frame.lstrip().startswith("0%")]
+    assert len(steps) >= 3 and all("loss" in frame for frame in steps), frames
+
+
 def test_the_saved_folder_loads_in_sentence_transformers_transformers_and_here(tmp_path, small):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel

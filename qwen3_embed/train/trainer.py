@@ -145,9 +145,9 @@ def run(options: TrainOptions, examples: list[Example], held_out: list[Example],
         optimizer.step()
         scheduler.step()
         tokens += sum(item.tokens for item in batch)
-        progress.update(1)
         rate = tokens / (time.perf_counter() - started)
         progress.set_postfix_str(f"loss {loss.item():.4f}, {rate:,.0f} tokens/s", refresh=False)
+        progress.update(1)
         if options.save_every and (number + 1) % options.save_every == 0 and number + 1 < len(schedule):
             if ranks.first:
                 save_checkpoint(checkpoints, number + 1, options, pipeline, optimizer, scheduler)
