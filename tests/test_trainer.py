@@ -207,6 +207,13 @@ def test_the_progress_bar_shows_each_steps_own_loss(tmp_path, small):
     assert len(steps) >= 3 and all("loss" in frame for frame in steps), frames
 
 
+def test_batches_of_one_example_without_negatives_are_warned_about(tmp_path, small):
+    examples, _ = retrieval_task(4, 3)
+    with pytest.warns(UserWarning, match=r"3 of 3 batches hold one example and no negative.*--batch-tokens \(now 20\)"):
+        data = write_jsonl(tmp_path / "train.jsonl", examples)
+        train(TrainOptions(model=str(small), data=data, output=str(tmp_path / "out"), batch_tokens=20, max_length=64))
+
+
 def test_the_saved_folder_loads_in_sentence_transformers_transformers_and_here(tmp_path, small):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel

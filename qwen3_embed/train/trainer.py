@@ -122,6 +122,10 @@ def run(options: TrainOptions, examples: list[Example], held_out: list[Example],
     lengths = [item.tokens for item in tokenized]
     epochs = [epoch_batches(lengths, options.batch_tokens, options.seed, epoch) for epoch in range(options.epochs)]
     schedule = [batch for epoch in epochs for batch in epoch]
+    lone = sum(len(batch) == 1 and not examples[batch[0]].negatives for batch in schedule)
+    if lone and not options.reranker and ranks.first:
+        alone = f"{lone} of {len(schedule)} batches hold one example and no negative, so their loss is 0"
+        warnings.warn(f"{alone}: raise {flag('batch_tokens')} (now {options.batch_tokens})", stacklevel=2)
     epoch_ends = {sum(map(len, epochs[: i + 1])): i + 1 for i in range(len(epochs))}  # steps done -> epoch
     parameters = trainable(pipeline)
     optimizer = torch.optim.AdamW(parameters, lr=options.lr, weight_decay=options.weight_decay)
