@@ -125,3 +125,28 @@ def test_throughput_warms_up_on_the_whole_workload_on_a_gpu():
 def test_a_bad_size_or_budget_is_refused(tmp_path, flag, value):
     done = run_gpu_check(str(tmp_path), "--plan", flag, value, returncode=2)
     assert f"argument {flag}: {value} is not a positive finite number" in done.stderr
+
+
+def test_the_server_benchmark_sees_memory_growth_below_the_load_peak():
+    """A process that peaked at load (300 MB, freed) and then grows by 200 MB: its lifetime peak (VmHWM) does not move,
+    which is all the benchmark used to read; the peak reset after the load shows the growth."""
+    import server
+
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nx = bytearray(300_000_000)\ndel x\nprint(flush=True)\nsys.stdin.readline()\n"
+        "y = bytearray(200_000_000)\nprint(flush=True)\nsys.stdin.readline()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        child.stdout.readline()  # loaded: its peak is behind it
+        lifetime_peak = server.memory(child.pid, "VmHWM")
+        baseline = server.reset_peak(child.pid)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.stdout.readline()  # grown
+        assert server.memory(child.pid, "VmHWM") - lifetime_peak < 20_000_000  # the old reading: no growth
+        grown = server.growth(child.pid, baseline)
+        assert 190_000_000 < grown["rss_growth_bytes"] < 230_000_000, grown
+        assert server.mib(grown).startswith(f"+{grown['rss_growth_bytes'] / 2**20:.0f} MiB (peak ")
+    finally:
+        child.kill()
+        child.wait()
