@@ -100,6 +100,10 @@ def test_gpu_check_smoke(tmp_path):
     assert {f"opcheck qwen3_embed.{op}.default" for op in ("rms_norm", "qk_norm_rope", "varlen_attention")} <= names
     assert {"attention mixed Hq/Hkv 4/2 base", "attention mixed Hq/Hkv 4/2 diag32"} <= names
     assert {tuple(r["chosen_config"]) for r in sections["attention"]["runs"]} == {("base", "diag32", "tma")}
+    for r in sections["attention"]["runs"]:  # the peers that run on a CPU are checked and timed there
+        assert r["peers"] == ["per-sequence SDPA", "padded SDPA", "FlexAttention, document mask"]
+        assert not r["peers_failed"]
+        assert all(r["max_abs_diff_vs_per_sequence_sdpa"][peer] < 1e-2 and peer in r["tflops"] for peer in r["peers"])
     assert sections["autotune"] and sections["environment"]["triton"]
     runs = {(r["shape"], r["corpus"], r["system"]) for r in results["end_to_end"]}
     assert runs == {(shape, corpus, system) for shape, corpora in (("0.6B", ("mixed 8-2048", "long ~8k")),
@@ -150,3 +154,28 @@ def test_the_server_benchmark_sees_memory_growth_below_the_load_peak():
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_attention_peers_that_cannot_run_here_say_why():
+    """On a CPU: FlexAttention runs; PyTorch's varlen attention and flash-attn are FlashAttention kernels (CUDA only),
+    and flash-attn is not a test dependency."""
+    import kernels_attention
+
+    q, k, v = (torch.randn(10, h, 16) for h in (4, 2, 2))
+    calls, missing = kernels_attention.peers(q, k, v, torch.tensor([0, 3, 10], dtype=torch.int32), [3, 7], 0.25)
+    assert list(calls) == ["FlexAttention, document mask"]
+    no_module = f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    assert missing["PyTorch varlen_attn"] in ("CUDA only: a FlashAttention kernel", no_module)
+    assert missing["flash-attn varlen"] in ("not installed: pip install flash-attn", "CUDA only")
+
+
+def test_the_strongest_peer_is_the_fastest_one_timed():
+    import kernels_attention
+
+    run = {
+        "peers": ["per-sequence SDPA", "padded SDPA", "FlexAttention, document mask", "flash-attn varlen"],
+        "chosen_config": {"base": {}, "tma": "RuntimeError: ..."},
+        "tflops": {"base": 9.0, "per-sequence SDPA": 2.0, "padded SDPA": 5.0, "FlexAttention, document mask": 4.0},
+    }
+    assert kernels_attention.strongest_peer(run) == "padded SDPA"  # flash-attn failed: not timed
+    assert kernels_attention.variants_timed(run) == ["base"]
