@@ -179,3 +179,27 @@ def test_the_strongest_peer_is_the_fastest_one_timed():
     }
     assert kernels_attention.strongest_peer(run) == "padded SDPA"  # flash-attn failed: not timed
     assert kernels_attention.variants_timed(run) == ["base"]
+
+
+@pytest.mark.slow
+def test_a_long_context_case_measures_each_system_in_its_own_process(build_checkpoint):
+    """Each case in a fresh process: its memory above the loaded model, a sample after every layer, and a vector that
+    agrees with ours; transformers' KV cache shows as growth per layer, ours leaves nothing behind."""
+    import long_context
+    from transformers import AutoTokenizer
+
+    folder, hf = build_checkpoint("gqa2")
+    text = "The capital of China is Beijing. " * 20
+    tokens = len(AutoTokenizer.from_pretrained(folder)(text)["input_ids"])
+    results = {}
+    for system in long_context.SYSTEMS:
+        case = {"system": system, "dtype": "float32", "tokens": tokens, "folder": str(folder), "text": text}
+        results[system] = r = long_context.spawn(case)
+        assert "error" not in r, r
+        assert len(r["after_each_layer_bytes"]) == hf.config.num_hidden_layers and r["activation_peak_bytes"] >= 0
+    for system in long_context.SYSTEMS[1:]:
+        assert long_context.cosine(results[system]["vector"], results["qwen3-embed"]["vector"]) > 0.99999
+    assert long_context.estimate("transformers eager", 32768, torch.float32, 16) > 64 * 2**30  # skipped on 23 GiB
+    row = long_context.row({"tokens": 32768, "dtype": "float32", "system": "transformers eager"},
+                           {"skipped": "skipped: needs about 96 GiB, 20 GiB available"}, None, 4)  # fmt: skip
+    assert "skipped: needs about 96 GiB" in row
