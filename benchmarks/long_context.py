@@ -120,7 +120,8 @@ def run_case(case: dict) -> dict:
 def spawn(case: dict) -> dict:
     """Run a case in a fresh process; its result, or why it has none."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    done = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
+    # the case goes on stdin: a 32k-token text is too long for a command-line argument
+    done = subprocess.run([sys.executable, __file__, "--case"], input=json.dumps(case), capture_output=True, text=True,
                           env=env)  # fmt: skip
     if done.returncode != 0:
         killed = done.returncode in (-9, 137)
@@ -152,10 +153,10 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     p.add_argument("--layers", type=int, default=4, help="depth of the 0.6B-shaped checkpoint")
     p.add_argument("--tokenizer", type=Path, default=SHARED_TOKENIZER)
-    p.add_argument("--case", help=argparse.SUPPRESS)  # one case, in the fresh process `spawn` starts
+    p.add_argument("--case", action="store_true", help=argparse.SUPPRESS)  # one case from stdin (`spawn`'s process)
     args = p.parse_args()
     if args.case:
-        print(json.dumps(run_case(json.loads(args.case))))
+        print(json.dumps(run_case(json.loads(sys.stdin.read()))))
         return
     config = replace(Qwen3Config.preset("0.6B"), num_hidden_layers=args.layers)
     folder = write_checkpoint(ROOT / "local" / f"bench-embed-0.6B-{args.layers}", config, args.tokenizer)

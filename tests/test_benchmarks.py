@@ -199,6 +199,9 @@ def test_a_long_context_case_measures_each_system_in_its_own_process(build_check
         assert len(r["after_each_layer_bytes"]) == hf.config.num_hidden_layers and r["activation_peak_bytes"] >= 0
     for system in long_context.SYSTEMS[1:]:
         assert long_context.cosine(results[system]["vector"], results["qwen3-embed"]["vector"]) > 0.99999
+    long = {"system": "qwen3-embed", "dtype": "float32", "tokens": 64, "folder": str(folder)}
+    long["text"] = "gravity " * 30_000
+    assert "error" not in long_context.spawn(long)  # 240 KB: a case too long for a command-line argument still runs
     assert long_context.estimate("transformers eager", 32768, torch.float32, 16) > 64 * 2**30  # skipped on 23 GiB
     row = long_context.row({"tokens": 32768, "dtype": "float32", "system": "transformers eager"},
                            {"skipped": "skipped: needs about 96 GiB, 20 GiB available"}, None, 4)  # fmt: skip
