@@ -94,6 +94,13 @@ def describe(m: dict) -> str:
     return ", ".join([m["gpu"], *parts] if "gpu" in m else parts)
 
 
+def memory(key: str, pid: int | str = "self") -> int:
+    """A process's /proc/PID/status memory figure in bytes (VmRSS: resident now; VmHWM: the peak since the process
+    started, or since "5" was written to its /proc/PID/clear_refs, which resets it to VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
 def write_checkpoint(
     folder: Path, config: Qwen3Config, tokenizer_dir: Path, reranker: bool = False, device: str = "cpu"
 ) -> Path:

@@ -51,6 +51,7 @@ from common import (
     machine,
     markdown_table,
     matmul_gflops,
+    memory,
     sync,
     texts_of_token_lengths,
     write_checkpoint,
@@ -62,21 +63,15 @@ from qwen3_embed.search import Index, quantization_ranges, quantize
 CHUNK = 65536  # rows generated and quantized at a time
 
 
-def status(key: str) -> int:
-    """A /proc/self/status value in bytes (VmRSS, VmHWM)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
-
-
 def peak_during(fn) -> int:
     """Bytes of resident memory above the current level at the peak of fn() (freed heap memory is first handed back
     to the system, so that fn's allocations show)."""
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current VmRSS
-    before = status("VmRSS")
+    before = memory("VmRSS")
     fn()
-    return status("VmHWM") - before
+    return memory("VmHWM") - before
 
 
 def best_seconds(calls: list, device: str, repeats: int) -> list[float]:

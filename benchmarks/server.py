@@ -36,6 +36,7 @@ from common import (
     log_uniform_lengths,
     machine,
     markdown_table,
+    memory,
     texts_of_token_lengths,
     write_checkpoint,
     write_results,
@@ -118,27 +119,22 @@ def serve(folder: Path, port: int, options: list[str]) -> subprocess.Popen:
     raise RuntimeError("the server did not start")
 
 
-def memory(pid: int, key: str) -> int:
-    """A /proc/PID/status value in bytes (VmRSS: resident now; VmHWM: the peak since start or the last reset)."""
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
-
-
 def reset_peak(pid: int) -> int:
     """Reset a process's peak resident memory to its current one (VmHWM := VmRSS): the baseline, in bytes, above
     which later growth shows (the lifetime peak includes the model's load, which hides any growth below it)."""
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
-    return memory(pid, "VmRSS")
+    return memory("VmRSS", pid)
 
 
 def growth(pid: int, baseline: int) -> dict:
     """The peak resident memory since `reset_peak`, and its rise above the baseline, in bytes."""
-    peak = memory(pid, "VmHWM")
+    peak = memory("VmHWM", pid)
     return {"rss_baseline_bytes": baseline, "rss_peak_bytes": peak, "rss_growth_bytes": peak - baseline}
 
 
 def mib(r: dict) -> str:
+    """The memory column: the growth above the loaded baseline, and the peak."""
     return f"+{r['rss_growth_bytes'] / 2**20:.0f} MiB (peak {r['rss_peak_bytes'] / 2**30:.2f} GiB)"
 
 

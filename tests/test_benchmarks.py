@@ -142,12 +142,12 @@ def test_the_server_benchmark_sees_memory_growth_below_the_load_peak():
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         child.stdout.readline()  # loaded: its peak is behind it
-        lifetime_peak = server.memory(child.pid, "VmHWM")
+        lifetime_peak = server.memory("VmHWM", child.pid)
         baseline = server.reset_peak(child.pid)
         child.stdin.write("\n")
         child.stdin.flush()
         child.stdout.readline()  # grown
-        assert server.memory(child.pid, "VmHWM") - lifetime_peak < 20_000_000  # the old reading: no growth
+        assert server.memory("VmHWM", child.pid) - lifetime_peak < 20_000_000  # the old reading: no growth
         grown = server.growth(child.pid, baseline)
         assert 190_000_000 < grown["rss_growth_bytes"] < 230_000_000, grown
         assert server.mib(grown).startswith(f"+{grown['rss_growth_bytes'] / 2**20:.0f} MiB (peak ")
