@@ -34,20 +34,40 @@ def _tokenizer_dir() -> Path:
 SHARED_TOKENIZER = _tokenizer_dir()
 
 
-def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
+# CPU flags that decide the matmul rates the benchmarks reach, and how a results file names them.
+CPU_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_tile": "AMX"}
+
+
+def cpu_description() -> str:
+    """The CPU model, its family and model numbers and which of CPU_FLAGS it has (two VMs both named "AMD EPYC" can
+    be a Zen 2 with AVX2 and a Zen 4 with AVX-512 BF16)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    have = [name for flag, name in CPU_FLAGS.items() if flag in flags]
+    missing = "no AVX-512" if "avx512f" not in flags else "no AVX-512 BF16" if "avx512_bf16" not in flags else ""
+    features = ", ".join(have + ([missing] if missing else []))
+    family = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    return f"{fields.get('model name', platform.machine())} ({family}; {features})"
+
+
+def machine() -> dict:
+    """What the numbers were measured on, the CPU's float32 matmul peak (2048 x 2048, torch's threads) included."""
     info = {
-        "cpu": cpu,
+        "cpu": cpu_description(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "cpu_float32_matmul_gflops": round(matmul_gflops(torch.float32, "cpu", n=2048, repeats=3), 1),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -61,6 +81,24 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
+
+
+def describe(m: dict) -> str:
+    """One line naming a results file's machine: the GPU where there is one, the CPU (with what is known of it), the
+    threads, torch, and the CPU's float32 matmul peak where the file recorded it."""
+    cpu = m["cpu"] + (f" ({m['described_as']})" if "described_as" in m else "")
+    threads = m["torch_threads"]
+    parts = [cpu, f"{threads} thread{'s' if threads != 1 else ''}", f"torch {m['torch']}"]
+    if "cpu_float32_matmul_gflops" in m:
+        parts.append(f"CPU float32 matmul peak {m['cpu_float32_matmul_gflops']:.0f} GFLOP/s")
+    return ", ".join([m["gpu"], *parts] if "gpu" in m else parts)
+
+
+def memory(key: str, pid: int | str = "self") -> int:
+    """A process's /proc/PID/status memory figure in bytes (VmRSS: resident now; VmHWM: the peak since the process
+    started, or since "5" was written to its /proc/PID/clear_refs, which resets it to VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
 
 
 def write_checkpoint(

@@ -1,12 +1,18 @@
-"""TFLOP/s of the Triton varlen attention kernel against PyTorch SDPA on the same work, bf16, head_dim 128.
+"""TFLOP/s of the Triton varlen attention kernel against every other varlen attention at hand, on the same work,
+bf16, head_dim 128.
 
-- Embedding-like packs: lengths mixed between 32 and 2048 tokens, Hq 16 or 32, Hkv 8. Against SDPA's flash backend
-  run on each sequence alone and on the padded batch (right padding is exact for causal attention on the real rows).
-- Equal lengths (no padding to waste): the kernel against SDPA's flash backend on the same batch.
+The peers: SDPA (flash backend on CUDA) run on each sequence alone and on the batch right-padded (exact for causal
+attention on the real rows); PyTorch's own varlen attention (`torch.nn.attention.varlen.varlen_attn`, causal through
+its window, where the installed torch has it; CUDA only); FlexAttention with a document mask (compiled, the block
+mask built once per pack, outside the timing); flash-attn's `flash_attn_varlen_func` (where it is installed; CUDA
+only). A peer that cannot run here is listed with the reason. Packs:
+- Embedding-like: lengths mixed between 32 and 2048 tokens, Hq 16 or 32, Hkv 8.
+- Equal lengths (no padding to waste).
 - Long sequences of 8k and 32k tokens.
-FLOPs are causal: 2 x L^2 x Hq x D per sequence (QK^T and PV over the lower triangle). The kernel and each
-experimental variant the device runs (`qwen3_embed.kernels.experimental.attention.variants`) are checked against
-SDPA before they are timed, and the config autotune chose for each is recorded.
+FLOPs are causal: 2 x L^2 x Hq x D per sequence (QK^T and PV over the lower triangle). The kernel, each experimental
+variant the device runs (`qwen3_embed.kernels.experimental.attention.variants`) and each peer are checked against
+per-sequence SDPA before they are timed; the config autotune chose for each variant is recorded, and each case names
+its strongest peer.
 
     python benchmarks/kernels_attention.py            # CUDA
     python benchmarks/kernels_attention.py --smoke    # tiny sizes on CPU through Triton's interpreter: a plumbing check
@@ -15,6 +21,7 @@ SDPA before they are timed, and the config autotune chose for each is recorded.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +70,85 @@ def padded_sdpa(q, k, v, lengths, scale):
     return run, lambda out: out.transpose(1, 2)[mask]
 
 
+@functools.cache
+def compiled_flex_attention():
+    """flex_attention under torch.compile (a compile per pack shape), made on first use."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attention_call(q, k, v, lengths, scale):
+    """FlexAttention over the pack as one sequence of [1, H, T, D], with a causal document mask (built here)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    t = q.shape[0]
+    sequence = torch.repeat_interleave(
+        torch.arange(len(lengths), device=q.device), torch.tensor(lengths, device=q.device)
+    )
+    mask = create_block_mask(lambda b, h, i, j: (sequence[i] == sequence[j]) & (i >= j), None, None, t, t,
+                             device=q.device)  # fmt: skip
+    qs, ks, vs = (x.transpose(0, 1).unsqueeze(0).contiguous() for x in (q, k, v))
+    flex = compiled_flex_attention()
+    return lambda: flex(qs, ks, vs, block_mask=mask, scale=scale, enable_gqa=True)[0].transpose(0, 1)
+
+
+def torch_varlen_call(q, k, v, cu, lengths, scale):
+    """torch.nn.attention.varlen.varlen_attn, causal, as the installed torch's signature takes it (K/V heads repeated
+    beforehand where it takes no GQA)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    options = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if "scale" in params:
+        options["scale"] = scale
+    if "enable_gqa" in params:
+        options["enable_gqa"] = True
+    else:
+        k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
+    longest = max(lengths)
+    return lambda: varlen_attn(q, k, v, cu, cu, longest, longest, **options)
+
+
+def peers(q, k, v, cu, lengths, scale) -> tuple[dict, dict[str, str]]:
+    """The other varlen attentions on this pack: name -> call, and name -> why it cannot run here."""
+    calls, missing = {}, {}
+    try:
+        import torch.nn.attention.varlen  # noqa: F401
+    except ImportError:
+        missing["PyTorch varlen_attn"] = f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    else:
+        if q.device.type == "cuda":
+            calls["PyTorch varlen_attn"] = torch_varlen_call(q, k, v, cu, lengths, scale)
+        else:
+            missing["PyTorch varlen_attn"] = "CUDA only: a FlashAttention kernel"
+    calls["FlexAttention, document mask"] = flex_attention_call(q, k, v, lengths, scale)
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        missing["flash-attn varlen"] = "not installed: pip install flash-attn"
+    else:
+        if q.device.type == "cuda":
+            longest = max(lengths)
+            calls["flash-attn varlen"] = lambda: flash_attn_varlen_func(q, k, v, cu, cu, longest, longest,
+                                                                        softmax_scale=scale, causal=True)  # fmt: skip
+        else:
+            missing["flash-attn varlen"] = "CUDA only"
+    return calls, missing
+
+
+def timed_checked(calls: dict, reference, device: str, errors: dict, times: dict, failed: dict) -> None:
+    """Check each call against the reference (its first call compiles or autotunes), then time it; a failure is
+    recorded, and the others still run."""
+    for name, call in calls.items():
+        try:
+            errors[name] = (call().float() - reference.float()).abs().max().item()
+        except Exception as e:  # noqa: BLE001 - a system that fails on this device is a result
+            failed[name] = f"{type(e).__name__}: {str(e)[:300]}"
+            continue
+        times[name] = bench_seconds(call, device, repeats=1)
+
+
 def run(name, lengths, hq, hkv, dtype, device, d):
     # imported here, after --smoke has chosen Triton's interpreter
     from qwen3_embed.kernels import attention
@@ -80,8 +166,14 @@ def run(name, lengths, hq, hkv, dtype, device, d):
         sdpa = functools.partial(per_sequence_sdpa, q, k, v, lengths, scale)
         times = {"per-sequence SDPA": bench_seconds(sdpa, device, repeats=1)}  # CPU (one call) only in a smoke run
         padded, unpad = padded_sdpa(q, k, v, lengths, scale)
-        errors = {"padded SDPA": (unpad(padded()).float() - reference.float()).abs().max().item()}
+        errors = {
+            "per-sequence SDPA": 0.0,
+            "padded SDPA": (unpad(padded()).float() - reference.float()).abs().max().item(),
+        }
         times["padded SDPA"] = bench_seconds(padded, device, repeats=1)
+    others, unavailable = peers(q, k, v, cu, lengths, scale)
+    failed = {}
+    timed_checked(others, reference, device, errors, times, failed)
     capability = attention.capability_of(q.device)
     work = attention.work_table(cu, t, attention.tokens_per_block(d, hq // hkv, dtype, capability))  # once per batch
     chosen = {}
@@ -99,41 +191,61 @@ def run(name, lengths, hq, hkv, dtype, device, d):
         chosen[variant] = attention.chosen_config(q, k, experimental.VARIANTS.get(variant, attention.BASE))
     return {"case": name, "tokens": t, "sequences": len(lengths), "hq": hq, "hkv": hkv, "head_dim": d,
             "max_abs_diff_vs_per_sequence_sdpa": errors, "chosen_config": chosen,
-            "tflops": {key: flops / s / 1e12 for key, s in times.items()}, "seconds": times}  # fmt: skip
+            "peers": ["per-sequence SDPA", "padded SDPA", *others], "peers_failed": failed,
+            "peers_unavailable": unavailable, "tflops": {key: flops / s / 1e12 for key, s in times.items()},
+            "seconds": times}  # fmt: skip
+
+
+def strongest_peer(run: dict) -> str | None:
+    """The fastest peer a case timed."""
+    timed = [p for p in run["peers"] if p in run["tflops"]]
+    return max(timed, key=run["tflops"].get) if timed else None
+
+
+def variants_timed(run: dict) -> list[str]:
+    """The kernel variants a case timed."""
+    return [v for v in run["chosen_config"] if v in run["tflops"]]
 
 
 def benchmark(device: str, dtype: torch.dtype, smoke: bool = False) -> tuple[dict, str]:
-    """Every case, checked then timed: the results and a markdown table (one row per kernel variant)."""
+    """Every case, checked then timed: the results and a markdown table (one row per kernel variant and peer)."""
     d = 64 if smoke else 128
     m = machine()
     results = {"machine": m, "dtype": str(dtype), "runs": []}
-    rows = []
+    rows, unavailable = [], {}
     for name, lengths, hq, hkv in cases(smoke):
         r = run(name, lengths, hq, hkv, dtype, device, d)
         results["runs"].append(r)
-        tf = r["tflops"]
-        per_seq, padded = tf["per-sequence SDPA"], tf["padded SDPA"]
+        unavailable |= r["peers_unavailable"]
+        tf, errors = r["tflops"], r["max_abs_diff_vs_per_sequence_sdpa"]
+        kernel = max((tf[v] for v in variants_timed(r)), default=None)
+        strongest = strongest_peer(r)
+        head = f"| {name} | {r['tokens']} | {hq}/{hkv} |"
         for variant, config in r["chosen_config"].items():
             if variant not in tf:  # it failed: say how
-                rows.append(f"| {name} | {r['tokens']} | {hq}/{hkv} | {variant}: FAILED {config} | | | | |")
+                rows.append(f"{head} kernel {variant}: FAILED {config} | | | |")
                 continue
-            c = (
-                f"{config['BLOCK_M']}/{config['BLOCK_N']}/{config['num_warps']}/{config['num_stages']}"
-                if config
-                else "?"
-            )
-            rows.append(f"| {name} | {r['tokens']} | {hq}/{hkv} | {variant} ({c}) | {tf[variant]:.1f} | "
-                        f"{per_seq:.1f} ({tf[variant] / per_seq:.2f}x) | {padded:.1f} ({tf[variant] / padded:.2f}x) | "
-                        f"{r['max_abs_diff_vs_per_sequence_sdpa'][variant]:.2g} |")  # fmt: skip
-            print(rows[-1], flush=True)
+            c = "/".join(str(config[k]) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")) if config else "?"
+            rows.append(f"{head} kernel {variant} ({c}) | {tf[variant]:.1f} | - | {errors[variant]:.2g} |")
+        for peer in r["peers"]:
+            if peer in r["peers_failed"]:
+                rows.append(f"{head} {peer}: FAILED {r['peers_failed'][peer]} | | | |")
+                continue
+            label = peer + (" (strongest)" if peer == strongest else "")
+            versus = f"{kernel / tf[peer]:.2f}x" if kernel else "-"
+            rows.append(f"{head} {label} | {tf[peer]:.1f} | {versus} | {errors[peer]:.2g} |")
+        for row in rows[-len(r["chosen_config"]) - len(r["peers"]) :]:
+            print(row, flush=True)
+    results["peers_unavailable"] = unavailable
     table = markdown_table(
-        f"Varlen causal attention, {dtype}, head_dim {d}, on {m.get('gpu', m['cpu'])} (causal TFLOP/s; x = kernel "
-        "speed-up). Kernel variants with the config autotune chose (BLOCK_M/BLOCK_N/warps/stages; autotune keys on "
-        "the head dim and a token-count bucket, so the cases of one bucket run the choice made on its first); the "
-        "work table is built once per batch, outside the timing, as the model does"
-        + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if smoke else ""),
-        ["case", "tokens", "Hq/Hkv", "kernel variant (config)", "kernel", "per-sequence SDPA (CUDA: flash)",
-         "padded SDPA (CUDA: flash)", "max diff vs SDPA"],
+        f"Varlen causal attention, {dtype}, head_dim {d}, on {m.get('gpu', m['cpu'])} (causal TFLOP/s; the best "
+        "kernel variant's speed-up over each peer). Kernel variants with the config autotune chose "
+        "(BLOCK_M/BLOCK_N/warps/stages; autotune keys on the head dim and a token-count bucket, so the cases of one "
+        "bucket run the choice made on its first); the work table and FlexAttention's block mask are built once per "
+        "batch, outside the timing, as the model builds its table"
+        + (" [smoke run: interpreter, tiny sizes, timings meaningless]" if smoke else "")
+        + "".join(f"; {peer}: not run ({why})" for peer, why in unavailable.items()),
+        ["case", "tokens", "Hq/Hkv", "system", "TFLOP/s", "kernel vs it", "max diff vs per-sequence SDPA"],
         rows,
     )  # fmt: skip
     return results, table

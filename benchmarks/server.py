@@ -10,8 +10,10 @@ as it admits send requests in a loop for `--seconds` (unloaded, no deadline); th
 deadline (`--deadline`, default twice the unloaded p99) after which the client gives up and closes its connection.
 A client answered 429 retries after 50 ms (not after Retry-After, to keep the pressure on). Reported: goodput
 (answers within the deadline per second), p50/p99 of the admitted requests answered 200, the share answered 429,
-the requests abandoned at the deadline, and the server's peak resident memory; for the server with its limits and
-for one without them (admission and queue bounds lifted), under the same overload.
+the requests abandoned at the deadline, and how far the server's resident memory rose above its loaded baseline
+(its peak, VmHWM, reset through /proc/PID/clear_refs once the model is loaded and before any request); for the
+server with its limits and for one without them (admission and queue bounds lifted), under the same overload. The
+batching part reports the same growth, since the server loaded, after each concurrency.
 
     python benchmarks/server.py                      # both parts
     python benchmarks/server.py --part overload      # the overload run only
@@ -34,6 +36,7 @@ from common import (
     log_uniform_lengths,
     machine,
     markdown_table,
+    memory,
     texts_of_token_lengths,
     write_checkpoint,
     write_results,
@@ -116,15 +119,30 @@ def serve(folder: Path, port: int, options: list[str]) -> subprocess.Popen:
     raise RuntimeError("the server did not start")
 
 
-def peak_rss_gib(process: subprocess.Popen) -> float:
-    with open(f"/proc/{process.pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
+def reset_peak(pid: int) -> int:
+    """Reset a process's peak resident memory to its current one (VmHWM := VmRSS): the baseline, in bytes, above
+    which later growth shows (the lifetime peak includes the model's load, which hides any growth below it)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    return memory("VmRSS", pid)
+
+
+def growth(pid: int, baseline: int) -> dict:
+    """The peak resident memory since `reset_peak`, and its rise above the baseline, in bytes."""
+    peak = memory("VmHWM", pid)
+    return {"rss_baseline_bytes": baseline, "rss_peak_bytes": peak, "rss_growth_bytes": peak - baseline}
+
+
+def mib(r: dict) -> str:
+    """The memory column: the growth above the loaded baseline, and the peak."""
+    return f"+{r['rss_growth_bytes'] / 2**20:.0f} MiB (peak {r['rss_peak_bytes'] / 2**30:.2f} GiB)"
 
 
 def batching_part(args, folder: Path, m: dict) -> None:
     results = {"machine": m, "layers": args.layers, "runs": []}
     for batching in (False, True):
         process = serve(folder, args.port, [] if batching else ["--no-batching"])
+        baseline = reset_peak(process.pid)  # loaded, before any request
         try:
             for concurrency in args.concurrency:
                 n = max(16, concurrency * args.requests)
@@ -133,7 +151,8 @@ def batching_part(args, folder: Path, m: dict) -> None:
                 seconds, latencies = asyncio.run(load(f"http://127.0.0.1:{args.port}", texts, concurrency))
                 q = statistics.quantiles(latencies, n=100)
                 run = {"batching": batching, "concurrency": concurrency, "requests": n, "seconds": seconds,
-                       "requests_per_s": n / seconds, "p50_ms": 1000 * q[49], "p99_ms": 1000 * q[98]}  # fmt: skip
+                       "requests_per_s": n / seconds, "p50_ms": 1000 * q[49], "p99_ms": 1000 * q[98],
+                       **growth(process.pid, baseline)}  # fmt: skip
                 results["runs"].append(run)
                 print(run, flush=True)
         finally:
@@ -144,11 +163,12 @@ def batching_part(args, folder: Path, m: dict) -> None:
     for r in results["runs"]:
         gain = r["requests_per_s"] / base[r["concurrency"]]["requests_per_s"]
         rows.append(f"| {'on' if r['batching'] else 'off (one request at a time)'} | {r['concurrency']} | "
-                    f"{r['requests_per_s']:.1f} | {gain:.2f}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")  # fmt: skip
+                    f"{r['requests_per_s']:.1f} | {gain:.2f}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                    f"{mib(r)} |")  # fmt: skip
     table = markdown_table(
         f"`qwen3-embed serve` on {m['cpu']} ({m['torch_threads']} threads, shared with the client), random weights of "
         f"the 0.6B layer shapes at {args.layers} layers, float32; each request embeds one text of 8-64 tokens:",
-        ["dynamic batching", "concurrency", "requests/s", "vs off", "p50 ms", "p99 ms"],
+        ["dynamic batching", "concurrency", "requests/s", "vs off", "p50 ms", "p99 ms", "RSS since loaded"],
         rows,
     )  # fmt: skip
     print("\n" + table)
@@ -165,13 +185,13 @@ def overload_part(args, folder: Path, m: dict) -> None:
                                    ("limits, 4x overload", admitted, 4 * args.admitted),
                                    ("no limits, 4x overload", UNLIMITED, 4 * args.admitted)]:  # fmt: skip
         process = serve(folder, args.port, options)
+        baseline = reset_peak(process.pid)  # loaded, before any request
         try:
             asyncio.run(load(url, texts[:8], 2))  # warm-up
-            before = peak_rss_gib(process)
             # The unloaded run has no deadline; the overload runs' default is twice its p99 (the target).
             wait = 600.0 if not runs else deadline or 2 * runs[0]["p99_ms"] / 1000
             run = {"server": name, **asyncio.run(overload(url, texts, clients, args.seconds, wait))}
-            run |= {"peak_rss_gib": peak_rss_gib(process), "rss_gib_before": before}
+            run |= growth(process.pid, baseline)
         finally:
             process.terminate()
             process.wait()
@@ -179,8 +199,7 @@ def overload_part(args, folder: Path, m: dict) -> None:
         print(run, flush=True)
     unloaded_p99, deadline = runs[0]["p99_ms"], runs[1]["deadline_s"]
     rows = [f"| {r['server']} | {r['clients']} | {r['goodput_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
-            f"({r['p99_ms'] / unloaded_p99:.2f}x) | {100 * r['refused_share']:.0f}% | {r['late']} | "
-            f"{r['peak_rss_gib']:.2f} GiB (+{1024 * (r['peak_rss_gib'] - r['rss_gib_before']):.0f} MiB) |"
+            f"({r['p99_ms'] / unloaded_p99:.2f}x) | {100 * r['refused_share']:.0f}% | {r['late']} | {mib(r)} |"
             for r in runs]  # fmt: skip
     table = markdown_table(
         f"`qwen3-embed serve` under overload on {m['cpu']} ({m['torch_threads']} threads, shared with the client), "
@@ -188,7 +207,7 @@ def overload_part(args, folder: Path, m: dict) -> None:
         f"{args.admitted} admitted concurrent requests; under overload clients give up after {deadline:.2f} s "
         f"(twice the unloaded p99, unless --deadline says otherwise), {args.seconds:g} s per run:",
         ["server", "clients", "goodput (200 within deadline)/s", "p50 ms (200s)", "p99 ms (200s, vs unloaded)",
-         "answered 429", "abandoned at deadline", "peak RSS (during run)"],
+         "answered 429", "abandoned at deadline", "RSS since loaded"],
         rows,
     )  # fmt: skip
     print("\n" + table)

@@ -3,7 +3,8 @@
 Embedding: tokens per second of Embedder.encode against sentence-transformers (encode with its defaults) and the
 model card's transformers recipe (left padding, last-token pooling, batches of 32 in input order).
 Reranking: documents per second of Reranker.score against the card's transformers recipe (left padding, full
-logits, log-softmax over [no, yes], batches of 8 in input order).
+logits, log-softmax over [no, yes], batches of 8 in input order), and against the same recipe asking transformers
+for the last position's logits only (`logits_to_keep=1`, which the card does not do).
 
 Each task runs on one random-weight checkpoint of a real shape (default: 0.6B), on the same texts (mixed lengths,
 real Qwen3 tokenizer) and in the same dtype for every system; each system's output is checked against ours. Also
@@ -17,6 +18,7 @@ matmul in the same dtype, measured in the same run (on a CPU the better of torch
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib.util
 import time
@@ -153,7 +155,10 @@ def rerank_ours(folder: Path, documents: list[str], dtype: torch.dtype, device: 
     return timed(lambda: reranker.score(QUERY, documents), device)
 
 
-def rerank_card_recipe(folder: Path, documents: list[str], dtype: torch.dtype, device: str, batch_size: int = 8):
+def rerank_card_recipe(folder: Path, documents: list[str], dtype: torch.dtype, device: str, batch_size: int = 8,
+                       logits_to_keep: int = 0):  # fmt: skip
+    """The card's recipe; logits_to_keep=1 has the model compute the last position's logits only (0: all, the card's
+    way)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
@@ -171,7 +176,7 @@ def rerank_card_recipe(folder: Path, documents: list[str], dtype: torch.dtype, d
                                    max_length=8192 - len(prefix) - len(suffix))  # fmt: skip
                 inputs["input_ids"] = [prefix + ids + suffix for ids in inputs["input_ids"]]
                 inputs = tokenizer.pad(inputs, padding=True, return_tensors="pt").to(device)
-                logits = model(**inputs).logits[:, -1, :]
+                logits = model(**inputs, logits_to_keep=logits_to_keep).logits[:, -1, :]
                 scores = torch.stack([logits[:, no], logits[:, yes]], dim=1).log_softmax(dim=1)
                 out.append(scores[:, 1].exp().float().cpu())
         return torch.cat(out)
@@ -184,7 +189,8 @@ TASKS = {
     "embed": {"qwen3-embed": embed_ours, "qwen3-embed compiled": embed_ours_compiled,
               "sentence-transformers": embed_sentence_transformers, "card recipe": embed_card_recipe,
               "OpenVINO": embed_openvino},
-    "rerank": {"qwen3-embed": rerank_ours, "card recipe": rerank_card_recipe},
+    "rerank": {"qwen3-embed": rerank_ours, "card recipe": rerank_card_recipe,
+               "card recipe, logits_to_keep=1": functools.partial(rerank_card_recipe, logits_to_keep=1)},
 }  # fmt: skip
 
 

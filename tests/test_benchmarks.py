@@ -104,6 +104,10 @@ def test_gpu_check_smoke(tmp_path):
     assert {f"opcheck qwen3_embed.{op}.default" for op in ("rms_norm", "qk_norm_rope", "varlen_attention")} <= names
     assert {"attention mixed Hq/Hkv 4/2 base", "attention mixed Hq/Hkv 4/2 diag32"} <= names
     assert {tuple(r["chosen_config"]) for r in sections["attention"]["runs"]} == {("base", "diag32", "tma")}
+    for r in sections["attention"]["runs"]:  # the peers that run on a CPU are checked and timed there
+        assert r["peers"] == ["per-sequence SDPA", "padded SDPA", "FlexAttention, document mask"]
+        assert not r["peers_failed"]
+        assert all(r["max_abs_diff_vs_per_sequence_sdpa"][peer] < 1e-2 and peer in r["tflops"] for peer in r["peers"])
     assert sections["autotune"] and sections["environment"]["triton"]
     runs = {(r["shape"], r["corpus"], r["system"]) for r in results["end_to_end"]}
     assert runs == {(shape, corpus, system) for shape, corpora in (("0.6B", ("mixed 8-2048", "long ~8k")),
@@ -150,3 +154,80 @@ def test_kernels_aot_writes_its_results_only_where_asked(tmp_path, monkeypatch, 
     assert json.loads((tmp_path / "kernels-aot.json").read_text())["launches"] == []
     assert (tmp_path / "kernels-aot.md").read_text().startswith("Kernels compiled ahead of time")
     assert committed() == before
+
+
+def test_the_server_benchmark_sees_memory_growth_below_the_load_peak():
+    """A process that peaked at load (300 MB, freed) and then grows by 200 MB: its lifetime peak (VmHWM) does not move,
+    which is all the benchmark used to read; the peak reset after the load shows the growth."""
+    import server
+
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nx = bytearray(300_000_000)\ndel x\nprint(flush=True)\nsys.stdin.readline()\n"
+        "y = bytearray(200_000_000)\nprint(flush=True)\nsys.stdin.readline()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        child.stdout.readline()  # loaded: its peak is behind it
+        lifetime_peak = server.memory("VmHWM", child.pid)
+        baseline = server.reset_peak(child.pid)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.stdout.readline()  # grown
+        assert server.memory("VmHWM", child.pid) - lifetime_peak < 20_000_000  # the old reading: no growth
+        grown = server.growth(child.pid, baseline)
+        assert 190_000_000 < grown["rss_growth_bytes"] < 230_000_000, grown
+        assert server.mib(grown).startswith(f"+{grown['rss_growth_bytes'] / 2**20:.0f} MiB (peak ")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_attention_peers_that_cannot_run_here_say_why():
+    """On a CPU: FlexAttention runs; PyTorch's varlen attention and flash-attn are FlashAttention kernels (CUDA only),
+    and flash-attn is not a test dependency."""
+    import kernels_attention
+
+    q, k, v = (torch.randn(10, h, 16) for h in (4, 2, 2))
+    calls, missing = kernels_attention.peers(q, k, v, torch.tensor([0, 3, 10], dtype=torch.int32), [3, 7], 0.25)
+    assert list(calls) == ["FlexAttention, document mask"]
+    no_module = f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    assert missing["PyTorch varlen_attn"] in ("CUDA only: a FlashAttention kernel", no_module)
+    assert missing["flash-attn varlen"] in ("not installed: pip install flash-attn", "CUDA only")
+
+
+def test_the_strongest_peer_is_the_fastest_one_timed():
+    import kernels_attention
+
+    run = {
+        "peers": ["per-sequence SDPA", "padded SDPA", "FlexAttention, document mask", "flash-attn varlen"],
+        "chosen_config": {"base": {}, "tma": "RuntimeError: ..."},
+        "tflops": {"base": 9.0, "per-sequence SDPA": 2.0, "padded SDPA": 5.0, "FlexAttention, document mask": 4.0},
+    }
+    assert kernels_attention.strongest_peer(run) == "padded SDPA"  # flash-attn failed: not timed
+    assert kernels_attention.variants_timed(run) == ["base"]
+
+
+@pytest.mark.slow
+def test_a_long_context_case_measures_each_system_in_its_own_process(build_checkpoint):
+    """Each case in a fresh process: its memory above the loaded model, a sample after every layer, and a vector that
+    agrees with ours; transformers' KV cache shows as growth per layer, ours leaves nothing behind."""
+    import long_context
+    from transformers import AutoTokenizer
+
+    folder, hf = build_checkpoint("gqa2")
+    text = "The capital of China is Beijing. " * 20
+    tokens = len(AutoTokenizer.from_pretrained(folder)(text)["input_ids"])
+    results = {}
+    for system in long_context.SYSTEMS:
+        case = {"system": system, "dtype": "float32", "tokens": tokens, "folder": str(folder), "text": text}
+        results[system] = r = long_context.spawn(case)
+        assert "error" not in r, r
+        assert len(r["after_each_layer_bytes"]) == hf.config.num_hidden_layers and r["activation_peak_bytes"] >= 0
+    for system in long_context.SYSTEMS[1:]:
+        assert long_context.cosine(results[system]["vector"], results["qwen3-embed"]["vector"]) > 0.99999
+    long = {"system": "qwen3-embed", "dtype": "float32", "tokens": 64, "folder": str(folder)}
+    long["text"] = "gravity " * 30_000
+    assert "error" not in long_context.spawn(long)  # 240 KB: a case too long for a command-line argument still runs
+    assert long_context.estimate("transformers eager", 32768, torch.float32, 16) > 64 * 2**30  # skipped on 23 GiB
+    row = long_context.row({"tokens": 32768, "dtype": "float32", "system": "transformers eager"},
+                           {"skipped": "skipped: needs about 96 GiB, 20 GiB available"}, None, 4)  # fmt: skip
+    assert "skipped: needs about 96 GiB" in row

@@ -211,7 +211,8 @@ def test_a_zstd_file_that_starts_with_a_skippable_frame_is_read(tmp_path):
     skippable = b"\x5a\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"size"
     (tmp_path / "in.txt.zst").write_bytes(skippable + zstandard.ZstdCompressor().compress(data))
     file = resolve_inputs(tmp_path / "in.txt.zst").files[0]
-    assert file.compression == "zstd" and [r.text for r in read_records(file, positions=True)] == data.decode().splitlines()
+    assert file.compression == "zstd"
+    assert [r.text for r in read_records(file, positions=True)] == data.decode().splitlines()
 
 
 def test_rerank_names_a_bad_record_and_what_rerank_takes(tiny, tmp_path):

@@ -4,7 +4,9 @@ code resolve them as a user's machine would resolve the downloaded models.
 
 A snippet is run unless the line before its fence says `<!-- not run: REASON -->`. In shell snippets, `pip install`
 steps are left out (the test runs in the installed environment), and a `qwen3-embed serve` line is started in the
-background; the rest of its snippet runs once the server answers `/health`.
+background; the rest of its snippet runs once the server answers `/health`. A command whose trailing comment shows
+what it prints is checked: an HTTP status (`# 401 without the key`) must be all it prints, a quoted part of an answer
+(`# "model_id":"my-embedder"`) must be in it; and every command that prints an HTTP status shows which.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import gzip
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +25,8 @@ import pytest
 
 from checkpoints import REPO, SHAPE_0_6B, make_reranker_checkpoint
 
+# A trailing comment that shows what the command prints: a status code, or a quoted part of the answer.
+SHOWN = re.compile(r"^(?P<command>[^#\s][^#]*?)\s+#\s+(?:(?P<status>\d{3})\b.*|(?P<part>\".*?))\s*$")
 SNIPPET = re.compile(r"(?:<!-- not run: (?P<reason>[^>]*?) -->\n)?```(?P<language>python|bash)\n(?P<code>.*?)```", re.S)
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 # Input files the snippets name, written into the folder they run in.
@@ -46,6 +51,26 @@ def snippets() -> list:
         marks = [pytest.mark.skip(reason=match["reason"])] if match["reason"] is not None else []
         found.append(pytest.param(match["language"], match["code"], id=f"README.md:{line}", marks=marks))
     return found
+
+
+def test_every_http_status_a_snippet_prints_is_checked():
+    """A command printing `%{http_code}` shows the status it expects in its comment, or pipes into a `grep -q`."""
+    commands = [line for p in snippets() if p.values[0] == "bash" for line in shell_lines(p.values[1])]
+    printing = [line for line in commands if "%{http_code}" in line]
+    assert printing and all(SHOWN.match(line) or "grep -q" in line for line in printing), printing
+    statuses = [SHOWN.match(line)["status"] for line in printing if SHOWN.match(line)]
+    assert statuses == ["413", "401"], statuses
+
+
+def test_a_shown_status_or_answer_part_is_checked(tmp_path):
+    script = shell_script("""echo 401   # 401 without the key
+echo '{"model_id":"my-embedder"}'   # "model_id":"my-embedder"
+echo 200 \\
+   # 413 refused
+""")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "README: expected 413 from: echo 200" in done.stderr, done.stderr
+    assert done.stdout.splitlines() == ["401", '{"model_id":"my-embedder"}', "200"]
 
 
 def test_every_snippet_is_run_or_says_why_not():
@@ -77,10 +102,27 @@ def hub(tmp_path_factory, build_checkpoint):
     return env
 
 
+def checked(line: str) -> str:
+    """The line, made to fail unless it prints what its trailing comment shows (see the module's docstring)."""
+    shown = SHOWN.match(line)
+    if shown is None:
+        return line
+    command, status, part = shown["command"], shown["status"], shown["part"]
+    test = f'"$out" == {status}' if status else f'"$out" == *{shlex.quote(part)}*'
+    expected = shlex.quote(f"README: expected {status or part} from: {command}")
+    return f'out=$({command}); printf "%s\\n" "$out"; [[ {test} ]] || {{ echo {expected} >&2; exit 1; }}'
+
+
+def shell_lines(code: str) -> list[str]:
+    """A shell snippet's lines, each continued line (`\\` at its end) joined with the next."""
+    return re.sub(r"\\\n\s*", " ", code).splitlines()
+
+
 def shell_script(code: str) -> str:
-    """The snippet without its pip installs, with a `qwen3-embed serve` line run in the background until the end."""
+    """The snippet without its pip installs, with a `qwen3-embed serve` line run in the background until the end,
+    and each command whose comment shows what it prints checked."""
     lines = ["set -euo pipefail"]
-    for line in code.splitlines():
+    for line in shell_lines(code):
         line = re.sub(r"^pip install [^&]*(&&\s*|$)", "", line.strip())
         if not line:
             continue
@@ -93,7 +135,7 @@ def shell_script(code: str) -> str:
                 f"for i in $(seq 300); do curl -sf {url} >/dev/null && break; sleep 0.2; done",
             ]
         else:
-            lines.append(line)
+            lines.append(checked(line))
     return "\n".join(lines)
 
 

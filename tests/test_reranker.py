@@ -314,3 +314,46 @@ def test_predict_and_rank_match_cross_encoder(checkpoint, reranker):
         assert [hit.get("text") for hit in ranked] == [hit.get("text") for hit in theirs]
         assert all(type(a["score"]) is type(b["score"]) is float for a, b in zip(ranked, theirs))
         np.testing.assert_allclose([h["score"] for h in ranked], [h["score"] for h in theirs], rtol=0, atol=1e-5)
+
+
+# The Qwen3-Reranker model card's prompt, copied from the card (not imported from the code under test).
+CARD_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+CARD_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+CARD_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+# Their ids in Qwen3's vocabulary: the special tokens are matched in the text ("yes" is 9693 inside '"yes"').
+CARD_PREFIX_IDS = [151644, 8948, 198, 60256, 3425, 279, 11789, 20027, 279, 8502, 3118, 389, 279, 11361, 323, 279, 758,
+                   1235, 3897, 13, 7036, 429, 279, 4226, 646, 1172, 387, 330, 9693, 1, 476, 330, 2152, 3263, 151645,
+                   198, 151644, 872, 198]  # fmt: skip
+CARD_SUFFIX_IDS = [151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271]
+
+
+def test_the_prompt_is_the_model_cards_text():
+    assert (PREFIX, SUFFIX, DEFAULT_INSTRUCTION) == (CARD_PREFIX, CARD_SUFFIX, CARD_INSTRUCTION)
+    pair = format_pair("an instruction", QUERY, DOCUMENTS[0])
+    assert pair == f"<Instruct>: an instruction\n<Query>: {QUERY}\n<Document>: {DOCUMENTS[0]}"
+
+
+@pytest.mark.skipif(
+    not (SHARED_TOKENIZER / "tokenizer.json").exists(),
+    reason=f"the card's token ids need the real Qwen3 tokenizer, which is not at {SHARED_TOKENIZER} (it is never "
+    "committed: copy ../shared/qwen3-tokenizer to local/, or set QWEN3_TOKENIZER_DIR)",
+)
+def test_the_prompt_gives_the_model_cards_token_ids(tmp_path):
+    """The card tokenizes with transformers: prefix ids + the pair's ids (no special tokens added) + suffix ids."""
+    from transformers import AutoTokenizer
+
+    card = AutoTokenizer.from_pretrained(SHARED_TOKENIZER)
+    assert card.encode(CARD_PREFIX, add_special_tokens=False) == CARD_PREFIX_IDS
+    assert card.encode(CARD_SUFFIX, add_special_tokens=False) == CARD_SUFFIX_IDS
+    folder = tmp_path / "real"
+    make_reranker_checkpoint(folder, (151669, 32, 1, 4, 2, 8, 64), tied=True, tokenizer=SHARED_TOKENIZER)
+    reranker = Reranker.from_pretrained(folder)
+    assert reranker.prefix == CARD_PREFIX_IDS and reranker.suffix == CARD_SUFFIX_IDS
+    pairs = [(QUERY, DOCUMENTS[0]), ("Explain gravity", "中文 document 🙂")]
+    texts = [f"<Instruct>: {CARD_INSTRUCTION}\n<Query>: {q}\n<Document>: {d}" for q, d in pairs]
+    expected = [CARD_PREFIX_IDS + card.encode(t, add_special_tokens=False) + CARD_SUFFIX_IDS for t in texts]
+    assert reranker.tokenize(pairs) == expected
+    assert reranker.tokenize_query(QUERY, [DOCUMENTS[0]]) == expected[:1]
