@@ -113,7 +113,7 @@ def test_a_50_mb_body_is_refused_at_once_in_bounded_memory(embedder):
                 status, answer, seconds = raw_exchange(port, request_head, body)
             assert status == 413 and b"over this server's payload limit of 2000000 bytes" in answer
             assert seconds < 0.5, seconds
-            assert rss.growth < 50 * 2**20, rss.growth / 2**20
+            assert rss.growth < 12 * 2**20, rss.growth / 2**20  # the body is 47.7 MiB: a server holding it once fails
         assert httpx.get(f"{base}/health").status_code == 200
 
 
