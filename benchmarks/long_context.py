@@ -38,6 +38,7 @@ from common import (
     SHARED_TOKENIZER,
     machine,
     markdown_table,
+    memory,
     texts_of_token_lengths,
     write_checkpoint,
     write_results,
@@ -47,12 +48,6 @@ from qwen3_embed import Qwen3Config
 SYSTEMS = ("qwen3-embed", "transformers eager", "transformers sdpa")
 DEPTHS = (28, 36)
 GIB = 2**30
-
-
-def status(key: str) -> int:
-    """A /proc/self/status value in bytes."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
 
 
 def available() -> int:
@@ -103,14 +98,14 @@ def run_case(case: dict) -> dict:
 
     after_layer = []
     for layer in layers:
-        layer.register_forward_hook(lambda *_: after_layer.append(status("VmRSS")))
+        layer.register_forward_hook(lambda *_: after_layer.append(memory("VmRSS")))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS
-    baseline = status("VmRSS")
+    baseline = memory("VmRSS")
     start = time.perf_counter()
     vector = forward()
     seconds = time.perf_counter() - start
-    peak = status("VmHWM") - baseline
+    peak = memory("VmHWM") - baseline
     per_layer = (after_layer[-1] - after_layer[0]) / max(1, len(after_layer) - 1)
     return {"seconds": seconds, "model_bytes": baseline, "activation_peak_bytes": peak,
             "after_each_layer_bytes": [r - baseline for r in after_layer], "per_layer_growth_bytes": per_layer,
