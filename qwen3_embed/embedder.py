@@ -82,32 +82,21 @@ class Embedder(Pipeline):
         instruction: formats each text as `Instruct: {instruction}\nQuery:{text}` (for queries).
         prompt_name: prepends a prompt of the checkpoint's config_sentence_transformers.json (e.g. 'query').
         prompt: prepends this text as it is (what instruction and prompt_name prepend); one of the three at most.
-        dim (or sentence-transformers' name, truncate_dim): keep the first `dim` values (Matryoshka), normalized
-        afterwards; default: the hidden size.
-        normalize: L2-normalize the vectors (normalize_embeddings=True, sentence-transformers' name, too).
-        max_length: tokens per text, EOS included (default 8192, at most the model's maximum); longer texts are
-        cut with a warning, or are an error when `truncate` is False.
+        dim (or truncate_dim): keep the first `dim` values (Matryoshka), normalized afterwards; default: hidden size.
+        normalize: L2-normalize the vectors (normalize_embeddings=True too).
+        max_length: tokens per text with EOS (default 8192); longer: cut with a warning, or an error if not `truncate`.
         batch_tokens: tokens per forward pass (default 2048 on CPU, 16384 on CUDA); a longer text runs alone.
-        batch_size: not used (batches are packed by tokens); passing it warns and names batch_tokens.
-        show_progress (or show_progress_bar): a progress bar.
+        batch_size: not used (packed by tokens; it warns). show_progress (or show_progress_bar): a progress bar.
         precision: int8, uint8, binary or ubinary vectors as sentence-transformers' quantize_embeddings makes them
-        (int8 and uint8 with the per-dimension `ranges` [2, dim], else those of `calibration_embeddings`, else those
-        of the vectors themselves), or float16.
-        convert_to_numpy: return a numpy array instead of a tensor (convert_to_tensor=True: a tensor, as by default).
-        """
-        check_bools(
-            normalize=normalize, truncate=truncate, show_progress=show_progress, convert_to_numpy=convert_to_numpy
-        )
+        (int8/uint8 by `ranges` [2, dim], or those of `calibration_embeddings` or of the vectors), or float16.
+        convert_to_numpy: a numpy array instead of a tensor (convert_to_tensor=True: a tensor, the default)."""
+        check_bools(normalize=normalize, truncate=truncate, show_progress=show_progress,
+                    convert_to_numpy=convert_to_numpy)  # fmt: skip
         single = isinstance(texts, str)
-        if truncate_dim is not None:
-            if dim is not None and dim != truncate_dim:
-                raise ValueError(f"dim={dim} and truncate_dim={truncate_dim} are the same option; pass one")
-            dim = truncate_dim
-        dim = self.check_dim(dim)
+        dim = self.check_dim(one_of_aliases(dim=dim, truncate_dim=truncate_dim))
         check_quantization(precision, ranges, calibration_embeddings)
         self.ignore_batch_size(batch_size, batch_tokens)
-        texts = [texts] if single else list(texts)
-        check_texts(texts)
+        check_texts(texts := [texts] if single else list(texts))
         self.prefix(instruction, prompt_name, prompt)  # its errors, before any work
         cut = Cut(self.max_length(max_length))
 
@@ -123,10 +112,23 @@ class Embedder(Pipeline):
             vectors = self.finish(vectors, normalize or normalize_embeddings)
         else:
             vectors = torch.empty(0, dim)
+        return self.deliver(vectors, single, precision, ranges, calibration_embeddings,
+                            convert_to_numpy and not convert_to_tensor)  # fmt: skip
+
+    @staticmethod
+    def deliver(
+        vectors: torch.Tensor,
+        single: bool,
+        precision: str,
+        ranges: np.ndarray | None,
+        calibration: torch.Tensor | np.ndarray | None,
+        to_numpy: bool,
+    ) -> torch.Tensor | np.ndarray:
+        """`encode`'s answer from its float vectors: quantized to `precision`, a row for a single text, numpy or not."""
         if precision != "float32":
-            vectors = torch.from_numpy(quantize(vectors, precision, ranges=ranges, calibration=calibration_embeddings))
+            vectors = torch.from_numpy(quantize(vectors, precision, ranges=ranges, calibration=calibration))
         vectors = vectors[0] if single else vectors
-        return vectors.numpy() if convert_to_numpy and not convert_to_tensor else vectors
+        return vectors.numpy() if to_numpy else vectors
 
     def encode_query(self, texts: str | Sequence[str], **options) -> torch.Tensor | np.ndarray:
         """`encode` for queries: with the given instruction, prompt_name or prompt, else the checkpoint's "query"
@@ -259,3 +261,14 @@ def read_prompts(folder: Path) -> tuple[dict[str, str], str | None]:
         return {}, None
     st = read_json_object(path)
     return st.get("prompts") or {}, st.get("default_prompt_name")
+
+
+def one_of_aliases(**given) -> object:
+    """The value of an option given under either of its two names (ours first); both, with different values, is an
+    error."""
+    (ours, value), (alias, other) = given.items()
+    if other is None:
+        return value
+    if value is not None and value != other:
+        raise ValueError(f"{ours}={value} and {alias}={other} are the same option; pass one")
+    return other
