@@ -498,11 +498,11 @@ def test_a_50_mb_line_costs_under_1_gb_and_is_cut_or_refused_by_file_and_line(bu
     assert code == 0, err
     args = ["--model", str(folder), "--input", str(tmp_path / "long.txt")]
     code, err, peak = peak_run(tmp_path, *args, "--output", str(tmp_path / "long"))
-    assert code == 0 and "1 text(s) were longer than max_length=8192 tokens and were cut to fit (long.txt:2)" in err
+    assert code == 0 and "1 text(s) were longer than --max-length=8192 tokens and were cut to fit (long.txt:2)" in err
     assert peak - baseline < 1024, (peak, baseline)
     code, err, _ = peak_run(tmp_path, *args, "--output", str(tmp_path / "refused"), "--no-truncate")
     assert code == 1 and "Traceback" not in err
-    assert re.search(r"error: long.txt:2: 1 text\(s\) are longer than max_length=8192 tokens: they have more than "
+    assert re.search(r"error: long.txt:2: 1 text\(s\) are longer than --max-length=8192 tokens: they have more than "
                      r"\d+ characters.*; fix it, or skip such records", err)  # fmt: skip
 
 
