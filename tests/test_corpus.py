@@ -600,3 +600,30 @@ def test_non_finite_calibration_is_refused_before_anything_is_written(tiny, embe
     with pytest.raises(ValueError, match=r"calibration vectors hold NaN or infinite values \(rows 3\)"):
         encode(tiny, embedder, corpus, tmp_path / "out", vector_dtype="int8", calibration=calibration)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("output", ["out", "out.npy"])
+def test_a_json_line_too_long_for_any_record_that_fits_is_refused_or_skipped_by_file_and_line(
+    tiny, embedder, tmp_path, capsys, output
+):
+    """Both paths (shards, one file) read a corpus line by line with the cap of `max_length`: a JSON line longer than
+    any record that fits is never read whole; it is an error, or skipped and reported with --skip-bad."""
+    max_chars = embedder.tokenizer.max_chars(64)
+    path = tmp_path / "in.jsonl"
+    long_text = "w" * (12 * max_chars + (1 << 20))  # escaped, it is over the cap by the 2 quotes and the key
+    path.write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"text": long_text}) + "\n" + '{"text": "b"}\n')
+    args = ["encode", "--model", str(tiny[0]), "--input", str(path), "--output", str(tmp_path / output)]
+    with pytest.raises(SystemExit) as exit:
+        main([*args, "--max-length", "64"])
+    assert re.fullmatch(r"qwen3-embed: error: in\.jsonl:2: a JSON line of more than [\d,]+ bytes, longer than any "
+                        r"record whose text can fit .*; it was not read; fix it, or skip such records \(and have "
+                        r"them reported\) with --skip-bad", str(exit.value.code))  # fmt: skip
+    main([*args, "--max-length", "64", "--skip-bad"])
+    vectors = np.load(tmp_path / output) if output.endswith(".npy") else load_corpus(tmp_path / output)[1]
+    assert len(vectors) == 2
+    longer = tmp_path / f"longer-{output}"
+    capsys.readouterr()
+    main([*args[:-1], str(longer), "--max-length", "128"])  # the cap of 128 tokens holds the record: it is read
+    cut = "1 text(s) were longer than --max-length=128 tokens and were cut to fit (in.jsonl:2)"
+    assert cut in capsys.readouterr().err
+    assert len(np.load(longer) if output.endswith(".npy") else load_corpus(longer)[1]) == 3

@@ -223,3 +223,32 @@ def test_rerank_names_a_bad_record_and_what_rerank_takes(tiny, tmp_path):
     message = str(exit.value.code)
     assert message.startswith("qwen3-embed: error: docs.jsonl:2: not valid JSON") and "--skip-bad" not in message
     assert "fix or remove that record of --input" in message and "--text-field" in message and "--document" in message
+
+
+def test_a_long_line_is_never_held_whole(tmp_path):
+    """A 535 MB line in a 520 KB gzip peaked at 2.16 GB: the encoder read it whole before cutting its text. A text line
+    is read to one character past what can fit (a character cut in two at the edge dropped), a JSON line too long for
+    any record that fits is refused by file and line, and the lines after either are read as usual."""
+    import tracemalloc
+
+    line = ("a" * 4007 + "é" + "word " * 20_000_000).encode()  # 100 MB
+    (tmp_path / "in.txt.gz").write_bytes(gzip.compress(b"first\n" + line + b"\nlast\n", 1))
+    json_line = json.dumps({"text": "word " * 4_000_000}).encode()  # 20 MB
+    (tmp_path / "in.jsonl").write_bytes(b'{"text": "first"}\n' + json_line + b'\n{"text": "last"}\n')
+    for name, max_chars in [("in.txt.gz", 1001), ("in.jsonl", 1000)]:
+        tracemalloc.start()
+        records = list(read_records(resolve_inputs(tmp_path / name).files[0], positions=True, max_chars=max_chars))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 30 << 20, (name, peak)  # the gzip reader's buffers and the last line's block, not the line
+        assert [r.text for r in (records[0], records[2])] == ["first", "last"]
+        if name == "in.txt.gz":  # 4 x 1002 bytes, less the half of "é" at byte 4008
+            assert isinstance(records[1], Record) and records[1].text == "a" * 4007
+        else:
+            assert isinstance(records[1], inputs.LongRecord) and str(records[1]) == (
+                "in.jsonl:2: a JSON line of more than 1,060,588 bytes, longer than any record whose text can fit "
+                "(1,000 characters of at most 12 bytes each, and 1,048,576 bytes of other fields); it was not read"
+            )
+    assert [r.text for r in read_records(resolve_inputs(tmp_path / "in.jsonl").files[0], positions=True)][1] == (
+        "word " * 4_000_000
+    )  # without max_chars, read whole

@@ -13,6 +13,7 @@ byte-order mark at the start of a file is skipped.
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import glob
 import gzip
@@ -78,6 +79,15 @@ class Record:
 
 class BadRecord(ValueError):
     pass
+
+
+class LongRecord(BadRecord):
+    """A JSON line too long for any record whose text can fit: it is not read (text lines are cut instead)."""
+
+
+# A JSON line holds a text of n characters in at most 12 n bytes (a character outside the BMP escaped as two
+# \\uXXXX), and its other fields (ids, metadata) in at most OTHER_FIELDS bytes, or it is not read.
+JSON_BYTES_PER_CHAR, OTHER_FIELDS = 12, 1 << 20
 
 
 @dataclass(frozen=True)
@@ -293,6 +303,9 @@ def _need_zstandard(name: str):
     return zstandard
 
 
+CHECKED_CHARS = 1 << 16  # check_fields reads a first record of at most about 1.8 MB
+
+
 def check_fields(source: Source, text_field: str | None, id_field: str | None, skip_bad: bool) -> None:
     """Refuse a field option that does nothing (text lines have no fields), and a field the input does not have:
     Parquet by its schema, JSON lines by their first record (unless bad records are to be skipped)."""
@@ -311,10 +324,10 @@ def check_fields(source: Source, text_field: str | None, id_field: str | None, s
             if missing:
                 raise ValueError(f"{file.name} has no column {missing[0]!r} (its columns: {', '.join(names)})")
         elif file.format == "jsonl" and not skip_bad:
-            records = read_records(file, text_field or "text", id_field, positions=True)
+            records = read_records(file, text_field or "text", id_field, positions=True, max_chars=CHECKED_CHARS)
             first = next(records, None)
             records.close()
-            if isinstance(first, BadRecord):
+            if isinstance(first, BadRecord) and not isinstance(first, LongRecord):  # a long one: found by the run
                 raise bad_record_error(first)
 
 
@@ -378,18 +391,23 @@ def read_records(
     first: int = 0,
     offset: int = 0,
     count: int | None = None,
+    max_chars: int | None = None,
 ) -> Iterator[Record | BadRecord]:
     """Records `first`.. of a file (all of them, or `count`), the first at byte `offset` of its decompressed
     content; ids are positions (`positions`) or 'name:line' unless an id field is given. Records are lines; a blank
-    line of JSON lines is passed over (its number still counts), one of text lines is the empty text."""
+    line of JSON lines is passed over (its number still counts), one of text lines is the empty text.
+
+    `max_chars`: the longest text that can fit. A longer line is never held whole: a text line's text is read to
+    just past it (so that the tokenizer cuts or refuses it), a JSON line too long to hold such a text is a
+    LongRecord."""
     if file.format == "parquet":
         yield from _read_parquet(file, text_field, id_field, positions, first, count)
         return
     with file.open() as stream:
         _skip(stream, offset, file.compression is None and file.data is None)
-        index = first
+        index, limit = first, _line_limit(file.format, max_chars)
         while count is None or index < first + count:
-            line = stream.readline()
+            line, cut = _read_line(stream, limit)
             if not line:
                 if count is not None:
                     raise ValueError(f"{file.name} ended at line {index}, before line {first + count}: it changed "
@@ -397,9 +415,40 @@ def read_records(
                 return
             if index == 0:
                 line = line.removeprefix(BOM)
-            if file.format != "jsonl" or line.strip():  # a blank line in JSON lines holds no record (text: "")
+            if cut and file.format == "jsonl":
+                yield LongRecord(
+                    f"{file.name}:{index + 1}: a JSON line of more than {limit:,} bytes, longer than any record whose "
+                    f"text can fit ({max_chars:,} characters of at most {JSON_BYTES_PER_CHAR} bytes each, and "
+                    f"{OTHER_FIELDS:,} bytes of other fields); it was not read"
+                )
+            elif file.format != "jsonl" or line.strip():  # a blank line in JSON lines holds no record (text: "")
                 yield _record(file, index, line.rstrip(b"\n").removesuffix(b"\r"), text_field, id_field, positions)
             index += 1
+
+
+def _line_limit(file_format: str, max_chars: int | None) -> int | None:
+    """The most bytes of a line worth reading: one more character than can fit, in UTF-8 (text) or escaped JSON."""
+    if max_chars is None:
+        return None
+    if file_format == "text":
+        return 4 * (max_chars + 1)  # a line of more bytes has more than max_chars characters
+    return JSON_BYTES_PER_CHAR * (max_chars + 1) + OTHER_FIELDS
+
+
+def _read_line(stream: BinaryIO, limit: int | None) -> tuple[bytes, bool]:
+    """The next line (b"" at the end), and whether it is longer than `limit` bytes: then only its first `limit`
+    bytes, less a character cut in two at their end, and the rest of the line is read past."""
+    line = stream.readline(-1 if limit is None else limit)
+    if limit is None or len(line) < limit or line.endswith(b"\n"):
+        return line, False
+    while (rest := stream.readline(BLOCK)) and not rest.endswith(b"\n"):
+        pass
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        decoder.decode(line)  # holds back the bytes of an incomplete last character
+    except UnicodeDecodeError:
+        return line, True  # invalid earlier on: reported as such
+    return line[: len(line) - len(decoder.getstate()[0])], True
 
 
 def _skip(stream: BinaryIO, offset: int, seekable: bool) -> None:
@@ -475,12 +524,19 @@ def _read_parquet(
 
 
 def read_all(
-    source: Source, text_field: str | None = None, id_field: str | None = None, skip_bad: bool = False
+    source: Source,
+    text_field: str | None = None,
+    id_field: str | None = None,
+    skip_bad: bool = False,
+    max_chars: int | None = None,
 ) -> tuple[list[Record], list[str]]:
-    """Every record of a source, and the messages of the bad ones skipped (`skip_bad`; else the first is raised)."""
+    """Every record of a source, and the messages of the bad ones skipped (`skip_bad`; else the first is raised);
+    `max_chars` as for read_records."""
     records, skipped = [], []
     for file in source.files:
-        for record in read_records(file, text_field or "text", id_field, positions=not source.many):
+        for record in read_records(
+            file, text_field or "text", id_field, positions=not source.many, max_chars=max_chars
+        ):
             if isinstance(record, BadRecord):
                 if not skip_bad:
                     raise bad_record_error(record)

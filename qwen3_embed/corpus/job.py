@@ -264,6 +264,7 @@ class Job:
         return read_records(
             self.source.files[task.file], self.settings["text_field"], self.options.id_field,
             positions=not self.source.many, first=task.first, offset=task.offset, count=task.records,
+            max_chars=self.tokenizer.tokenizer.max_chars(self.max_length),
         )  # fmt: skip
 
     def problem(self, task: ShardTask) -> str | None:

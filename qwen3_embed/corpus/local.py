@@ -155,8 +155,10 @@ def encode_file(
     source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, options.input_format)
     check_fields(source, options.text_field, options.id_field, options.skip_bad)
     folder = checkpoint.resolve(model)
-    dim, max_length, _ = options.settle(embedder or tokenizer_only(folder))
-    records, skipped = read_all(source, options.text_field, options.id_field, options.skip_bad)
+    settled = embedder or tokenizer_only(folder)
+    dim, max_length, _ = options.settle(settled)
+    max_chars = settled.tokenizer.max_chars(max_length)
+    records, skipped = read_all(source, options.text_field, options.id_field, options.skip_bad, max_chars)
     check_unique(lambda: [[r.id for r in records]], options)
     if embedder is None:
         embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
