@@ -24,9 +24,9 @@ from qwen3_embed.kernels import aot
 
 
 def config_of(r: dict) -> str:
-    if r["op"] == "attention":
-        diagonal = f"{r['DIAG_TILES']} x {r['DIAG_N']}"  # unrolled masked tiles x their keys
-        return f"{r['BLOCK_M']}/{r['BLOCK_N']}/{r['num_warps']}/{r['num_stages']}, diagonal {diagonal}"
+    if "BLOCK_M" in r:  # attention, forward and backward
+        tiles = f"{r['BLOCK_M']}/{r['BLOCK_N']}/{r['num_warps']}/{r['num_stages']}"
+        return tiles + (f", diagonal {r['DIAG_TILES']} x {r['DIAG_N']}" if "DIAG_TILES" in r else "")
     return f"{r.get('BLOCK', r.get('head_dim'))}, {r['num_warps']} warps"
 
 

@@ -227,8 +227,7 @@ def rmsnorm_launches(arch: int) -> list[Launch]:
         return []
     module, found = "qwen3_embed.kernels.rmsnorm", []
     for t in ("fp16", "bf16", "fp32"):
-        for width in RMSNORM_WIDTHS:
-            block = triton.next_power_of_2(width)
+        for block in sorted({triton.next_power_of_2(width) for width in RMSNORM_WIDTHS}):  # 2560, 4096: one block
             rows, warps = _row_settings(block)
             signature = {"X": f"*{t}", "Y": f"*{t}", "W": f"*{t}", "rows": "i32", "n": "i32", "stride_x": "i32",
                          "stride_y": "i32", "eps": "fp32", "ROWS": "constexpr", "BLOCK": "constexpr"}  # fmt: skip

@@ -174,11 +174,15 @@ def test_first_stage_scores():
     weights = queries.numpy() * ((ranges[1] - ranges[0]) / 255)
     q = np.round(weights * (127 / np.abs(weights).max(1, keepdims=True))).astype(np.int64)
     assert np.array_equal(index._scan(queries, 100)[0].numpy(), -np.sort(-(q @ codes.T), axis=1))
-    index = Index(vectors, precision="ubinary")
-    bits = np.unpackbits(quantize_embeddings(vectors, "ubinary"), axis=1).astype(np.int64)
-    qbits = np.unpackbits(quantize_embeddings(queries, "ubinary"), axis=1).astype(np.int64)
-    equal = 24 - np.abs(qbits[:, None, :] - bits[None]).sum(-1)  # 21 bits padded to 24
-    assert np.array_equal(index._scan(queries, 100)[0].numpy(), -np.sort(-(2 * equal - 24), axis=1))
+    for dim in (21, 128):  # 3 bytes compared a byte at a time, 16 eight at a time
+        vectors, queries = planted(n=100, dim=dim)
+        bits = np.unpackbits(quantize_embeddings(vectors, "ubinary"), axis=1).astype(np.int64)
+        qbits = np.unpackbits(quantize_embeddings(queries, "ubinary"), axis=1).astype(np.int64)
+        padded = bits.shape[1]  # 21 bits padded to 24
+        equal = padded - np.abs(qbits[:, None, :] - bits[None]).sum(-1)
+        for precision in ("binary", "ubinary"):
+            got = Index(vectors, precision=precision)._scan(queries, 100)[0].numpy()
+            assert np.array_equal(got, -np.sort(-(2 * equal - padded), axis=1)), (dim, precision)
 
 
 def test_ranges_of_a_quantized_copy():

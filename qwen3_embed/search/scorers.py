@@ -4,10 +4,10 @@ codes with the query weighted by each dimension's step and rounded to int8: the 
 vectors, but for that rounding. That of binary and ubinary is the number of equal bits less the number of unequal
 ones (minus twice the Hamming distance, plus a constant).
 
-On the CPU, rows that must be converted before they are scored (float16 to float32, uint8 to centred int8, bits to
-+-1) are converted and scored a cache-sized piece at a time, so that the converted rows are read back from the cache,
-not from memory; the converted rows go to a buffer reused by each thread (its own, so that searches from many threads
-never share one), so memory stays bounded."""
+On the CPU, rows that must be converted before they are scored (float16 to float32, uint8 to centred int8) are
+converted and scored a cache-sized piece at a time, so that the converted rows are read back from the cache, not from
+memory (and bits are compared a piece at a time, so that their XOR stays small); the converted rows go to a buffer
+reused by each thread (its own, so that searches from many threads never share one), so memory stays bounded."""
 
 from __future__ import annotations
 
@@ -100,13 +100,18 @@ class CodeScorer(Scorer):
 
 
 class BitScorer(Scorer):
-    """binary and ubinary: the query's signs (+-1) against the rows' bits unpacked to +-1."""
+    """binary and ubinary: the query's signs against the rows' bits, equal bits less unequal ones. On the CPU, from
+    the XOR of the packed bytes and a popcount (numpy's bitwise_count); elsewhere, the bits unpacked to +-1 and a
+    product."""
 
     def __init__(self, dim: int, device: torch.device, block_rows: int, precision: str):
         super().__init__(dim, device, block_rows)
         self.precision = precision
 
     def prepare(self, queries: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":  # packed as the rows are: binary stores each byte less 128
+            packed = np.packbits(queries.numpy() > 0, axis=1)
+            return torch.from_numpy(packed ^ 0x80 if self.precision == "binary" else packed)
         signs = torch.where(queries > 0, 1, -1).to(torch.int8)
         pad = -self.dim % 8  # packbits pads with zero bits, in queries and rows alike
         return torch.cat([signs, signs.new_full((len(queries), pad), -1)], 1)
@@ -115,7 +120,12 @@ class BitScorer(Scorer):
         return True
 
     def piece_scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return int_scores(queries, unpack_bits(rows.to(self.device), self.precision, signs=True))
+        if self.device.type != "cpu":
+            return int_scores(queries, unpack_bits(rows.to(self.device), self.precision, signs=True))
+        words = np.uint64 if rows.shape[1] % 8 == 0 else np.uint8  # 8 bytes a popcount where they divide the row
+        query_words, row_words = queries.numpy().view(words), rows.numpy().view(np.uint8).view(words)
+        unequal = np.bitwise_count(query_words[:, None, :] ^ row_words[None]).sum(2, dtype=np.int32)  # [Q, n]
+        return torch.from_numpy(8 * rows.shape[1] - 2 * unequal)  # pad bits are 0 in both: equal
 
 
 def int_scores(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
