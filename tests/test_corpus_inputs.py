@@ -252,3 +252,22 @@ def test_a_long_line_is_never_held_whole(tmp_path):
     assert [r.text for r in read_records(resolve_inputs(tmp_path / "in.jsonl").files[0], positions=True)][1] == (
         "word " * 4_000_000
     )  # without max_chars, read whole
+
+
+def test_a_compression_that_is_not_read_is_named(tmp_path):
+    """A .bz2 or .xz input was refused as 'not valid UTF-8' at its first line."""
+    import bz2
+    import lzma
+    import zipfile
+
+    (tmp_path / "in.txt.bz2").write_bytes(bz2.compress(b"one\ntwo\n"))
+    (tmp_path / "in.txt.xz").write_bytes(lzma.compress(b"one\ntwo\n"))
+    with zipfile.ZipFile(tmp_path / "in.zip", "w") as z:
+        z.writestr("in.txt", "one\n")
+    (tmp_path / "BZh.txt").write_text("BZh is not bzip2 without its block size\n")
+    for name, kind in [("in.txt.bz2", "bzip2"), ("in.txt.xz", "xz"), ("in.zip", "zip")]:
+        with pytest.raises(ValueError, match=rf"^input {re.escape(name)} is {kind}-compressed, which is not read; "):
+            resolve_inputs(tmp_path / name)
+    assert [r.text for r in read_records(resolve_inputs(tmp_path / "BZh.txt").files[0], positions=True)] == [
+        "BZh is not bzip2 without its block size"
+    ]

@@ -35,6 +35,14 @@ INPUT_FORMATS = ("text", "jsonl", "parquet")
 SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+# Compressions refused by name, known by their first 4 bytes (no text starts with the others; bzip2's "BZh" comes
+# with its block size, a digit 1-9, which a text of these 4 letters would hardly begin with)
+UNREAD_MAGIC = {
+    b"\xfd7zX": "xz",
+    b"PK\x03\x04": "zip",
+    b"7z\xbc\xaf": "7z",
+    **{b"BZh" + bytes([d]): "bzip2" for d in b"123456789"},
+}
 ZSTD_SKIPPABLE = b"\x2a\x4d\x18"  # after a byte 0x50..0x5f: a skippable frame, which pzstd writes first
 BOM = b"\xef\xbb\xbf"
 BLOCK = 1 << 22
@@ -164,6 +172,11 @@ def _input_file(name: str, path: Path | None, forced: str | None, data: bytes | 
             magic = f.read(4)
     except OSError as e:
         raise OSError(e.errno, f"cannot read input {path}: {e.strerror}") from None
+    if magic in UNREAD_MAGIC:
+        raise ValueError(
+            f"input {name} is {UNREAD_MAGIC[magic]}-compressed, which is not read; decompress it, or "
+            "compress it with gzip or zstd"
+        )
     compression = compression_of(magic)
     if compression == "zstd":
         _need_zstandard(name)
