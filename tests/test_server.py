@@ -209,6 +209,22 @@ def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status,
         assert "inputs[1]" in body["error"] and "lone surrogate U+D800" in body["error"]
 
 
+def test_a_compressed_body_is_415_from_the_head(client):
+    """A gzip body with Content-Encoding: gzip was parsed as it came and answered 400 'not valid UTF-8'."""
+    import gzip
+    import json
+
+    for path, shape in [("/embed", "tei"), ("/v1/embeddings", "openai")]:
+        body = gzip.compress(json.dumps({"inputs" if shape == "tei" else "input": "x"}).encode())
+        headers = {"content-type": "application/json", "content-encoding": "gzip"}
+        response = client.post(path, content=body, headers=headers)
+        assert response.status_code == 415 and response.headers["accept-encoding"] == "identity", response.text
+        message = response.json()["error"] if shape == "tei" else response.json()["error"]["message"]
+        assert message == "Content-Encoding 'gzip' is not accepted: send the body uncompressed"
+    identity = {"content-type": "application/json", "content-encoding": "Identity"}
+    assert client.post("/embed", content=b'{"inputs": "x"}', headers=identity).status_code == 200
+
+
 @pytest.mark.parametrize(
     "path, body",
     [

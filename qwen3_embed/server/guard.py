@@ -30,10 +30,11 @@ class Admission(Protocol):
 @dataclass
 class Guard:
     """The ASGI layer in front of every route, in this order: the API key (all but GET /health), the route and
-    its methods (404, 405, and 400 for a body sent with a method other than POST), admission of POST requests (429
-    past `max_concurrent_requests`, 503 while shutting down), the body read in full up to `payload_limit` before
-    anything parses it (413), and a generic 500 with a logged id for any unexpected error. It counts every answer
-    by route and status. `routes`: each route's methods, by its path (or path template: `/v1/models/{model:path}`)."""
+    its methods (404, 405, 400 for a body sent with a method other than POST, 415 for a compressed one), admission
+    of POST requests (429 past `max_concurrent_requests`, 503 while shutting down), the body read in full up to
+    `payload_limit` before anything parses it (413), and a generic 500 with a logged id for any unexpected error. It
+    counts every answer by route and status. `routes`: each route's methods, by its path (or path template:
+    `/v1/models/{model:path}`)."""
 
     app: ASGIApp
     service: Admission
@@ -105,7 +106,8 @@ class Guard:
                            "Unauthorized", cause="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
     def _route(self, scope: Scope) -> None:
-        """404 for no such route, 405 for a method it does not take, 400 for a body on a method other than POST."""
+        """404 for no such route, 405 for a method it does not take, 400 for a body on a method other than POST, 415
+        for a compressed body (any Content-Encoding but identity)."""
         path, method = scope["path"], scope["method"]
         route = self.route_of(path)
         if route is None:
@@ -118,6 +120,10 @@ class Guard:
             for name, value in scope["headers"]
         ):
             raise ApiError(400, f"{method} {path} takes no body; send the request without one")
+        coding = next((value for name, value in scope["headers"] if name == b"content-encoding"), b"identity")
+        if coding.strip().lower() != b"identity":
+            raise ApiError(415, f"Content-Encoding {coding.decode('latin-1')!r} is not accepted: send the body "
+                           "uncompressed", headers={"Accept-Encoding": "identity"})  # fmt: skip
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
