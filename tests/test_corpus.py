@@ -552,6 +552,9 @@ def test_a_second_encoder_on_a_held_folder_names_the_process_that_holds_it(tiny,
     while not ((out / ".lock").exists() and (out / ".lock").read_text()):
         assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
         time.sleep(0.01)
+    with pytest.raises(FileNotFoundError, match=rf"has no manifest.json yet: an encode run is writing it now \(process "
+                       rf"{first.pid} on "):  # fmt: skip
+        verify_corpus(out)  # it said "an interrupted run has shards but no manifest"
     with pytest.raises(SystemExit) as exit:
         main(["encode", "--model", str(tiny[0]), "--input", str(path), "--output", str(out), "--chunk-size", "50"])
     assert first.poll() is None  # the first still runs: it held the folder all along

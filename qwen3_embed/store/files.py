@@ -95,8 +95,7 @@ def lock_folder(folder: Path) -> BinaryIO:
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.seek(0)
-        holder = f.read().decode("utf-8", "replace").strip() or "a process that has not yet said which"
+        holder = _holder(f)
         f.close()
         raise FolderInUse(
             f"another encode run holds the output folder {folder} ({holder}); wait for it to end, or give another "
@@ -106,6 +105,26 @@ def lock_folder(folder: Path) -> BinaryIO:
     f.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     f.flush()
     return f
+
+
+def holder_of(folder: Path) -> str | None:
+    """Which process holds `folder` (lock_folder), or None when no run does. (It takes a shared hold for an instant: a
+    run starting in that instant is refused as if the folder were held.)"""
+    try:
+        f = open(folder / LOCK, "rb")
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(f)
+    return None
+
+
+def _holder(f: BinaryIO) -> str:
+    f.seek(0)
+    return f.read().decode("utf-8", "replace").strip() or "a process that has not yet said which"
 
 
 def fsync_folder(folder: Path) -> None:

@@ -24,7 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write, parse_vectors, read_json, seal, sealed, serialize_vectors, sha256, vectors_header
+from .files import (
+    atomic_write,
+    holder_of,
+    parse_vectors,
+    read_json,
+    seal,
+    sealed,
+    serialize_vectors,
+    sha256,
+    vectors_header,
+)
 from .quantize import PRECISIONS, quantize
 
 FORMAT = "qwen3-embed-shards/2"
@@ -191,6 +201,11 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
+        holder = holder_of(folder)
+        if holder is not None:
+            raise FileNotFoundError(
+                f"{folder} has no manifest.json yet: an encode run is writing it now ({holder}); wait for it to end"
+            )
         what = "does not exist" if not folder.exists() else "has no manifest.json"
         raise FileNotFoundError(
             f"{folder} {what}: it is not a finished encode output (an interrupted run has shards but no manifest "
