@@ -1,7 +1,8 @@
 """The compile gate: every launch the kernel wrappers can make, compiled ahead of time on this CPU for each NVIDIA
 architecture the installed Triton targets (sm_80, sm_86, sm_89, sm_90 and newer), must compile, fit the
-architecture's shared memory and not spill. About 70 s of CPU in a pool of 2 processes with a cold Triton cache
-(marked slow: CI runs it, `-m "not slow"` leaves it out)."""
+architecture's shared memory and not spill. About 7 minutes of CPU in a pool of 2 processes with a cold Triton cache,
+the backward's launches included (benchmarks/results/kernels-aot.md; marked slow: CI runs it, `-m "not slow"` leaves
+it out)."""
 
 from __future__ import annotations
 
