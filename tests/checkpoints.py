@@ -21,6 +21,15 @@ SHARED_TOKENIZER = Path(
     )
 )
 
+# Runs a command and prints its peak resident memory. A child's ru_maxrss starts from the hiwater of the process that
+# exec'd it (the kernel keeps the old address space's peak), so the child is started from this small process, not
+# from pytest, whose peak would hide the child's.
+PEAK = """import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+sys.stderr.write(f"\\npeak KiB {usage.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))"""
+
 CARD_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 
 # (vocab, hidden, layers, q heads, kv heads, head_dim, intermediate): GQA 1, 2 and 4, two head dims, odd vocabs.

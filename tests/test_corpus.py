@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from checkpoints import REPO, SHARED_TOKENIZER, TINY_SHAPES, texts_of_lengths
+from checkpoints import PEAK, REPO, SHARED_TOKENIZER, TINY_SHAPES, texts_of_lengths
 from qwen3_embed.cli import main
 from qwen3_embed.corpus import encode_corpus, load_corpus, read_shard, verify_corpus
 from qwen3_embed.corpus.job import Job
@@ -467,16 +467,6 @@ def test_a_manifest_cannot_name_a_file_outside_its_shard(tiny, embedder, corpus,
     assert f"shard-00000: {message}ensors" in verify_corpus(out)
     with pytest.raises(DamagedShard, match=re.escape(message)):
         read_shard(out, manifest["shards"][0])
-
-
-# Runs a command and prints its peak resident memory. A child's ru_maxrss starts from the hiwater of the process that
-# exec'd it (the kernel keeps the old address space's peak), so the child is started from this small process, not
-# from pytest, whose peak would hide the child's.
-PEAK = """import os, subprocess, sys
-child = subprocess.Popen(sys.argv[1:])
-_, status, usage = os.wait4(child.pid, 0)
-sys.stderr.write(f"\\npeak KiB {usage.ru_maxrss}\\n")
-sys.exit(os.waitstatus_to_exitcode(status))"""
 
 
 def peak_run(tmp_path, *args: str) -> tuple[int, str, float]:
