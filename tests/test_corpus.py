@@ -612,7 +612,7 @@ def test_a_json_line_too_long_for_any_record_that_fits_is_refused_or_skipped_by_
     any record that fits is never read whole; it is an error, or skipped and reported with --skip-bad."""
     max_chars = embedder.tokenizer.max_chars(64)
     path = tmp_path / "in.jsonl"
-    long_text = "w" * (12 * max_chars + (1 << 20))  # escaped, it is over the cap by the 2 quotes and the key
+    long_text = "w" * (12 * max_chars + (1 << 20) + 1)  # with its key and quotes: 1 byte over the limit
     path.write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"text": long_text}) + "\n" + '{"text": "b"}\n')
     args = ["encode", "--model", str(tiny[0]), "--input", str(path), "--output", str(tmp_path / output)]
     with pytest.raises(SystemExit) as exit:

@@ -231,7 +231,7 @@ def test_a_long_line_is_never_held_whole(tmp_path):
     any record that fits is refused by file and line, and the lines after either are read as usual."""
     import tracemalloc
 
-    line = ("a" * 4007 + "é" + "word " * 20_000_000).encode()  # 100 MB
+    line = ("a" * 4009 + "é" + "word " * 20_000_000).encode()  # 100 MB
     (tmp_path / "in.txt.gz").write_bytes(gzip.compress(b"first\n" + line + b"\nlast\n", 1))
     json_line = json.dumps({"text": "word " * 4_000_000}).encode()  # 20 MB
     (tmp_path / "in.jsonl").write_bytes(b'{"text": "first"}\n' + json_line + b'\n{"text": "last"}\n')
@@ -242,8 +242,8 @@ def test_a_long_line_is_never_held_whole(tmp_path):
         tracemalloc.stop()
         assert peak < 30 << 20, (name, peak)  # the gzip reader's buffers and the last line's block, not the line
         assert [r.text for r in (records[0], records[2])] == ["first", "last"]
-        if name == "in.txt.gz":  # 4 x 1002 bytes, less the half of "é" at byte 4008
-            assert isinstance(records[1], Record) and records[1].text == "a" * 4007
+        if name == "in.txt.gz":  # 4 x 1002 + 2 bytes, less the half of "é" at byte 4010
+            assert isinstance(records[1], Record) and records[1].text == "a" * 4009
         else:
             assert isinstance(records[1], inputs.LongRecord) and str(records[1]) == (
                 "in.jsonl:2: a JSON line of more than 1,060,588 bytes, longer than any record whose text can fit "
@@ -252,6 +252,12 @@ def test_a_long_line_is_never_held_whole(tmp_path):
     assert [r.text for r in read_records(resolve_inputs(tmp_path / "in.jsonl").files[0], positions=True)][1] == (
         "word " * 4_000_000
     )  # without max_chars, read whole
+    exact = b'{"text": "' + b"w" * (1_060_588 - 12) + b'"}'  # the limit's own length, with a CRLF: read
+    (tmp_path / "exact.jsonl").write_bytes(exact + b"\r\n" + exact[:-1] + b'w"}\n')
+    exact_records = list(
+        read_records(resolve_inputs(tmp_path / "exact.jsonl").files[0], positions=True, max_chars=1000)
+    )
+    assert isinstance(exact_records[0], Record) and isinstance(exact_records[1], inputs.LongRecord)
 
 
 def test_a_compression_that_is_not_read_is_named(tmp_path):
@@ -264,10 +270,14 @@ def test_a_compression_that_is_not_read_is_named(tmp_path):
     (tmp_path / "in.txt.xz").write_bytes(lzma.compress(b"one\ntwo\n"))
     with zipfile.ZipFile(tmp_path / "in.zip", "w") as z:
         z.writestr("in.txt", "one\n")
-    (tmp_path / "BZh.txt").write_text("BZh is not bzip2 without its block size\n")
-    for name, kind in [("in.txt.bz2", "bzip2"), ("in.txt.xz", "xz"), ("in.zip", "zip")]:
+    (tmp_path / "in.lzma").write_bytes(lzma.compress(b"one\ntwo\n", format=lzma.FORMAT_ALONE))
+    (tmp_path / "in.lz4").write_bytes(b"\x04\x22\x4d\x18\x64\x40\xa7 one\n")  # an LZ4 frame's header
+    (tmp_path / "empty.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    (tmp_path / "BZh.txt").write_text("BZh9 is a word, not bzip2 without its block's magic\n")
+    for name, kind in [("in.txt.bz2", "bzip2"), ("in.txt.xz", "xz"), ("in.zip", "zip"), ("in.lzma", "lzma"),
+                       ("in.lz4", "lz4"), ("empty.zip", "zip")]:  # fmt: skip
         with pytest.raises(ValueError, match=rf"^input {re.escape(name)} is {kind}-compressed, which is not read; "):
             resolve_inputs(tmp_path / name)
     assert [r.text for r in read_records(resolve_inputs(tmp_path / "BZh.txt").files[0], positions=True)] == [
-        "BZh is not bzip2 without its block size"
+        "BZh9 is a word, not bzip2 without its block's magic"
     ]

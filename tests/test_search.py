@@ -185,6 +185,16 @@ def test_first_stage_scores():
             assert np.array_equal(got, -np.sort(-(2 * equal - padded), axis=1)), (dim, precision)
 
 
+@pytest.mark.parametrize("precision", ["float16", "int8", "binary"])
+def test_no_queries_give_no_hits(precision):
+    """A batch of no queries gave 'torch.cat(): expected a non-empty list' on a quantized search."""
+    vectors, _ = planted(n=50, dim=16)
+    hits = Index(vectors.half() if precision == "float16" else vectors, precision=precision).search(
+        np.zeros((0, 16), np.float32), 5
+    )
+    assert hits.positions.shape == (0, 5) and hits.scores.shape == (0, 5) and hits.ids == []
+
+
 def test_ranges_of_a_quantized_copy():
     vectors, _ = planted()
     assert np.array_equal(Index(vectors, precision="int8", calibration=vectors[:200]).ranges,

@@ -223,6 +223,9 @@ def test_a_compressed_body_is_415_from_the_head(client):
         assert message == "Content-Encoding 'gzip' is not accepted: send the body uncompressed"
     identity = {"content-type": "application/json", "content-encoding": "Identity"}
     assert client.post("/embed", content=b'{"inputs": "x"}', headers=identity).status_code == 200
+    two = [("content-type", "application/json"), ("content-encoding", "identity"), ("content-encoding", "gzip")]
+    assert client.post("/embed", content=gzip.compress(b'{"inputs": "x"}'), headers=two).status_code == 415
+    assert client.get("/health", headers={"content-encoding": "gzip"}).status_code == 200  # no body: nothing to refuse
 
 
 @pytest.mark.parametrize(

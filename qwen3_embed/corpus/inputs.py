@@ -35,13 +35,17 @@ INPUT_FORMATS = ("text", "jsonl", "parquet")
 SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
-# Compressions refused by name, known by their first 4 bytes (no text starts with the others; bzip2's "BZh" comes
-# with its block size, a digit 1-9, which a text of these 4 letters would hardly begin with)
+# Compressions refused by name, known by their first bytes (no text starts with them; bzip2's "BZh" and block size
+# are followed by the magic of its first block, or of its end when it is empty)
 UNREAD_MAGIC = {
-    b"\xfd7zX": "xz",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x5d\x00\x00": "lzma",
+    b"\x04\x22\x4d\x18": "lz4",
     b"PK\x03\x04": "zip",
-    b"7z\xbc\xaf": "7z",
-    **{b"BZh" + bytes([d]): "bzip2" for d in b"123456789"},
+    b"PK\x05\x06": "zip",
+    b"PK\x07\x08": "zip",
+    b"7z\xbc\xaf\x27\x1c": "7z",
+    **{b"BZh" + bytes([d]) + block: "bzip2" for d in b"123456789" for block in (b"1AY&SY", b"\x17rE8P\x90")},
 }
 ZSTD_SKIPPABLE = b"\x2a\x4d\x18"  # after a byte 0x50..0x5f: a skippable frame, which pzstd writes first
 BOM = b"\xef\xbb\xbf"
@@ -169,14 +173,14 @@ def _input_file(name: str, path: Path | None, forced: str | None, data: bytes | 
     """An input file with its compression and format, found from its first bytes and its name."""
     try:
         with io.BytesIO(data) if data is not None else open(path, "rb") as f:
-            magic = f.read(4)
+            head = f.read(10)
     except OSError as e:
         raise OSError(e.errno, f"cannot read input {path}: {e.strerror}") from None
-    if magic in UNREAD_MAGIC:
-        raise ValueError(
-            f"input {name} is {UNREAD_MAGIC[magic]}-compressed, which is not read; decompress it, or "
-            "compress it with gzip or zstd"
-        )
+    unread = next((kind for prefix, kind in UNREAD_MAGIC.items() if head.startswith(prefix)), None)
+    if unread is not None:
+        raise ValueError(f"input {name} is {unread}-compressed, which is not read; decompress it, or compress it with "
+                         "gzip or zstd")  # fmt: skip
+    magic = head[:4]
     compression = compression_of(magic)
     if compression == "zstd":
         _need_zstandard(name)
@@ -449,12 +453,15 @@ def _line_limit(file_format: str, max_chars: int | None) -> int | None:
 
 
 def _read_line(stream: BinaryIO, limit: int | None) -> tuple[bytes, bool]:
-    """The next line (b"" at the end), and whether it is longer than `limit` bytes: then only its first `limit`
-    bytes, less a character cut in two at their end, and the rest of the line is read past."""
-    line = stream.readline(-1 if limit is None else limit)
-    if limit is None or len(line) < limit or line.endswith(b"\n"):
+    """The next line (b"" at the end), and whether it is longer than `limit` bytes (its LF or CR LF aside): then only
+    its first `limit` + 2 bytes, less a character cut in two at their end, and the rest of the line is read past."""
+    line = stream.readline(-1 if limit is None else limit + 2)  # room for a CR LF beyond `limit` bytes
+    if limit is None:
         return line, False
-    while (rest := stream.readline(BLOCK)) and not rest.endswith(b"\n"):
+    whole = line.endswith(b"\n") or len(line) < limit + 2  # else readline stopped inside the line
+    if whole and len(line.removesuffix(b"\n").removesuffix(b"\r")) <= limit:
+        return line, False
+    while not whole and (rest := stream.readline(BLOCK)) and not rest.endswith(b"\n"):
         pass
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:

@@ -180,7 +180,7 @@ class Index:
         """(scores, positions) [Q, k]: the candidates scored with the float queries against the stored vectors (int8
         and uint8 dequantized, binary unpacked to 0/1 as sentence-transformers does, float as they are)."""
         chunk = max(1, self.block_rows // candidates.shape[1])  # queries at a time: a block's worth of vectors
-        scores = []
+        scores = [torch.empty(0, candidates.shape[1], device=self.device)]  # so that no queries give [0, k]
         for i in range(0, len(queries), chunk):
             rows = candidates[i : i + chunk]
             stored = self.vectors.gather(rows.flatten())

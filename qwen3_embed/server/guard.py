@@ -120,8 +120,9 @@ class Guard:
             for name, value in scope["headers"]
         ):
             raise ApiError(400, f"{method} {path} takes no body; send the request without one")
-        coding = next((value for name, value in scope["headers"] if name == b"content-encoding"), b"identity")
-        if coding.strip().lower() != b"identity":
+        codings = [value for name, value in scope["headers"] if name == b"content-encoding"]  # each header line
+        coding = b", ".join(codings)
+        if method == "POST" and any(c.strip().lower() not in (b"identity", b"") for c in coding.split(b",")):
             raise ApiError(415, f"Content-Encoding {coding.decode('latin-1')!r} is not accepted: send the body "
                            "uncompressed", headers={"Accept-Encoding": "identity"})  # fmt: skip
 

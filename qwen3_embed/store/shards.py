@@ -206,10 +206,11 @@ def read_manifest(folder: str | os.PathLike) -> dict:
             raise FileNotFoundError(
                 f"{folder} has no manifest.json yet: an encode run is writing it now ({holder}); wait for it to end"
             )
-        what = "does not exist" if not folder.exists() else "has no manifest.json"
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder} does not exist: give the folder an encode run wrote")
         raise FileNotFoundError(
-            f"{folder} {what}: it is not a finished encode output (an interrupted run has shards but no manifest "
-            "until it completes; rerun the same encode command to finish it)"
+            f"{folder} has no manifest.json: it is not a finished encode output (an interrupted run has shards but no "
+            "manifest until it completes; rerun the same encode command to finish it)"
         )
     try:
         manifest = read_json(path)
