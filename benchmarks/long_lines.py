@@ -16,7 +16,6 @@ import argparse
 import gzip
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from common import ROOT, SHARED_TOKENIZER, machine, markdown_table, write_results
 
 sys.path.insert(0, str(ROOT / "tests"))
-from checkpoints import PEAK, make_checkpoint  # noqa: E402  (the tests' launcher: one way to measure a child's peak)
+from checkpoints import encode_peak, make_checkpoint  # noqa: E402  (the tests' way to measure a child's peak)
 
 SHAPE = (151669, 32, 2, 4, 2, 8, 64)  # the real vocabulary, a tiny body
 
@@ -58,12 +57,9 @@ def write_inputs(folder: Path) -> dict[str, Path]:
 def peak(model: Path, path: Path, output: Path, *flags: str) -> dict:
     """Exit code, peak resident MiB, seconds and the last line of stderr of one encode run."""
     start = time.perf_counter()
-    command = [sys.executable, "-c", PEAK, sys.executable, "-m", "qwen3_embed.cli", "encode", "--model", str(model),
-               "--input", str(path), "--output", str(output), *flags]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    text, _, kib = done.stderr.rpartition("\npeak KiB ")
-    return {"code": done.returncode, "peak_mib": int(kib) / 1024, "seconds": time.perf_counter() - start,
-            "said": text.strip().splitlines()[-1]}  # fmt: skip
+    code, said, mib = encode_peak("--model", str(model), "--input", str(path), "--output", str(output), *flags)
+    seconds = time.perf_counter() - start
+    return {"code": code, "peak_mib": mib, "seconds": seconds, "said": said.strip().splitlines()[-1]}
 
 
 def main() -> None:

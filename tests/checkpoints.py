@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -24,11 +26,20 @@ SHARED_TOKENIZER = Path(
 # Runs a command and prints its peak resident memory. A child's ru_maxrss starts from the hiwater of the process that
 # exec'd it (the kernel keeps the old address space's peak), so the child is started from this small process, not
 # from pytest, whose peak would hide the child's.
-PEAK = """import os, subprocess, sys
+_PEAK = """import os, subprocess, sys
 child = subprocess.Popen(sys.argv[1:])
 _, status, usage = os.wait4(child.pid, 0)
 sys.stderr.write(f"\\npeak KiB {usage.ru_maxrss}\\n")
 sys.exit(os.waitstatus_to_exitcode(status))"""
+
+
+def encode_peak(*args: str) -> tuple[int, str, float]:
+    """(exit code, stderr, peak resident memory in MiB) of `qwen3-embed encode ARGS` in a process of its own."""
+    command = [sys.executable, "-c", _PEAK, sys.executable, "-m", "qwen3_embed.cli", "encode", *args]
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    text, _, kib = done.stderr.rpartition("\npeak KiB ")
+    return done.returncode, text, int(kib) / 1024
+
 
 CARD_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 

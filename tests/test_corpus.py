@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from checkpoints import PEAK, REPO, SHARED_TOKENIZER, TINY_SHAPES, texts_of_lengths
+from checkpoints import REPO, SHARED_TOKENIZER, TINY_SHAPES, encode_peak, texts_of_lengths
 from qwen3_embed.cli import main
 from qwen3_embed.corpus import encode_corpus, load_corpus, read_shard, verify_corpus
 from qwen3_embed.corpus.job import Job
@@ -469,16 +469,6 @@ def test_a_manifest_cannot_name_a_file_outside_its_shard(tiny, embedder, corpus,
         read_shard(out, manifest["shards"][0])
 
 
-def peak_run(tmp_path, *args: str) -> tuple[int, str, float]:
-    """(exit code, stderr, peak resident memory in MB) of `qwen3-embed encode ARGS` in its own process."""
-    with open(tmp_path / "stderr", "w+") as err:
-        command = [sys.executable, "-c", PEAK, sys.executable, "-m", "qwen3_embed.cli", "encode", *args]
-        code = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err).returncode
-        err.seek(0)
-        text, _, peak = err.read().rpartition("\npeak KiB ")
-        return code, text, int(peak) / 1024
-
-
 @pytest.mark.slow  # 40 s on 2 cores
 @pytest.mark.skipif(
     not (SHARED_TOKENIZER / "tokenizer.json").exists(), reason=f"no Qwen3 tokenizer at {SHARED_TOKENIZER}"
@@ -492,14 +482,14 @@ def test_a_50_mb_line_costs_under_1_gb_and_is_cut_or_refused_by_file_and_line(bu
     block = " ".join(rng.choices(words, k=200_000)) + " "
     (tmp_path / "long.txt").write_text("short one\n" + (block * (50_000_000 // len(block) + 1))[:50_000_000] + "\n")
     (tmp_path / "small.txt").write_text("short one\nshort two\n")
-    code, err, baseline = peak_run(tmp_path, "--model", str(folder), "--input", str(tmp_path / "small.txt"),
-                                   "--output", str(tmp_path / "small"))  # fmt: skip
+    code, err, baseline = encode_peak("--model", str(folder), "--input", str(tmp_path / "small.txt"),
+                                      "--output", str(tmp_path / "small"))  # fmt: skip
     assert code == 0, err
     args = ["--model", str(folder), "--input", str(tmp_path / "long.txt")]
-    code, err, peak = peak_run(tmp_path, *args, "--output", str(tmp_path / "long"))
+    code, err, peak = encode_peak(*args, "--output", str(tmp_path / "long"))
     assert code == 0 and "1 text(s) were longer than --max-length=8192 tokens and were cut to fit (long.txt:2)" in err
     assert peak - baseline < 1024, (peak, baseline)
-    code, err, _ = peak_run(tmp_path, *args, "--output", str(tmp_path / "refused"), "--no-truncate")
+    code, err, _ = encode_peak(*args, "--output", str(tmp_path / "refused"), "--no-truncate")
     assert code == 1 and "Traceback" not in err
     assert re.search(r"error: long.txt:2: 1 text\(s\) are longer than --max-length=8192 tokens: they have more than "
                      r"\d+ characters.*; fix it, or skip such records", err)  # fmt: skip

@@ -99,7 +99,8 @@ def test_bad_search_options_are_named_before_any_model_loads(corpus, tiny, build
           "--candidates", "4"], "--candidates=4 must be at least 5"),
         (["search", "--index", str(corpus / "int8"), "--query", "q", "--precision", "float16"],
          "int8 vectors cannot be searched at precision 'float16': choose int8 or a coarser one"),
-        (["search", "--index", str(tmp_path / "none"), "--query", "q"], "does not exist: give the folder an encode run wrote"),
+        (["search", "--index", str(tmp_path / "none"), "--query", "q"],
+         "does not exist: give the folder an encode run wrote"),
         ([*index, "--device", "gpu"], "device 'gpu' is not a device name"),
         ([*index, "--rescore-multiplier", "4"], "--rescore-multiplier applies to a quantized search, and .* is "
          "searched in float32; drop it, or give --precision='int8' or 'binary'"),
