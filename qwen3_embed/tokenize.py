@@ -21,7 +21,11 @@ NFC_FOLD = 4
 
 
 class TextTooLong(ValueError):
-    """A text longer than max_length tokens, with truncation off."""
+    """A text longer than max_length tokens, with truncation off; `length` says how long (the longest, of several)."""
+
+    def __init__(self, message: str, length: str = ""):
+        super().__init__(message)
+        self.length = length
 
 
 class Tokenizer:
@@ -85,7 +89,8 @@ class Tokenizer:
             raise TextTooLong(
                 f"{len(too_long)} text(s) are longer than max_length={max_length} tokens "
                 f"(indices {_some([first + i for i in too_long])}; the longest has {longest}); shorten them, raise "
-                "max_length, or pass truncate=True"
+                "max_length, or pass truncate=True",
+                f"{longest} tokens",
             )
         lengths = [(first + i, len(ids[i]) + len(prefix) + len(suffix)) for i in too_long]
         for i in too_long:
@@ -116,7 +121,8 @@ class Tokenizer:
                 f"{len(over)} text(s) are longer than max_length={max_length} tokens: they have more than {cap} "
                 f"characters, more than that many tokens can hold (indices {_some([first + i for i in over])}; the "
                 f"longest has {max(len(texts[i]) for i in over)} characters); shorten them, raise max_length, or pass "
-                "truncate=True"
+                "truncate=True",
+                f"more than {cap} characters, more than that many tokens can hold",
             )
         if over:
             texts = [text[:cap] if len(text) > cap else text for text in texts]

@@ -301,6 +301,21 @@ def test_rerank_no_truncate_names_the_flags(reranker_folder):
     assert "truncate=" not in message and "max_length" not in message
 
 
+def test_skipped_records_are_reported_one_by_one_in_flags(tiny, tmp_path, capsys):
+    """--skip-bad's report said `max_length=64`, `pass truncate=True` and `indices 1` of a line's tokenizing call."""
+    source = tmp_path / "in.txt"
+    source.write_text("ok\n" + "word " * 100 + "\n" + "x" * 50_000 + "\nok\n")
+    args = ["--model", str(tiny[0]), "--input", str(source), "--max-length", "16", "--no-truncate", "--skip-bad"]
+    main(["encode", *args, "--output", str(tmp_path / "o.npy")])
+    err = capsys.readouterr().err
+    assert "qwen3-embed: warning: skipped 2 bad record(s):" in err and "wrote 2 vectors" in err
+    flags = "shorten it, raise --max-length, or leave out --no-truncate"
+    assert re.search(rf"\n  in.txt:2: its text is longer than --max-length=16 tokens \(\d+ tokens\); {flags}\n", err)
+    many = r"\(more than \d+ characters, more than that many tokens can hold\)"
+    assert re.search(rf"\n  in.txt:3: its text is longer than --max-length=16 tokens {many}; {flags}", err)
+    assert "max_length" not in err and "truncate=" not in err and "indices" not in err
+
+
 def test_truncation_warning_is_one_line_that_names_the_flag(tiny, capsys):
     main(["similarity", "--model", str(tiny[0]), "--max-length", "8", "--query", "gravity " * 30, "--document", "d"])
     err = capsys.readouterr().err

@@ -121,7 +121,10 @@ def test_a_folder_of_mixed_files_and_a_glob(tiny, embedder, tmp_path, expected):
         (b'{"text": "ok"}\n{"text": 7}\n', r'corpus.jsonl:2: "text" is int, not a string'),
         (b'{"text": "ok"}\n{broken\n', r"corpus.jsonl:2: not valid JSON"),
         (b'{"text": "ok"}\n{"txt": "x"}\n', r'corpus.jsonl:2: no "text" field \(its fields: txt\)'),
-        (b'{"text": "ok"}\n{"text": "' + b"word " * 40 + b'"}\n', r"corpus.jsonl:2: 1 text\(s\) are longer than"),
+        (
+            b'{"text": "ok"}\n{"text": "' + b"word " * 40 + b'"}\n',
+            r"corpus.jsonl:2: its text is longer than max_length=16 tokens \(\d+ tokens\)",
+        ),
     ],
 )
 def test_bad_records_are_named_and_can_be_skipped(tiny, embedder, tmp_path, content, message):
@@ -491,8 +494,8 @@ def test_a_50_mb_line_costs_under_1_gb_and_is_cut_or_refused_by_file_and_line(bu
     assert peak - baseline < 1024, (peak, baseline)
     code, err, _ = encode_peak(*args, "--output", str(tmp_path / "refused"), "--no-truncate")
     assert code == 1 and "Traceback" not in err
-    assert re.search(r"error: long.txt:2: 1 text\(s\) are longer than --max-length=8192 tokens: they have more than "
-                     r"\d+ characters.*; fix it, or skip such records", err)  # fmt: skip
+    assert re.search(r"error: long.txt:2: its text is longer than --max-length=8192 tokens \(more than \d+ characters,"
+                     r" more than that many tokens can hold\); .*; fix it, or skip such records", err)  # fmt: skip
 
 
 def test_an_output_the_input_reads_is_refused(tiny, embedder, tmp_path):

@@ -42,7 +42,7 @@ from ..store.shards import (
     shard_records,
     write_shard,
 )
-from ..tokenize import Cut, Tokenizer
+from ..tokenize import Cut, TextTooLong, Tokenizer
 from .inputs import (
     BadRecord,
     FileIndex,
@@ -447,6 +447,9 @@ def prepare(
             try:
                 tokens += tokenize([record.text], len(kept))
                 kept.append(record)
+            except TextTooLong as e:  # said of this one record (the tokenizer's message counts texts of a call)
+                what = f"{record.where}: its text is longer than max_length={max_length} tokens ({e.length})"
+                _bad(BadRecord(f"{what}; shorten it, raise max_length, or pass truncate=True"), options, out)
             except ValueError as e:
                 _bad(BadRecord(f"{record.where}: {e}"), options, out)
         good = kept

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +177,7 @@ def encode_file(
 
 
 def report(skipped: list[str]) -> None:
-    """Print the messages of skipped records on stderr, ten at most."""
+    """Warn with the messages of skipped records, ten at most (the command line names its flags in them)."""
     if skipped:
         shown = "\n  ".join(skipped[:10]) + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        print(f"skipped {len(skipped)} bad record(s):\n  {shown}", file=sys.stderr)
+        warnings.warn(f"skipped {len(skipped)} bad record(s):\n  {shown}", stacklevel=2)
