@@ -231,3 +231,19 @@ def test_a_long_context_case_measures_each_system_in_its_own_process(build_check
     row = long_context.row({"tokens": 32768, "dtype": "float32", "system": "transformers eager"},
                            {"skipped": "skipped: needs about 96 GiB, 20 GiB available"}, None, 4)  # fmt: skip
     assert "skipped: needs about 96 GiB" in row
+
+
+def test_the_limits_benchmark_gathers_the_figure_a_limit_test_asserts(tmp_path):
+    """benchmarks/limits.py reads what tests/test_server_limits.py records beside each bound from its JUnit XML."""
+    import limits
+
+    report = tmp_path / "report.xml"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                           "tests/test_server_limits.py::test_a_dead_worker_answers_503_at_once"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    [figure] = limits.figures(report)
+    assert figure["test"] == "test_a_dead_worker_answers_503_at_once" and figure["unit"] == "s"
+    assert figure["what"] == "a request after the model's thread died: seconds to its 503"
+    assert 0 < figure["measured"] < figure["bound"] == 1
+    assert limits.row(figure).startswith(f"| {figure['what']} | {figure['measured']:.2f} s | under 1 s |")
