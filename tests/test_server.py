@@ -204,7 +204,10 @@ def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status,
     if shape == "tei":
         assert set(body) == {"error", "error_type"} and body["error"]
     else:
-        assert set(body) == {"error"} and body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
+        # Cohere's and Jina's clients read "message" and "detail"
+        others = {"message", "detail"} if path in ("/v1/rerank", "/v2/rerank") else set()
+        assert set(body) == {"error"} | others and all(body[key] == body["error"]["message"] for key in others)
     if "ud800" in str(request_):
         assert "inputs[1]" in body["error"] and "lone surrogate U+D800" in body["error"]
 
@@ -319,16 +322,24 @@ def test_a_server_error_tells_only_an_id_that_the_log_has(embedder, caplog):
             assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records), error_id
 
 
-def test_too_many_tokens_in_one_request(embedder):
-    limits = Limits(max_input_length=64, max_batch_tokens=100, openai_max_batch_tokens=100, max_queue_tokens=100)
+def test_a_request_runs_in_passes_of_the_batch_budget_up_to_what_the_queue_holds(embedder):
+    """As in TEI, --max-batch-tokens is a batch's budget, not a request's: texts over it in all run in several
+    passes; a request of more tokens than the queue can ever hold is 413 (never 429), naming --max-queue-tokens."""
+    limits = Limits(max_input_length=64, max_batch_tokens=64, openai_max_batch_tokens=64, max_queue_tokens=100)
+    text = "gravity " * 4
+    each = len(embedder.tokenize([text], max_length=64)[0])  # 20 to 33 tokens: 3 or 4 fit
+    fits, over = 100 // each, 100 // each + 1
+    assert fits * each > 64  # more than one pass
     app = create_app(embedder, None, limits=limits)
     with Served(app) as base:
-        response = httpx.post(f"{base}/embed", json={"inputs": ["gravity " * 20] * 8, "truncate": True})
+        ran = httpx.post(f"{base}/embed", json={"inputs": [text] * fits})
+        response = httpx.post(f"{base}/embed", json={"inputs": [text] * over})
         no_reranker = httpx.post(f"{base}/rerank", json={"query": "q", "texts": ["t"]})
-    assert (
-        response.status_code == 413
-        and "more than the server's --max-batch-tokens=100; send fewer or shorter inputs per request"
-        in response.json()["error"]
+    assert ran.status_code == 200
+    np.testing.assert_allclose(ran.json(), embedder.encode([text] * fits).numpy(), atol=1e-5)
+    assert response.status_code == 413 and response.json()["error"] == (
+        f"the inputs hold {over * each} tokens, more than the server's --max-queue-tokens=100; send fewer or shorter "
+        "inputs per request"
     )
     assert no_reranker.status_code == 424 and "--reranker" in no_reranker.json()["error"]
 
@@ -875,12 +886,26 @@ def test_the_real_tokenizers_ids_and_their_windows_survive_the_round_trip():
     assert len(trip.foreign(foreign)) >= 4
 
 
-def test_each_api_family_has_its_own_batch_limit_and_models_route(client):
-    """TEI's 32 inputs on TEI's routes, OpenAI's 2,048 on /v1/embeddings; GET /v1/models/{model}, counted under its
-    template."""
+def test_each_api_family_has_its_own_batch_limit_and_models_route(client, reranker):
+    """TEI's 32 inputs on TEI's routes, Cohere's 1,000 documents on /v1/rerank and /v2/rerank (whose errors Cohere's
+    and Jina's clients read as "message" and "detail"), OpenAI's 2,048 on /v1/embeddings; GET /v1/models/{model},
+    counted under its template."""
     assert client.post("/embed", json={"inputs": ["x"] * 33}).json()["error"] == (
         "inputs holds 33 inputs, more than the server's --max-client-batch-size=32; send fewer inputs per request"
     )
+    documents = [f"document {i}" for i in range(100)]  # what a RAG pipeline reranks, past TEI's 32
+    scores = reranker.score("q", documents).tolist()
+    for path in ("/v1/rerank", "/v2/rerank"):
+        results = client.post(path, json={"query": "q", "documents": documents}).json()["results"]
+        assert {r["index"]: r["relevance_score"] for r in results} == pytest.approx(dict(enumerate(scores)), abs=1e-5)
+        too_many = client.post(path, json={"query": "q", "documents": documents * 10 + ["one more"]})
+        message = (
+            "documents holds 1001 inputs, more than the server's --cohere-max-client-batch-size=1000; send fewer "
+            "inputs per request"
+        )
+        assert too_many.status_code == 413
+        assert too_many.json() == {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                             "code": None}, "message": message, "detail": message}  # fmt: skip
     assert len(client.post("/v1/embeddings", json={"input": ["x"] * 1000}).json()["data"]) == 1000
     too_many = client.post("/v1/embeddings", json={"input": ["x"] * 2049})
     assert too_many.status_code == 413

@@ -12,6 +12,7 @@ LIMITS = (
     "max_input_length",
     "max_batch_tokens",
     "max_client_batch_size",
+    "cohere_max_client_batch_size",
     "openai_max_client_batch_size",
     "openai_max_batch_tokens",
     "payload_limit",
@@ -26,7 +27,9 @@ CONNECTIONS = ("keep_alive_s", "read_timeout_s", "max_connections", "graceful_sh
 def add_parser(commands) -> None:
     p = add_command(commands, "serve", "serve TEI, OpenAI and Cohere/Jina compatible HTTP endpoints", (DEVICE,))
     add_model(p, EMBEDDING_MODEL, "embedding model: hub id or local folder")
-    p.add_argument("--reranker", help="reranker model to serve on /rerank and /v1/rerank: hub id or local folder")
+    p.add_argument(
+        "--reranker", help="reranker model to serve on /rerank, /v1/rerank and /v2/rerank: hub id or local folder"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument(
@@ -52,13 +55,19 @@ def add_limits(p: argparse.ArgumentParser) -> None:
         "--max-batch-tokens",
         type=int,
         default=16384,
-        help="tokens per request on TEI's and Cohere's routes, and per queue drain",
+        help="tokens per drain of the queue (the batch budget, as TEI's); every input must fit in it",
     )
     p.add_argument(
         "--max-client-batch-size",
         type=int,
         default=32,
-        help="inputs (texts, documents, sentences, id lists) per request on TEI's and Cohere's routes",
+        help="inputs (texts, documents, sentences, id lists) per request on TEI's routes",
+    )
+    p.add_argument(
+        "--cohere-max-client-batch-size",
+        type=int,
+        default=1000,
+        help="documents per request on /v1/rerank and /v2/rerank (Cohere's and Jina's API)",
     )
     p.add_argument(
         "--openai-max-client-batch-size", type=int, default=2048, help="inputs per request on /v1/embeddings"
@@ -86,8 +95,8 @@ def add_limits(p: argparse.ArgumentParser) -> None:
         "--max-queue-tokens",
         type=int,
         default=600_000,
-        help="tokens waiting for each model; past it a request is refused with 429 (at least each route's tokens per "
-        "request)",
+        help="tokens waiting for each model; past it a request is refused with 429, and one of more tokens, which "
+        "could never be queued, with 413",
     )
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long an idle worker waits to fill a batch")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (for comparison)")

@@ -45,7 +45,7 @@ class Body(Strict):
 
     inputs_field: ClassVar[str]
     batch_limit: ClassVar[str] = "max_client_batch_size"
-    token_limit: ClassVar[str] = "max_batch_tokens"
+    token_limit: ClassVar[str] = "max_queue_tokens"
     token_ids: ClassVar[bool] = False
     ids_get_eos: ClassVar[bool] = True
 

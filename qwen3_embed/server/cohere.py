@@ -22,6 +22,7 @@ class Document(BaseModel):
 
 class RerankRequest(Body):
     inputs_field = "documents"
+    batch_limit = "cohere_max_client_batch_size"
     model: str | None = None  # any name: the served reranker answers
     query: str
     documents: FailFastList[str | Document]

@@ -26,13 +26,16 @@ class Limits:
     `input_length`, all before any model loads."""
 
     max_input_length: int | None = None  # tokens per input (default 8192, at most the model's maximum)
-    max_batch_tokens: int = 16384  # tokens per request on TEI's and Cohere's routes, and per drain of the queue
-    max_client_batch_size: int = 32  # inputs per request on TEI's and Cohere's routes (TEI's default)
+    max_batch_tokens: int = 16384  # tokens per drain of the queue (TEI's batch budget): an input must fit in it
+    max_client_batch_size: int = 32  # inputs per request on TEI's routes (TEI's default)
+    cohere_max_client_batch_size: int = 1000  # documents per request on /v1/rerank and /v2/rerank (Cohere's most)
     openai_max_client_batch_size: int = 2048  # inputs per request on /v1/embeddings (OpenAI's limit)
     openai_max_batch_tokens: int = 300_000  # tokens per request on /v1/embeddings (OpenAI's limit)
     payload_limit: int = 2_000_000  # bytes per request body
     max_concurrent_requests: int = 512  # requests in flight (POST) before 429
-    max_queue_tokens: int = 600_000  # tokens waiting for a model before 429 (two of OpenAI's largest requests)
+    # Tokens waiting for a model before 429 (two of OpenAI's largest requests); a request of more tokens, which could
+    # never be queued, is 413 (on every route but /v1/embeddings, whose own limit is lower).
+    max_queue_tokens: int = 600_000
     health_stall_s: float = 60.0  # with work pending and no progress for this long, /health answers 503
     max_wait_ms: float = 2.0  # how long an idle worker waits for more requests to batch
     batching: bool = True  # False: each request runs alone (for comparison)
@@ -71,9 +74,10 @@ class Limits:
                 raise ValueError(f"{limit}={getattr(self, limit)} must be at least max_input_length={length}")
         return length
 
-    def check_request_tokens(self, tokens: int, limit: str = "max_batch_tokens") -> None:
-        """413 for a request of more tokens than its route's `limit` (max_batch_tokens, or openai_max_batch_tokens):
-        it may never run (nor wait in a queue, which holds max_queue_tokens, at least either)."""
+    def check_request_tokens(self, tokens: int, limit: str = "max_queue_tokens") -> None:
+        """413 for a request of more tokens than its route's `limit` (max_queue_tokens, openai_max_batch_tokens on
+        /v1/embeddings, max_batch_tokens on /tokenize): it may never run (nor wait in a queue, which holds
+        max_queue_tokens, at least any other)."""
         if tokens > getattr(self, limit):
             raise ApiError(413, f"the inputs hold {tokens} tokens, more than {limit}={getattr(self, limit)}; send "
                            "fewer or shorter inputs per request")  # fmt: skip
@@ -112,9 +116,10 @@ def openai_style(path: str) -> bool:
 
 def error_response(path: str, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
     """TEI's error body ({"error", "error_type"}), or under /v1/ and /v2/ OpenAI's
-    ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422; the message in an HTTP
-    client's terms (`for_clients`). A message past MESSAGE_CHARS (one that quotes what a client sent) is cut there,
-    after a lone surrogate it quotes (JSON's \\ud800, which UTF-8 cannot hold) is written as its escape."""
+    ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422, and on Cohere's and Jina's
+    rerank routes the message too as Cohere's "message" and Jina's "detail" (which their clients read); the message
+    in an HTTP client's terms (`for_clients`). A message past MESSAGE_CHARS (one that quotes what a client sent) is
+    cut there, after a lone surrogate it quotes (JSON's \\ud800, which UTF-8 cannot hold) is written as its escape."""
     message = for_clients(message, path).encode("utf-8", "backslashreplace").decode("utf-8")
     if len(message) > MESSAGE_CHARS:
         message = f"{message[:MESSAGE_CHARS]}... (cut)"
@@ -122,7 +127,8 @@ def error_response(path: str, status: int, message: str, kind: str, headers: dic
         status = 400 if status == 422 else status
         body = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
                 "param": None, "code": None}  # fmt: skip
-        return JSONResponse({"error": body}, status, headers)
+        others = {"message": message, "detail": message} if path in ("/v1/rerank", "/v2/rerank") else {}
+        return JSONResponse({"error": body, **others}, status, headers)
     return JSONResponse({"error": message, "error_type": kind}, status, headers)
 
 

@@ -81,8 +81,7 @@ class Service:
                 metrics=self.metrics,
             )
             self.workers[name] = worker
-            largest = max(limits.max_batch_tokens, limits.openai_max_batch_tokens if name == "embed" else 0)
-            worker.warm_up(self.max_input_length, largest)
+            worker.warm_up(self.max_input_length, limits.max_queue_tokens)  # no request holds more
 
     def drain(self, seconds: float) -> None:
         """Shutting down: refuse new requests (503) and fail the queued ones (503); the running batches finish."""
@@ -150,7 +149,7 @@ class Service:
         prompt_name: str | None = None,
         dimensions: int | None = None,
         normalize: bool = True,
-        token_limit: str = "max_batch_tokens",
+        token_limit: str = "max_queue_tokens",
     ) -> tuple[torch.Tensor, int]:
         """(vectors [n, dim], tokens) of texts, or of token id lists (OpenAI's), in order; their count and the
         lists' lengths already checked (body.check_inputs). `field` names the inputs in errors (`field[i]`), or
@@ -234,7 +233,7 @@ class Service:
                     for text, e in zip(checked, encodings)]  # fmt: skip
 
         async with watch(request) as gone:
-            return await self._tokenize(tokenize, gone)
+            return await self._tokenize(tokenize, gone, "max_batch_tokens")
 
     async def decode(self, request: Request, lists: Sequence[Sequence[int]], *, skip_special: bool) -> list[str]:
         """TEI's /decode: the text of each token-id list (their count and lengths already checked)."""
@@ -280,7 +279,7 @@ class Service:
         return [[*seq, embedder.tokenizer.eos_id] for seq in inputs]
 
     async def _tokenize(
-        self, tokenize: Callable[[], list[list[T]]], gone: asyncio.Task, token_limit: str = "max_batch_tokens"
+        self, tokenize: Callable[[], list[list[T]]], gone: asyncio.Task, token_limit: str = "max_queue_tokens"
     ) -> list[list[T]]:
         """Token ids (or tokens) from the tokenization threads, within the Limits field `token_limit`; 413 for an
         input over max_input_length, 422 for any other input the tokenizer refuses."""

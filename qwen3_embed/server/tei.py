@@ -177,6 +177,7 @@ async def info(request: Request) -> JSONResponse:
             "max_batch_tokens": limits.max_batch_tokens,
             "max_batch_requests": None,
             "max_client_batch_size": limits.max_client_batch_size,
+            "cohere_max_client_batch_size": limits.cohere_max_client_batch_size,
             "openai_max_client_batch_size": limits.openai_max_client_batch_size,
             "openai_max_batch_tokens": limits.openai_max_batch_tokens,
             "auto_truncate": False,
