@@ -75,7 +75,7 @@ class Embedder(Pipeline):
         ranges: np.ndarray | None = None,
         calibration_embeddings: torch.Tensor | np.ndarray | None = None,
         convert_to_numpy: bool = False,
-        convert_to_tensor: bool = False,
+        convert_to_tensor: bool | None = None,
     ) -> torch.Tensor | np.ndarray:
         """Embed texts: float32 CPU tensor [len(texts), dim] in the input's order ([dim] for a single string).
 
@@ -89,7 +89,8 @@ class Embedder(Pipeline):
         batch_size: not used (packed by tokens; it warns). show_progress (or show_progress_bar): a progress bar.
         precision: int8, uint8, binary or ubinary vectors as sentence-transformers' quantize_embeddings makes them
         (int8/uint8 by `ranges` [2, dim], or those of `calibration_embeddings` or of the vectors), or float16.
-        convert_to_numpy: a numpy array instead of a tensor (convert_to_tensor=True: a tensor, the default)."""
+        convert_to_numpy (or convert_to_tensor=False): a numpy array instead of a tensor (convert_to_tensor=True: a
+        tensor, the default)."""
         check_bools(normalize=normalize, truncate=truncate, show_progress=show_progress,
                     convert_to_numpy=convert_to_numpy)  # fmt: skip
         single = isinstance(texts, str)
@@ -113,7 +114,7 @@ class Embedder(Pipeline):
         else:
             vectors = torch.empty(0, dim)
         return self.deliver(vectors, single, precision, ranges, calibration_embeddings,
-                            convert_to_numpy and not convert_to_tensor)  # fmt: skip
+                            (convert_to_numpy or convert_to_tensor is False) and not convert_to_tensor)  # fmt: skip
 
     @staticmethod
     def deliver(

@@ -238,6 +238,9 @@ def test_sentence_transformers_encode_options(tiny, embedder):
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(ours, embedder.encode(texts, instruction="Classify it"))  # the prompt it prepends
     assert isinstance(embedder.encode(texts, convert_to_numpy=True, convert_to_tensor=True), torch.Tensor)
+    as_numpy = embedder.encode(texts, convert_to_tensor=False)  # sentence-transformers' default: numpy
+    assert isinstance(as_numpy, np.ndarray) and isinstance(st.encode(texts, convert_to_tensor=False), np.ndarray)
+    np.testing.assert_array_equal(as_numpy, embedder.encode(texts).numpy())
     raw = embedder.encode(texts, normalize=False)
     assert raw.norm(dim=-1).min() > 1.5  # what normalize=False gives, and normalize_embeddings=True normalizes
     torch.testing.assert_close(
