@@ -135,11 +135,13 @@ class Embedder(Pipeline):
         """`encode` for queries: with the given instruction, prompt_name or prompt, else the checkpoint's "query"
         prompt, else the model card's web-search instruction (the same text)."""
         if not has_prompt(options):
-            if "query" in self.prompts:
-                options["prompt_name"] = "query"
-            else:
-                options["instruction"] = DEFAULT_INSTRUCTION
+            options["prompt"] = self.query_prompt()
         return self.encode(texts, **options)
+
+    def query_prompt(self) -> str:
+        """What `encode_query` puts before a query by default: the checkpoint's "query" prompt, else the model card's
+        web-search instruction (the same text)."""
+        return self.prompts["query"] if "query" in self.prompts else format_instruction(DEFAULT_INSTRUCTION, "")
 
     def encode_document(self, texts: str | Sequence[str], **options) -> torch.Tensor | np.ndarray:
         """`encode` for documents: the checkpoint's "document" prompt when it has one (empty for the released

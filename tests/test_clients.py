@@ -20,6 +20,7 @@ from test_server import QUERY, Served, reranker_fixture  # noqa: E402, F401 (a f
 
 from qwen3_embed.server import Limits, create_app  # noqa: E402
 from qwen3_embed.server.token_ids import RoundTrip  # noqa: E402
+from qwen3_embed.store.quantize import quantize  # noqa: E402
 
 EMBEDDER, RERANKER = "tiny/embedder", "tiny-reranker"  # a slash, as in a hub id
 TEXTS = texts_of_lengths(100, max_words=30)
@@ -114,6 +115,26 @@ def test_cohere_sdk_v1_v2_and_max_tokens_per_doc(url, reranker):
     expected = [score_of_first_tokens(reranker, d, 3) for d in DOCUMENTS]
     assert {r.index: r.relevance_score for r in cut.results} == pytest.approx(dict(enumerate(expected)), abs=1e-5)
     assert expected != pytest.approx(scores, abs=1e-3)  # the cut changed the longer documents' scores
+
+
+def test_cohere_sdk_embeds_queries_and_documents(url, embedder):
+    """Cohere's embed (v1 and v2, as LangChain's CohereEmbeddings sends it): a search_query gets encode_query's
+    prompt, a search_document none; output_dimension is Matryoshka's dim; binary and ubinary are
+    quantize_embeddings' (sentence-transformers', after Cohere's); int8 and uint8 are refused, naming the types."""
+    cohere = pytest.importorskip("cohere")
+    v1, v2 = cohere.Client(api_key="unused", base_url=url), cohere.ClientV2(api_key="unused", base_url=url)
+    queries = v1.embed(texts=TEXTS, model=EMBEDDER, input_type="search_query")
+    assert queries.response_type == "embeddings_floats" and queries.meta.billed_units.input_tokens > len(TEXTS)
+    np.testing.assert_allclose(queries.embeddings, embedder.encode_query(TEXTS).numpy(), atol=1e-5)
+    documents = v2.embed(texts=TEXTS[:5], model=EMBEDDER, input_type="search_document", output_dimension=32,
+                         embedding_types=["float", "ubinary", "binary"])  # fmt: skip
+    expected = embedder.encode(TEXTS[:5], dim=32)
+    np.testing.assert_allclose(documents.embeddings.float_, expected.numpy(), atol=1e-5)
+    assert documents.embeddings.ubinary == quantize(expected, "ubinary").tolist()
+    assert documents.embeddings.binary == quantize(expected, "binary").tolist()
+    with pytest.raises(cohere.core.ApiError) as refused:
+        v2.embed(texts=["a"], model=EMBEDDER, input_type="clustering", embedding_types=["int8"])
+    assert refused.value.status_code == 400 and "'float', 'binary' or 'ubinary'" in refused.value.body["message"]
 
 
 def test_cohere_v2_cuts_a_long_document_by_default(url, reranker):

@@ -27,6 +27,7 @@ from qwen3_embed.cli import main  # noqa: E402
 from qwen3_embed.reranker import Reranker  # noqa: E402
 from qwen3_embed.server import BatchingWorker, ConnectionLimits, Limits, create_app, served_name  # noqa: E402
 from qwen3_embed.server.connections import Server  # noqa: E402
+from qwen3_embed.server.limits import COHERE_ROUTES  # noqa: E402
 from qwen3_embed.server.token_ids import RoundTrip  # noqa: E402
 from qwen3_embed.tokenize import Tokenizer  # noqa: E402
 
@@ -206,7 +207,7 @@ def test_every_error_has_the_tei_or_openai_shape(client, path, request_, status,
     else:
         assert body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
         # Cohere's and Jina's clients read "message" and "detail"
-        others = {"message", "detail"} if path in ("/v1/rerank", "/v2/rerank") else set()
+        others = {"message", "detail"} if path in COHERE_ROUTES else set()
         assert set(body) == {"error"} | others and all(body[key] == body["error"]["message"] for key in others)
     if "ud800" in str(request_):
         assert "inputs[1]" in body["error"] and "lone surrogate U+D800" in body["error"]
@@ -253,6 +254,11 @@ def test_a_compressed_body_is_415_from_the_head(client):
                         "return_documents": True, "rank_fields": None, "max_chunks_per_doc": None}),  # Cohere v1
         ("/v1/rerank", {"model": "jina-reranker-v2", "query": "q", "documents": ["a"], "top_n": 1,
                         "return_documents": False}),  # Jina
+        ("/v1/embed", {"texts": ["a"], "model": "m", "input_type": "search_query", "embedding_types": ["float"],
+                       "truncate": "END", "images": None}),  # Cohere v1
+        ("/v2/embed", {"texts": ["a"], "model": "m", "input_type": "classification", "output_dimension": 8,
+                       "embedding_types": ["ubinary"], "truncate": "START", "max_tokens": None, "priority": 0,
+                       "inputs": None}),  # Cohere v2
     ],
 )  # fmt: skip
 def test_every_field_of_the_clients_request_schemas_is_accepted(client, path, body):

@@ -1,14 +1,16 @@
-"""Cohere's and Jina's rerank API (also vLLM's and LiteLLM's): POST /v1/rerank and /v2/rerank."""
+"""Cohere's API: POST /v1/rerank and /v2/rerank (Jina's, vLLM's and LiteLLM's too), /v1/embed and /v2/embed."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictBool, StrictInt
 
+from ..store.quantize import quantize
 from .body import Body, BodyRoute, FailFastList
 
 router = APIRouter(route_class=BodyRoute)
@@ -58,3 +60,44 @@ async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
             "results": [{"index": i, "relevance_score": scores[i], **document(i)} for i in order],
         }
     )
+
+
+class EmbedRequest(Body):
+    """Cohere's embed body (v1 and v2); of its types, those that do not depend on other vectors (int8 and uint8 are
+    scaled by a range Cohere does not say: refused)."""
+
+    inputs_field = "texts"
+    batch_limit = "cohere_max_client_batch_size"
+    texts: FailFastList[str]
+    model: str | None = None  # any name: the served model answers
+    input_type: Literal["search_document", "search_query", "classification", "clustering"] | None = None
+    embedding_types: FailFastList[Literal["float", "binary", "ubinary"]] | None = None
+    output_dimension: StrictInt | None = None
+    truncate: Literal["NONE", "START", "END"] = "END"
+    priority: StrictInt | None = None  # ignored, as on rerank
+    # Cohere options this server does not implement: refused when given.
+    images: None = None
+    inputs: None = None
+    max_tokens: None = None
+
+
+@router.post("/v1/embed", summary="Embed texts (Cohere)")
+@router.post("/v2/embed", summary="Embed texts (Cohere v2)")
+async def embed(body: EmbedRequest, request: Request) -> JSONResponse:
+    """A search_query is embedded with the query prompt (`Embedder.encode_query`'s), any other input type as it is;
+    vectors normalized. v1 without embedding_types answers a list of float vectors, else each type's."""
+    service = request.app.state.service
+    query = body.input_type == "search_query"
+    vectors, tokens = await service.embed(
+        request, body.texts, field="texts", truncate=body.truncate != "NONE", left=body.truncate == "START",
+        prompt=service.models["embed"].query_prompt() if query and "embed" in service.models else None,
+        dimensions=body.output_dimension,
+    )  # fmt: skip
+    version = request.url.path[2]
+    answer = {"id": str(uuid.uuid4()), "texts": body.texts,
+              "meta": {"api_version": {"version": version}, "billed_units": {"input_tokens": tokens}}}  # fmt: skip
+    if body.embedding_types is None and version == "1":
+        return JSONResponse({**answer, "embeddings": vectors.tolist(), "response_type": "embeddings_floats"})
+    types = body.embedding_types or ["float"]
+    embeddings = {t: (vectors if t == "float" else quantize(vectors, t)).tolist() for t in dict.fromkeys(types)}
+    return JSONResponse({**answer, "embeddings": embeddings, "response_type": "embeddings_by_type"})

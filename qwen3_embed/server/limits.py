@@ -17,6 +17,7 @@ from ..config import Qwen3Config
 
 log = logging.getLogger("qwen3_embed.server")
 MESSAGE_CHARS = 2000  # of an error message
+COHERE_ROUTES = ("/v1/rerank", "/v2/rerank", "/v1/embed", "/v2/embed")  # also Jina's /v1/rerank
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,8 @@ def openai_style(path: str) -> bool:
 
 def error_response(path: str, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
     """TEI's error body ({"error", "error_type"}), or under /v1/ and /v2/ OpenAI's
-    ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422, and on Cohere's and Jina's
-    rerank routes the message too as Cohere's "message" and Jina's "detail" (which their clients read); the message
+    ({"error": {"message", "type", "param", "code"}}) with 400 where TEI answers 422, and on Cohere's (and Jina's)
+    routes the message too as Cohere's "message" and Jina's "detail" (which their clients read); the message
     in an HTTP client's terms (`for_clients`). A message past MESSAGE_CHARS (one that quotes what a client sent) is
     cut there, after a lone surrogate it quotes (JSON's \\ud800, which UTF-8 cannot hold) is written as its escape."""
     message = for_clients(message, path).encode("utf-8", "backslashreplace").decode("utf-8")
@@ -127,7 +128,7 @@ def error_response(path: str, status: int, message: str, kind: str, headers: dic
         status = 400 if status == 422 else status
         body = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
                 "param": None, "code": None}  # fmt: skip
-        others = {"message": message, "detail": message} if path in ("/v1/rerank", "/v2/rerank") else {}
+        others = {"message": message, "detail": message} if path in COHERE_ROUTES else {}
         return JSONResponse({"error": body, **others}, status, headers)
     return JSONResponse({"error": message, "error_type": kind}, status, headers)
 

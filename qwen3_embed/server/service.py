@@ -147,14 +147,16 @@ class Service:
         truncate: bool = False,
         left: bool = False,
         prompt_name: str | None = None,
+        prompt: str | None = None,
         dimensions: int | None = None,
         normalize: bool = True,
         token_limit: str = "max_queue_tokens",
     ) -> tuple[torch.Tensor, int]:
         """(vectors [n, dim], tokens) of texts, or of token id lists (OpenAI's), in order; their count and the
         lists' lengths already checked (body.check_inputs). `field` names the inputs in errors (`field[i]`), or
-        gives the i-th input's name; `left`: truncation cuts a text's start; `token_limit`: the Limits field of the
-        route's tokens per request."""
+        gives the i-th input's name; `left`: truncation cuts a text's start; `prompt_name` or `prompt`: what goes
+        before each text (default: the checkpoint's default prompt); `token_limit`: the Limits field of the route's
+        tokens per request."""
         embedder = self._model("embed")
         name = field if callable(field) else lambda i: f"{field}[{i}]"
         try:
@@ -168,7 +170,7 @@ class Service:
                 def tokenize() -> list[list[int]]:
                     texts = [check_text(t, name(i), cap, truncate, left) for i, t in enumerate(inputs)]
                     return embedder.tokenize(texts, None, prompt_name, self.max_input_length, truncate, warn=False,
-                                             left=left)  # fmt: skip
+                                             prompt=prompt, left=left)  # fmt: skip
 
                 ids = await self._tokenize(tokenize, gone, token_limit)
             else:
