@@ -67,7 +67,8 @@ def add_limits(p: argparse.ArgumentParser) -> None:
         "--cohere-max-client-batch-size",
         type=int,
         default=1000,
-        help="documents per request on /v1/rerank and /v2/rerank (Cohere's and Jina's API)",
+        help="documents or texts per request on Cohere's (and Jina's) routes: /v1/rerank, /v2/rerank, /v1/embed, "
+        "/v2/embed",
     )
     p.add_argument(
         "--openai-max-client-batch-size", type=int, default=2048, help="inputs per request on /v1/embeddings"

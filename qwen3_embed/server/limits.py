@@ -29,7 +29,7 @@ class Limits:
     max_input_length: int | None = None  # tokens per input (default 8192, at most the model's maximum)
     max_batch_tokens: int = 16384  # tokens per drain of the queue (TEI's batch budget): an input must fit in it
     max_client_batch_size: int = 32  # inputs per request on TEI's routes (TEI's default)
-    cohere_max_client_batch_size: int = 1000  # documents per request on /v1/rerank and /v2/rerank (Cohere's most)
+    cohere_max_client_batch_size: int = 1000  # documents or texts per request on Cohere's (and Jina's) routes
     openai_max_client_batch_size: int = 2048  # inputs per request on /v1/embeddings (OpenAI's limit)
     openai_max_batch_tokens: int = 300_000  # tokens per request on /v1/embeddings (OpenAI's limit)
     payload_limit: int = 2_000_000  # bytes per request body
