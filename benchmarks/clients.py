@@ -190,6 +190,45 @@ def langchain_community(url: str, call: str):
     return embeddings.embed_documents(TEXTS[:32]), "texts32"  # TEI's 32 per request
 
 
+def llama_index_tei(url: str, call: str):
+    from llama_index.embeddings.text_embeddings_inference import TextEmbeddingsInference
+
+    return TextEmbeddingsInference(model_name=EMBEDDER, base_url=url).get_text_embedding_batch(TEXTS), "texts"
+
+
+def langchain_cohere(url: str, call: str):
+    from langchain_cohere import CohereEmbeddings, CohereRerank
+    from langchain_core.documents import Document
+
+    if call.startswith("CohereRerank"):
+        rerank = CohereRerank(model=RERANKER, base_url=url, cohere_api_key="unused", top_n=len(TEXTS))
+        documents = [Document(page_content=text, metadata={"index": i}) for i, text in enumerate(TEXTS)]
+        ranked = rerank.compress_documents(documents, QUERY)
+        return by_index([(d.metadata["index"], d.metadata["relevance_score"]) for d in ranked]), "scores100"
+    embeddings = CohereEmbeddings(model=EMBEDDER, base_url=url, cohere_api_key="unused")
+    if call.startswith("CohereEmbeddings.embed_query"):
+        return embeddings.embed_query(QUERY), "query"
+    return embeddings.embed_documents(TEXTS), "texts"
+
+
+def jina_rerank(url: str, call: str):
+    from llama_index.core.schema import NodeWithScore, TextNode
+    from llama_index.postprocessor.jinaai_rerank import JinaRerank
+
+    texts = TEXTS if call.endswith("100 nodes") else [f"Document {i}." for i in range(1001)]  # Cohere's most + 1
+    nodes = [NodeWithScore(node=TextNode(text=text, id_=str(i))) for i, text in enumerate(texts)]
+    rerank = JinaRerank(base_url=f"{url}/v1", api_key="unused", top_n=len(nodes))
+    try:
+        ranked = rerank.postprocess_nodes(nodes, query_str=QUERY)
+    except RuntimeError as e:  # JinaRerank raises the body's "detail"
+        if len(texts) > 1000 and "--cohere-max-client-batch-size" in str(e):
+            raise Refused(f"refused (413), the server's message shown: {e}") from None
+        raise
+    if len(texts) > 1000:
+        raise AssertionError(f"{len(texts)} documents were not refused")
+    return by_index([(int(n.node.id_), n.score) for n in ranked]), "scores100"
+
+
 CALLS = [
     ("openai", "embeddings.create, 100 texts", openai_sdk),
     ("openai", "models.list, models.retrieve", openai_sdk),
@@ -210,6 +249,16 @@ CALLS = [
     ("litellm", "rerank (cohere/)", litellm),
     ("langchain-huggingface", "HuggingFaceEndpointEmbeddings", langchain_huggingface),
     ("langchain-community", "HuggingFaceInferenceAPIEmbeddings, 32 texts", langchain_community),
+    (
+        "llama-index-embeddings-text-embeddings-inference",
+        "TextEmbeddingsInference.get_text_embedding_batch, 100 texts",
+        llama_index_tei,
+    ),
+    ("langchain-cohere", "CohereRerank.compress_documents, 100 documents", langchain_cohere),
+    ("langchain-cohere", "CohereEmbeddings.embed_documents, 100 texts", langchain_cohere),
+    ("langchain-cohere", "CohereEmbeddings.embed_query (the query prompt)", langchain_cohere),
+    ("llama-index-postprocessor-jinaai-rerank", "JinaRerank.postprocess_nodes, 100 nodes", jina_rerank),
+    ("llama-index-postprocessor-jinaai-rerank", "JinaRerank.postprocess_nodes, 1,001 nodes (an error)", jina_rerank),
 ]
 
 
@@ -261,6 +310,8 @@ def expected_numbers(embedder_folder: Path, reranker_folder: Path) -> dict:
         "text0": texts[0].tolist(),
         "similarity": (embedder.encode(DOCUMENTS) @ embedder.encode(QUERY)).tolist(),
         "scores": reranker.score(QUERY, DOCUMENTS).tolist(),
+        "scores100": reranker.score(QUERY, TEXTS).tolist(),
+        "query": embedder.encode_query(QUERY).tolist(),
     }
 
 

@@ -126,6 +126,10 @@ def test_cohere_sdk_embeds_queries_and_documents(url, embedder):
     queries = v1.embed(texts=TEXTS, model=EMBEDDER, input_type="search_query")
     assert queries.response_type == "embeddings_floats" and queries.meta.billed_units.input_tokens > len(TEXTS)
     np.testing.assert_allclose(queries.embeddings, embedder.encode_query(TEXTS).numpy(), atol=1e-5)
+    # LangChain's CohereEmbeddings' call: its truncate, None unless set, comes as null (Cohere's default, END)
+    langchain = v1.embed(texts=TEXTS, model=EMBEDDER, input_type="search_document", embedding_types=["float"],
+                         truncate=None)  # fmt: skip
+    np.testing.assert_allclose(langchain.embeddings.float_, embedder.encode(TEXTS).numpy(), atol=1e-5)
     documents = v2.embed(texts=TEXTS[:5], model=EMBEDDER, input_type="search_document", output_dimension=32,
                          embedding_types=["float", "ubinary", "binary"])  # fmt: skip
     expected = embedder.encode(TEXTS[:5], dim=32)

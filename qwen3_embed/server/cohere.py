@@ -73,7 +73,7 @@ class EmbedRequest(Body):
     input_type: Literal["search_document", "search_query", "classification", "clustering"] | None = None
     embedding_types: FailFastList[Literal["float", "binary", "ubinary"]] | None = None
     output_dimension: StrictInt | None = None
-    truncate: Literal["NONE", "START", "END"] = "END"
+    truncate: Literal["NONE", "START", "END"] | None = "END"  # null (LangChain's default, the SDK sends it): END
     priority: StrictInt | None = None  # ignored, as on rerank
     # Cohere options this server does not implement: refused when given.
     images: None = None
