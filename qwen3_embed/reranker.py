@@ -8,7 +8,7 @@ last token of each sequence: never the vocabulary-wide logits.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -134,15 +134,21 @@ class Reranker(Pipeline):
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
+        activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         **score_options,
     ) -> np.ndarray | torch.Tensor | np.float32:
         """`score` of (query, document) pairs as CrossEncoder.predict returns it: a float32 numpy array [len(pairs)]
         (a tensor with convert_to_tensor=True, or convert_to_numpy=False), a scalar for one pair. Takes the options
-        of `score`; batch_size is not used (as in `Embedder.encode`), show_progress_bar is show_progress."""
+        of `score`; batch_size is not used (as in `Embedder.encode`), show_progress_bar is show_progress;
+        activation_fn, as CrossEncoder's, maps the logits `l_yes - l_no` (default: the sigmoid;
+        `torch.nn.Identity()`: the logits, as raw=True)."""
         single = isinstance(inputs, (list, tuple)) and len(inputs) > 0 and not isinstance(inputs[0], (list, tuple))
         self.ignore_batch_size(batch_size, score_options.get("batch_tokens"))
         score_options["show_progress"] = score_options.get("show_progress", False) or bool(show_progress_bar)
+        if activation_fn is not None:
+            score_options["raw"] = True
         scores = self.score([inputs] if single else inputs, **score_options)
+        scores = scores if activation_fn is None else activation_fn(scores)
         scores = scores.numpy() if convert_to_numpy and not convert_to_tensor else scores
         return scores[0] if single else scores
 

@@ -303,6 +303,10 @@ def test_predict_and_rank_match_cross_encoder(checkpoint, reranker):
     assert isinstance(single, np.float32) and single == pytest.approx(float(ce.predict(pairs[1])), abs=1e-5)
     tensor = reranker.predict(pairs, convert_to_tensor=True)
     assert isinstance(tensor, torch.Tensor) and isinstance(ce.predict(pairs, convert_to_tensor=True), torch.Tensor)
+    identity = torch.nn.Identity()  # the logits, as raw=True gives them
+    logits = reranker.predict(pairs, activation_fn=identity)
+    np.testing.assert_allclose(logits, ce.predict(pairs, activation_fn=identity), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits, reranker.score(pairs, raw=True).numpy(), rtol=0, atol=0)
     np.testing.assert_allclose(reranker.predict(pairs, instruction="Judge relevance"),
                                ce.predict(pairs, prompt="Judge relevance"), rtol=0, atol=1e-5)  # fmt: skip
     for options in [{}, {"top_k": 3}, {"return_documents": True}, {"top_k": 2, "return_documents": True}]:
