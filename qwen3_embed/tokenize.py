@@ -18,6 +18,9 @@ from . import ops
 EOS = "<|endoftext|>"  # Qwen3-Embedding pools the hidden state of this token, appended to every text
 # NFC composes at most this many characters into one: the longest canonical decomposition (U+1F82 is four).
 NFC_FOLD = 4
+# A text of more than PROBE_CHARS characters per token of room is tokenized a prefix at a time (see
+# Tokenizer.tokens_within); PROBE_SLACK tokens past the room keep the kept tokens clear of where a prefix ends.
+PROBE_CHARS, PROBE_SLACK = 8, 16
 
 
 class TextTooLong(ValueError):
@@ -81,11 +84,13 @@ class Tokenizer:
                 f"the prompt; use at least {len(prefix) + len(suffix) + 1}"
             )
         self._check_rows(prefix + suffix, "the prompt")
-        texts, capped = self._capped(texts, room, max_length, truncate, first)
-        ids = self._tokens(texts, first)
+        texts, capped = self._capped(texts, room, max_length, truncate, first, left)
+        ids, probed = self.tokens_within(texts, room, first, left)
+        capped |= probed
         too_long = [i for i, seq in enumerate(ids) if len(seq) > room or i in capped]
         if too_long and not truncate:
-            longest = max(len(ids[i]) for i in too_long) + len(prefix) + len(suffix)
+            most = max(too_long, key=lambda i: len(ids[i]))
+            longest = f"{'at least ' if most in capped else ''}{len(ids[most]) + len(prefix) + len(suffix)}"
             raise TextTooLong(
                 f"{len(too_long)} text(s) are longer than max_length={max_length} tokens "
                 f"(indices {_some([first + i for i in too_long])}; the longest has {longest}); shorten them, raise "
@@ -109,7 +114,7 @@ class Tokenizer:
         return [prefix + seq + suffix for seq in ids]
 
     def _capped(
-        self, texts: Sequence[str], room: int, max_length: int, truncate: bool, first: int
+        self, texts: Sequence[str], room: int, max_length: int, truncate: bool, first: int, left: bool = False
     ) -> tuple[Sequence[str], set[int]]:
         """The texts cut to `max_chars(room)` characters before they are tokenized (so that tokenizing a text costs
         memory and time for what can fit, not for all of it), and the indices of those cut; with `truncate` False, a
@@ -125,7 +130,7 @@ class Tokenizer:
                 f"more than {cap} characters, more than that many tokens can hold",
             )
         if over:
-            texts = [text[:cap] if len(text) > cap else text for text in texts]
+            texts = [(text[-cap:] if left else text[:cap]) if len(text) > cap else text for text in texts]
         return texts, set(over)
 
     @cached_property
@@ -155,6 +160,31 @@ class Tokenizer:
         if token_id is None:
             raise ValueError(f"the tokenizer has no token {token!r}")
         return token_id
+
+    def tokens_within(
+        self, texts: Sequence[str], room: int, first: int = 0, left: bool = False
+    ) -> tuple[list[list[int]], set[int]]:
+        """The tokens of each text, and the indices of those known to pass `room` tokens from a prefix alone (a
+        suffix, with `left`: the part a cut keeps). A text of more than PROBE_CHARS x room characters is tokenized
+        a prefix at a time, from that many characters, doubling, until its tokens pass room + PROBE_SLACK; then only
+        that prefix's tokens are kept (enough to cut it to `room` or refuse it). Tokenizing holds a hundred or more
+        bytes a character, so this spends memory and time on what can be kept, whatever the text's length: a run of
+        digits or emoji is a token a character, and the character cap alone let a text of max_length x 512 of them
+        be tokenized whole."""
+        long = {i for i, text in enumerate(texts) if len(text) > PROBE_CHARS * room}
+        ids = self._tokens(["" if i in long else text for i, text in enumerate(texts)], first)
+        probed = set()
+        for i in long:
+            size = PROBE_CHARS * room
+            while True:
+                ids[i] = self._tokens([texts[i][-size:] if left else texts[i][:size]], first + i)[0]
+                if size >= len(texts[i]):
+                    break
+                if len(ids[i]) > room + PROBE_SLACK:
+                    probed.add(i)
+                    break
+                size *= 2
+        return ids, probed
 
     def ids(self, text: str) -> list[int]:
         """The tokens of a text, without any special token added."""

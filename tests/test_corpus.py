@@ -478,19 +478,22 @@ def test_a_manifest_cannot_name_a_file_outside_its_shard(tiny, embedder, corpus,
 )
 def test_a_50_mb_line_costs_under_1_gb_and_is_cut_or_refused_by_file_and_line(build_checkpoint, tmp_path):
     """The encoder had no character cap and tokenized a text at the limit twice: one 20 MB line peaked at 4.8 GB. With
-    the real vocabulary (its longest token has 128 characters, so max_length 8192 caps a text at 4.2M characters)."""
+    the real vocabulary (its longest token has 128 characters, so max_length 8192 caps a text at 4.2M characters);
+    a line of words, and one of a token a character ("7 7 7 ...": under the cap, it was tokenized whole, +1.5 GB)."""
     folder, _ = build_checkpoint("real-vocab", (151669, 32, 2, 4, 2, 8, 64), tokenizer=SHARED_TOKENIZER)
     rng = random.Random(0)
     words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(1, 10))) for _ in range(10_000)]
     block = " ".join(rng.choices(words, k=200_000)) + " "
-    (tmp_path / "long.txt").write_text("short one\n" + (block * (50_000_000 // len(block) + 1))[:50_000_000] + "\n")
+    words_line = (block * (50_000_000 // len(block) + 1))[:50_000_000]
+    (tmp_path / "long.txt").write_text("short one\n" + words_line + "\n" + "7 " * 25_000_000 + "\n")
     (tmp_path / "small.txt").write_text("short one\nshort two\n")
     code, err, baseline = encode_peak("--model", str(folder), "--input", str(tmp_path / "small.txt"),
                                       "--output", str(tmp_path / "small"))  # fmt: skip
     assert code == 0, err
     args = ["--model", str(folder), "--input", str(tmp_path / "long.txt")]
     code, err, peak = encode_peak(*args, "--output", str(tmp_path / "long"))
-    assert code == 0 and "1 text(s) were longer than --max-length=8192 tokens and were cut to fit (long.txt:2)" in err
+    cut = "2 text(s) were longer than --max-length=8192 tokens and were cut to fit (long.txt:2, long.txt:3)"
+    assert code == 0 and cut in err, err
     assert peak - baseline < 1024, (peak, baseline)
     code, err, _ = encode_peak(*args, "--output", str(tmp_path / "refused"), "--no-truncate")
     assert code == 1 and "Traceback" not in err

@@ -597,3 +597,26 @@ def test_work_for_clients_that_left_is_dropped_from_the_tokenizing_threads(embed
         assert httpx.post(f"{base}/embed", json={"inputs": "hello"}, timeout=60).status_code == 200
         dropped = "thirty 1.9 MB requests sent and dropped: a following /embed's seconds"
         figure(record_property, dropped, time.perf_counter() - start, 6, "s")
+
+
+def test_texts_of_a_token_a_character_are_tokenized_only_as_far_as_they_can_fit(embedder, record_property):
+    """A text of a token a character ("7 7 7 ...") under the character cap, which allows a token its vocabulary's
+    longest (128 characters in Qwen's), was tokenized whole only to be refused or cut (with the real tokenizer, four
+    2 MB ones at once to /tokenize and /embed took the server from 0.68 to 2.8 GB). Now a prefix at a time
+    (Tokenizer.tokens_within): refused, or cut, having tokenized about what can fit."""
+    text = "7 " * 200_000  # under both routes' caps with the tests' tokenizer
+    bodies = [("/tokenize", {"inputs": text})] * 2 + [
+        ("/embed", {"inputs": text}),
+        ("/embed", {"inputs": text, "truncate": True}),
+    ]
+    with Served(create_app(embedder)) as base, PeakRss() as rss, ThreadPoolExecutor(4) as pool:
+        start = time.perf_counter()
+        answers = list(pool.map(lambda b: httpx.post(f"{base}{b[0]}", json=b[1], timeout=60), bodies))
+        seconds = time.perf_counter() - start
+    assert [a.status_code for a in answers] == [413, 413, 413, 200], [a.text[:200] for a in answers]
+    assert "inputs[0] holds more than the server's --max-batch-tokens=16384 tokens" in answers[0].json()["error"]
+    assert "the longest has at least" in answers[2].json()["error"]
+    four = "four 0.4 MB texts of a token a character at once (/tokenize and /embed)"
+    figure(record_property, f"{four}: seconds", seconds, 10, "s")
+    growth = rss.growth / 2**20  # 474 MiB when each was tokenized whole
+    figure(record_property, f"{four}: memory growth (client too)", growth, 250, "MiB")

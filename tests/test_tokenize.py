@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from checkpoints import SHARED_TOKENIZER, make_tokenizer
-from qwen3_embed.tokenize import TextTooLong, Tokenizer, batches, pack
+from qwen3_embed import tokenize
+from qwen3_embed.tokenize import PROBE_CHARS, PROBE_SLACK, TextTooLong, Tokenizer, batches, pack
 
 TEXTS = ["The capital of China is Beijing.", "", " ", "gravity<|endoftext|>", "<|im_start|>x<|im_end|>", "中文 é"]
 
@@ -78,11 +79,37 @@ def test_a_text_over_the_character_cap_is_cut_to_it_before_it_is_tokenized(folde
     text = "a b c d " * cap
     with pytest.warns(UserWarning, match=r"1 of 2 text\(s\) were longer than .* the longest had at least \d+\)"):
         ids = tok.encode([text, "short"], max_length=16)
-    assert seen == [cap, 5]
+    assert seen == [0, 5, PROBE_CHARS * 15]  # and the first PROBE_CHARS x 15 characters of the capped text
     assert ids[0] == tok.ids(text)[:15] + [tok.eos_id]  # the tokens of the whole text
     with pytest.raises(TextTooLong, match=rf"1 text\(s\) are longer than max_length=16 tokens: they have more than "
                        rf"{cap} characters.*\(indices 1; the longest has {len(text)} characters\)"):  # fmt: skip
         tok.encode(["short", text], max_length=16, truncate=False)
+
+
+def test_a_long_text_is_tokenized_a_prefix_at_a_time_doubling(folders, monkeypatch):
+    """Under the cap, a text of a token a character (digits, emoji) still cost its whole length to tokenize (a 50 MB
+    line: +1.5 GB). A long text is tokenized from PROBE_CHARS characters a token of room, doubling, until its tokens
+    pass the room by PROBE_SLACK: only that is tokenized, and its first tokens are those of the whole text."""
+    tok = Tokenizer(folders[0] / "tokenizer.json", vocab_size=300)
+    tokens, seen = Tokenizer._tokens, []
+    monkeypatch.setattr(Tokenizer, "_tokens", lambda self, texts, first=0: seen.append(list(map(len, texts))) or
+                        tokens(self, texts, first))  # fmt: skip
+    monkeypatch.setattr(tokenize, "PROBE_CHARS", 1)  # so that a prefix of this text falls short and doubles
+    text = "gravity pulls " * 1000
+    with pytest.warns(UserWarning, match=r"the longest had at least \d+\)"):
+        ids = tok.encode(["short", text], max_length=64)
+    probes = [sizes[0] for sizes in seen[1:]]
+    assert seen[0] == [5, 0] and len(probes) >= 2 and probes == [63 * 2**k for k in range(len(probes))]
+    assert len(tok.ids(text[: probes[-2]])) <= 63 + PROBE_SLACK < len(tok.ids(text[: probes[-1]]))
+    assert ids[1] == tok.ids(text)[:63] + [tok.eos_id]
+    seen.clear()
+    under_the_cap = text[: tok.max_chars(63)]
+    with pytest.raises(TextTooLong, match=r"\(indices 0; the longest has at least \d+\)") as refused:
+        tok.encode([under_the_cap], max_length=64, truncate=False)
+    assert refused.value.length.startswith("at least ") and max(map(max, seen)) == probes[-1]
+    seen.clear()
+    assert tok.encode([text[:200]], max_length=64, warn=False)[0] == tok.ids(text[:200])[:63] + [tok.eos_id]
+    assert [sizes[0] for sizes in seen[1:]] == [63, 126, 200]  # a text that ends before its tokens pass the room
 
 
 def test_token_outside_the_embedding_table(folders):

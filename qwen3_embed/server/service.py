@@ -18,7 +18,7 @@ from starlette.requests import Request
 from ..checks import check_dim
 from ..embedder import Embedder
 from ..reranker import Reranker
-from ..tokenize import EOS, TextTooLong
+from ..tokenize import EOS, PROBE_CHARS, TextTooLong
 from .body import Body, parse
 from .limits import ApiError, ClientGone, Limits, check_text
 from .metrics import Metrics
@@ -220,14 +220,20 @@ class Service:
         self, request: Request, texts: Sequence[str], *, special: bool, prompt_name: str | None
     ) -> list[list[dict]]:
         """TEI's /tokenize: each text's tokens (`{id, text, special, start, stop}`, character offsets into the text
-        with its prompt), and with `special` the EOS the embedding model pools; within max_batch_tokens."""
-        cap = self.tokenizer.max_chars(self.limits.max_batch_tokens)
+        with its prompt), and with `special` the EOS the embedding model pools; within max_batch_tokens (a long text
+        found over it from a prefix, Tokenizer.tokens_within, is refused before it is tokenized whole)."""
+        budget = self.limits.max_batch_tokens
+        cap = self.tokenizer.max_chars(budget)
 
         def tokenize() -> list[list[dict]]:
             checked = [check_text(t, f"inputs[{i}]", cap, False) for i, t in enumerate(texts)]
             if prompt_name is not None or "embed" in self.models:  # the checkpoint's default prompt too, as /embed
                 prefix = self._model("embed").prefix(None, prompt_name, None)
                 checked = [prefix + t for t in checked]
+            for i, text in enumerate(checked):
+                if len(text) > PROBE_CHARS * budget and self.tokenizer.tokens_within([text], budget)[1]:
+                    raise ApiError(413, f"inputs[{i}] holds more than max_batch_tokens={budget} tokens; send fewer "
+                                   "or shorter inputs per request")  # fmt: skip
             eos = {"id": self.tokenizer.eos_id, "text": EOS, "special": True, "start": None, "stop": None}
             encodings = self.tokenizer.backend.encode_batch(checked, add_special_tokens=False)
             return [[{"id": i, "text": text[a:b], "special": False, "start": a, "stop": b}
