@@ -3,7 +3,8 @@
 A 2-layer random checkpoint of Qwen3's vocabulary (the real tokenizer, hidden size 32), max length 8192 (a character
 cap of 4.19M). Each run is `qwen3-embed encode` in a process of its own, started from a small launcher (a process's
 peak as its parent sees it starts at the peak of the process that started it), with and without `--no-truncate`:
-- text: one 50 MB line of words (cut to the cap, or refused);
+- text: one 50 MB line of words (cut to the cap, or refused), and one of "7 7 7 ..." (a token a character: under the
+  cap, it was tokenized whole, +1.5 GB, until long texts were tokenized a prefix at a time);
 - gzip: one 535 MB line of one letter in a 520 KB `.txt.gz` (the attacker's file: it once peaked at 2.16 GB);
 - JSON lines: one 60 MB record, too long for any record whose text fits (refused unread either way).
 
@@ -41,11 +42,13 @@ def write_inputs(folder: Path) -> dict[str, Path]:
     inputs = {
         "two short lines": folder / "small.txt",
         "one 50 MB line of words": folder / "long.txt",
+        'one 50 MB line of "7 7 7 ..."': folder / "digits.txt",
         "one 535 MB line in a 520 KB .txt.gz": folder / "long.txt.gz",
         "one 60 MB JSON line": folder / "long.jsonl",
     }
     inputs["two short lines"].write_text("short one\nshort two\n")
     inputs["one 50 MB line of words"].write_text("short one\n" + words(50_000_000) + "\n")
+    inputs['one 50 MB line of "7 7 7 ..."'].write_text("short one\n" + "7 " * 25_000_000 + "\n")
     inputs["one 535 MB line in a 520 KB .txt.gz"].write_bytes(
         gzip.compress(b"short one\n" + b"a" * 535_000_000 + b"\n", 9)
     )
