@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -168,9 +169,28 @@ class Embedder(Pipeline):
         texts = list(texts)
         check_texts(texts, first)
         prefix = self.prefix(instruction, prompt_name, prompt)
+        max_length = self.max_length(max_length)
+        if prefix and first == 0:
+            self.check_room(len(self.tokenizer.ids(prefix)), max_length, warn or cut is not None)
         texts = [prefix + t for t in texts] if prefix else texts
-        return self.tokenizer.encode(texts, self.max_length(max_length), truncate, warn=warn, first=first, cut=cut,
-                                     left=left)  # fmt: skip
+        return self.tokenizer.encode(texts, max_length, truncate, warn=warn, first=first, cut=cut, left=left)
+
+    @staticmethod
+    def check_room(prompt: int, max_length: int, warn: bool) -> None:
+        """A prompt of `prompt` tokens must leave a text a token within max_length (with the EOS), and is warned
+        about when it leaves less than itself: every text cut to a few tokens gets nearly the same vector."""
+        room = max_length - prompt - 1
+        if room < 1:
+            raise ValueError(
+                f"the prompt takes {prompt} tokens, leaving no room for a text within max_length={max_length}: use "
+                f"max_length of at least {prompt + 2}"
+            )
+        if room < prompt and warn:
+            warnings.warn(
+                f"the prompt takes {prompt} of max_length={max_length} tokens, leaving {room} for each text with its "
+                "EOS; raise max_length",
+                stacklevel=4,
+            )
 
     def check_dim(self, dim: int | None) -> int:
         """The output dimensions: an integer in 1..hidden, default hidden."""

@@ -310,14 +310,17 @@ def test_skipped_records_are_reported_one_by_one_in_flags(tiny, tmp_path, capsys
     err = capsys.readouterr().err
     assert "qwen3-embed: warning: skipped 2 bad record(s):" in err and "wrote 2 vectors" in err
     flags = "shorten it, raise --max-length, or leave out --no-truncate"
-    assert re.search(rf"\n  in.txt:2: its text is longer than --max-length=16 tokens \(\d+ tokens\); {flags}\n", err)
+    assert re.search(
+        rf"\n  in.txt:2: its text is longer than --max-length=16 tokens \((at least )?\d+ tokens\); {flags}\n", err
+    )
     many = r"\(more than \d+ characters, more than that many tokens can hold\)"
     assert re.search(rf"\n  in.txt:3: its text is longer than --max-length=16 tokens {many}; {flags}", err)
     assert "max_length" not in err and "truncate=" not in err and "indices" not in err
 
 
 def test_truncation_warning_is_one_line_that_names_the_flag(tiny, capsys):
-    main(["similarity", "--model", str(tiny[0]), "--max-length", "8", "--query", "gravity " * 30, "--document", "d"])
+    main(["similarity", "--model", str(tiny[0]), "--max-length", "8", "--query", "gravity " * 30, "--document", "d",
+          "--instruction", ""])  # fmt: skip
     err = capsys.readouterr().err
     assert re.fullmatch(r"qwen3-embed: warning: 1 of 1 text\(s\) were longer than --max-length=8 .*; pass "
                         r"--no-truncate to get an error instead\n", err)  # fmt: skip
@@ -350,3 +353,18 @@ def test_python_dash_m(tmp_path):
     for module in ("qwen3_embed", "qwen3_embed.cli"):  # the second as torchrun launches it
         done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
         assert done.returncode == 0 and done.stdout.startswith("qwen3-embed "), module
+
+
+def test_a_prompt_that_leaves_a_text_little_room_is_warned_about_or_refused(tiny, capsys):
+    """--max-length 10 with a query prompt of more tokens left each text a token or two, or none: every query got the
+    same vector, with only the usual warning that texts were cut."""
+    argv = ["similarity", "--model", str(tiny[0]), "--query", "gravity " * 5, "--document", "d"]
+    main([*argv, "--instruction", "", "--max-length", "24"])
+    assert "the prompt takes" not in capsys.readouterr().err
+    main([*argv, "--max-length", "100"])  # the card's instruction: 69 tokens with the tests' tokenizer
+    err = capsys.readouterr().err
+    assert re.search(r"warning: the prompt takes 69 of --max-length=100 tokens, leaving 30 for each text with its "
+                     r"EOS; raise --max-length\n", err), err  # fmt: skip
+    with pytest.raises(SystemExit, match=r"error: the prompt takes 69 tokens, leaving no room for a text within "
+                       r"--max-length=70: use --max-length of at least 71$"):  # fmt: skip
+        main([*argv, "--max-length", "70"])
