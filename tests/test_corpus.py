@@ -535,6 +535,58 @@ def test_an_output_the_input_pattern_reaches_through_a_symbolic_link_is_refused(
         assert not (real / "out").exists()
 
 
+def test_a_one_file_output_the_input_reads_is_refused(tiny, tmp_path, monkeypatch):
+    """`encode --input gl --output gl/v2.npy --skip-bad` three times gave 80, then 83, then 83 vectors, exit 0 (it
+    embedded its own v2.ids.json and skipped v2.npy as bad); without --skip-bad the rerun failed with `v2.npy:1: not
+    valid UTF-8`. A one-file output (its vectors and the ids file beside it) is never an input either: refused before
+    the model loads, naming it."""
+    gl = tmp_path / "gl"
+    gl.mkdir()
+    (gl / "a.jsonl").write_text("".join(json.dumps({"text": f"text {i}", "id": f"k{i}"}) + "\n" for i in range(80)))
+    model = ["encode", "--model", str(tiny[0]), "--id-field", "id"]
+    main([*model, "--input", str(gl / "*.jsonl"), "--output", str(gl / "w.npy")])  # a pattern that reaches neither
+    main([*model, "--input", str(gl / "*.jsonl"), "--output", str(gl / "w.npy")])
+    assert len(np.load(gl / "w.npy")) == 80 and len(json.loads((gl / "w.ids.json").read_text())) == 80
+    monkeypatch.setattr("qwen3_embed.Embedder.from_pretrained", None)  # reaching it would be a TypeError
+    folder = rf"output {re.escape(str(gl))}/v2.npy is inside the input folder {re.escape(str(gl))}, whose every file"
+    pattern = r"output .*/gl/w.npy is where the input pattern '.*/gl/\*(.json)?' matches files: a rerun would read it"
+    for spec, output, message in [
+        (gl, gl / "v2.npy", folder),
+        (str(gl / "*"), gl / "w.npy", pattern),
+        (str(gl / "*.json"), gl / "w.npy", pattern),  # its ids file
+        (gl / "w.ids.json", gl / "w.npy", r"input w.ids.json is a file the output .*/gl/w.npy writes, which is never"),
+        (gl / "w.npy", gl / "w.npy", r"input w.npy is a file the output .*/gl/w.npy writes, which is never an input"),
+    ]:
+        with pytest.raises(SystemExit) as exit:
+            main([*model, "--input", str(spec), "--output", str(output), "--skip-bad"])
+        assert re.fullmatch(f"qwen3-embed: error: {message}.*", str(exit.value.code)), exit.value.code
+    assert sorted(p.name for p in gl.iterdir()) == ["a.jsonl", "w.ids.json", "w.npy"]
+
+
+def test_a_stray_shard_file_is_removed_by_the_rerun_so_the_folder_verifies(tiny, embedder, corpus, tmp_path):
+    """A shard's .npy copied to shard-00009.npy: verify said `manifest.json does not list shard-00009.npy ... rerun
+    the encode command`, and the rerun said `0 embedded now; 5 verified` with exit 0, leaving the folder as it was.
+    The rerun removes the shard-named files no shard of it accounts for, and names them; a folder of such a name it
+    refuses, removing nothing."""
+    out = tmp_path / "out"
+    encode(tiny, embedder, corpus, out, chunk_size=10)  # 59 records: 6 shards
+    intact = files_of(out)
+    (out / "shard-00009.npy").write_bytes((out / "shard-00001.npy").read_bytes())
+    (out / "shard-00002.safetensors").write_bytes(b"another vector format's")
+    assert re.search(r"does not list shard-00002.safetensors, shard-00009.npy, which", " ".join(verify_corpus(out)))
+    removed = rf"removed 2 file\(s\) of {re.escape(str(out))} that no shard of this run accounts for: shard-00002.safe"
+    with pytest.warns(UserWarning, match=removed + "tensors, shard-00009.npy"):
+        summary = encode(tiny, embedder, corpus, out, chunk_size=10)
+    assert (summary.embedded, summary.verified) == (0, 6)
+    assert verify_corpus(out) == [] and files_of(out) == intact and len(load_corpus(out)[1]) == len(TEXTS)
+    (out / "shard-00007").mkdir()
+    (out / "shard-00008.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"out/shard-00007 is a folder with a shard's name, which no shard of this "
+                       r"run accounts for; remove it, and rerun the same command"):  # fmt: skip
+        encode(tiny, embedder, corpus, out, chunk_size=10)
+    assert (out / "shard-00008.npy").exists()  # nothing removed while refused
+
+
 def test_a_second_encoder_on_a_held_folder_names_the_process_that_holds_it(tiny, tmp_path):
     """Two encoders of other settings on one folder both died with 'RuntimeError ... this looks like a bug', and the
     rerun they suggested was refused. The first holds the folder (a flocked .lock); the second is refused at once."""

@@ -281,3 +281,58 @@ def test_a_compression_that_is_not_read_is_named(tmp_path):
     assert [r.text for r in read_records(resolve_inputs(tmp_path / "BZh.txt").files[0], positions=True)] == [
         "BZh9 is a word, not bzip2 without its block's magic"
     ]
+
+
+def test_a_huge_integer_or_deep_nesting_is_a_bad_record_named_by_file_and_line(tiny, tmp_path, capsys):
+    """An integer of more than 4300 digits in any field (one never read, or the id) aborted encode even with
+    --skip-bad, and rerank, with Python's 'Exceeds the limit (4300 digits) ... use sys.set_int_max_str_digits()'
+    naming no file or line; nesting too deep for json was a RecursionError 'this looks like a bug'. Each is a bad
+    record, the first record too (which the field check reads before the model loads)."""
+    from qwen3_embed.corpus import load_corpus
+
+    digits, deep = "9" * 5000, "[" * 100_000 + "]" * 100_000
+    lines = [f'{{"text": "a", "id": "k1", "extra": {digits}}}', '{"text": "b", "id": "k2"}',
+             f'{{"text": "c", "id": {digits}}}', f'{{"text": "d", "id": "k4", "n": {deep}}}',
+             '{"text": "e", "id": "k5"}']  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    huge = r"in.jsonl:{}: holds an integer of more than 4,300 digits, not read \(write it as a string\)"
+    args = ["encode", "--model", str(tiny[0]), "--input", str(tmp_path / "in.jsonl"), "--id-field", "id"]
+    with pytest.raises(SystemExit) as exit:
+        main([*args, "--output", str(tmp_path / "refused.npy")])
+    assert re.fullmatch("qwen3-embed: error: " + huge.format(1) + "; fix it, or skip such records .*", exit.value.code)
+    capsys.readouterr()
+    for output in ("out.npy", "out"):
+        main([*args, "--output", str(tmp_path / output), "--skip-bad"])
+        err = capsys.readouterr().err
+        assert re.search(r"skipped 3 bad record\(s\):\n  " + huge.format(1) + r"\n  " + huge.format(3), err), err
+        assert "in.jsonl:4: holds arrays or objects nested too deeply to read" in err and "sys.set_int" not in err
+    assert json.loads((tmp_path / "out.ids.json").read_text()) == ["k2", "k5"] == load_corpus(tmp_path / "out")[1]
+    with pytest.raises(SystemExit) as exit:
+        main(["rerank", "--model", str(tiny[0]), "--query", "q", "--input", str(tmp_path / "in.jsonl")])
+    assert re.match("qwen3-embed: error: " + huge.format(1) + "; fix or remove that record of --input", exit.value.code)
+
+
+def test_a_damaged_parquet_file_is_an_error_naming_it(tiny, tmp_path):
+    """A cut-short or corrupt Parquet file gave pyarrow's 'Parquet magic bytes not found in footer' or 'Corrupt
+    snappy compressed data', naming no file, in encode and in rerank --input."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    texts = [f"text number {i} " * 5 for i in range(3000)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "whole.parquet", row_group_size=1000, compression="snappy")
+    data = (tmp_path / "whole.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])  # no footer
+    corrupt = bytearray(data)
+    corrupt[2000:2400] = bytes(b ^ 0x55 for b in corrupt[2000:2400])  # inside the first row group's pages
+    (tmp_path / "corrupt.parquet").write_bytes(bytes(corrupt))
+    model = ["--model", str(tiny[0]), "--input"]
+    for name in ("cut.parquet", "corrupt.parquet"):
+        path = str(tmp_path / name)
+        for command in (["encode", *model, path, "--output", str(tmp_path / "out.npy")],
+                        ["encode", *model, path, "--output", str(tmp_path / "out")],
+                        ["rerank", *model, path, "--query", "q"]):  # fmt: skip
+            with pytest.raises(SystemExit) as exit:
+                main(command)
+            assert re.fullmatch(rf"qwen3-embed: error: input {name} is a damaged Parquet file \(.+\); replace it with "
+                                "a complete, intact copy", exit.value.code), exit.value.code  # fmt: skip
+    assert not (tmp_path / "out.npy").exists() and not list((tmp_path / "out").glob("*.json"))

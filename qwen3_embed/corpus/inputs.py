@@ -6,9 +6,10 @@ standard input. A file holds text lines (one text per line), JSON lines (objects
 id field) or Parquet (columns of those names, with the `parquet` extra); text and JSON lines may be gzip- or
 zstd-compressed (zstd needs the `zstd` extra). Compression and Parquet are recognised by their first bytes; text
 versus JSON lines by the name's suffix (`.txt`; `.jsonl`, `.ndjson`, in any case), else by the content (JSON lines
-when the first non-blank line starts with `{`). A record that cannot be read (bytes that are not UTF-8, bad JSON, no
-text field, a text that is not a string or holds a lone surrogate) is a BadRecord naming its file and line; a
-byte-order mark at the start of a file is skipped.
+when the first non-blank line starts with `{`). A record that cannot be read (bytes that are not UTF-8, bad JSON, an
+integer of more than 4,300 digits or nesting too deep for json, no text field, a text that is not a string or holds
+a lone surrogate) is a BadRecord naming its file and line; a byte-order mark at the start of a file is skipped. A
+compressed or Parquet file cut short or damaged is a DamagedInput naming it.
 """
 
 from __future__ import annotations
@@ -230,7 +231,29 @@ def _need_pyarrow():
 
 
 class DamagedInput(ValueError):
-    """A compressed input that is cut short or damaged."""
+    """A compressed or Parquet input that is cut short or damaged."""
+
+
+@contextmanager
+def _parquet_errors(name: str) -> Iterator[None]:
+    """pyarrow's errors of a damaged Parquet file (cut short: no footer; a corrupt page), as a DamagedInput naming
+    it; an error of the system (a file that cannot be opened: it has an errno) is left as it is."""
+    import pyarrow
+
+    try:
+        yield
+    except (pyarrow.ArrowException, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise DamagedInput(
+            f"input {name} is a damaged Parquet file ({e}); replace it with a complete, intact copy"
+        ) from None
+
+
+def _parquet(file: InputFile):
+    """The pyarrow ParquetFile of an input (its footer read)."""
+    with _parquet_errors(file.name):
+        return _need_pyarrow().ParquetFile(file.path)
 
 
 def decompress(raw: BinaryIO, compression: str | None, name: str) -> BinaryIO:
@@ -336,7 +359,7 @@ def check_fields(source: Source, text_field: str | None, id_field: str | None, s
     fields = [text_field or "text"] + ([id_field] if id_field else [])
     for file in source.files:
         if file.format == "parquet":
-            names = _need_pyarrow().ParquetFile(file.path).schema_arrow.names
+            names = _parquet(file).schema_arrow.names
             missing = [f for f in fields if f not in names]
             if missing:
                 raise ValueError(f"{file.name} has no column {missing[0]!r} (its columns: {', '.join(names)})")
@@ -373,7 +396,7 @@ def index_file(file: InputFile, chunk_size: int) -> FileIndex:
         if file.format == "parquet":
             while reader.read(BLOCK):
                 pass
-            records = _need_pyarrow().ParquetFile(file.path).metadata.num_rows
+            records = _parquet(file).metadata.num_rows
             starts = [0] * -(-records // chunk_size)  # rows are addressed by number, not by offset
         else:
             stream = decompress(reader, file.compression, file.name)  # kept: closing it would close `reader`
@@ -418,7 +441,8 @@ def read_records(
     just past it (so that the tokenizer cuts or refuses it), a JSON line too long to hold such a text is a
     LongRecord."""
     if file.format == "parquet":
-        yield from _read_parquet(file, text_field, id_field, positions, first, count)
+        with _parquet_errors(file.name):  # around the yields: a corrupt page is found when its batch is read
+            yield from _read_parquet(file, text_field, id_field, positions, first, count)
         return
     with file.open() as stream:
         _skip(stream, offset, file.compression is None and file.data is None)
@@ -494,6 +518,11 @@ def _record(
         value = json.loads(text)
     except json.JSONDecodeError as e:
         return BadRecord(f"{where}: not valid JSON ({e})")
+    except ValueError:  # json's only other ValueError: an integer of more digits than Python converts
+        digits = sys.get_int_max_str_digits()
+        return BadRecord(f"{where}: holds an integer of more than {digits:,} digits, not read (write it as a string)")
+    except RecursionError:
+        return BadRecord(f"{where}: holds arrays or objects nested too deeply to read")
     return _fields(where, value, text_field, id_field, default_id)
 
 

@@ -40,6 +40,7 @@ from ..store.shards import (
     remove_orphans,
     shard_name,
     shard_records,
+    unlisted_files,
     write_shard,
 )
 from ..tokenize import Cut, TextTooLong, Tokenizer
@@ -302,7 +303,8 @@ class Job:
         )  # fmt: skip
 
     def finish(self) -> dict:
-        """Write the manifest, once every shard of the plan has a record of this run; returns it."""
+        """Write the manifest, once every shard of the plan has a record of this run (the shard files it does not list
+        removed); returns it."""
         records = shard_records(self.output)
         shards, missing = [], []
         for task in self.plan:
@@ -317,6 +319,7 @@ class Job:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise RuntimeError(f"{shown} of {self.output} were not written; rerun the same command to finish them")
         check_unique(lambda: (read_json(self.output / s["files"]["ids"]["name"]) for s in shards), self.options)
+        self._remove_unlisted(shards)
         manifest = seal({
             "format": FORMAT,
             "model_name": self.model_name,
@@ -331,26 +334,54 @@ class Job:
         atomic_write(self.output / MANIFEST, json.dumps(manifest, indent=1).encode())
         return manifest
 
+    def _remove_unlisted(self, shards: list[dict]) -> None:
+        """Delete the shard-named files of the output folder that none of `shards` accounts for (a stray copy, another
+        vector format's file), which a folder that verifies cannot hold, and say which; a folder of such a name is
+        refused."""
+        unlisted = unlisted_files(self.output, shards)
+        folders = [path for path in unlisted if path.is_dir() and not path.is_symlink()]
+        if folders:
+            raise ValueError(
+                f"{folders[0]} is a folder with a shard's name, which no shard of this run accounts for; remove it, "
+                "and rerun the same command"
+            )
+        for path in unlisted:
+            path.unlink()
+        if unlisted:
+            names = [path.name for path in unlisted]
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            warnings.warn(
+                f"removed {len(names)} file(s) of {self.output} that no shard of this run accounts for: {shown}",
+                stacklevel=3,
+            )
 
-def check_apart(source: Source, output: Path) -> None:
-    """Refuse an output folder that the input reads: one inside an input folder, or where the input's glob pattern
-    matches the files a run writes, or one that holds an input file. An output folder is never an input."""
-    out = output.resolve()
+
+def check_apart(source: Source, output: Path, files: tuple[Path, ...] = ()) -> None:
+    """Refuse an output that the input reads: a folder of shards, or one file (`files`: its vectors file and the ids
+    file beside it), inside an input folder, or where the input's glob pattern matches the files a run writes; or a
+    folder of shards that holds an input file, or one file that is an input. An output is never an input."""
+    folder = output.parent if files else output
+    out = folder.resolve()
     root = Path(source.spec).expanduser()
     if source.many and root.is_dir() and out.is_relative_to(root.resolve()):
         raise ValueError(
             f"output {output} is inside the input folder {root}, whose every file is read as input; put the output "
             "elsewhere"
         )
-    written = [MANIFEST] + [f"shard-00000.{ext}" for ext in ("json", "ids.json", "texts.json", *VECTOR_FORMATS)]
-    if source.many and not root.is_dir() and any(glob_matches(source.spec, output / name) for name in written):
+    shards = [MANIFEST] + [f"shard-00000.{ext}" for ext in ("json", "ids.json", "texts.json", *VECTOR_FORMATS)]
+    written = [path.name for path in files] or shards
+    if source.many and not root.is_dir() and any(glob_matches(source.spec, folder / name) for name in written):
         raise ValueError(
-            f"output {output} is where the input pattern {source.spec!r} matches files: a rerun would read the "
-            "shards written there as input; put the output elsewhere, or narrow the pattern"
+            f"output {output} is where the input pattern {source.spec!r} matches files: a rerun would read "
+            f"{'it (or its ids file)' if files else 'the shards written there'} as input; put the output elsewhere, "
+            "or narrow the pattern"
         )
-    inside = [f.name for f in source.files if f.path is not None and f.path.resolve().is_relative_to(out)]
+    outputs = {path.resolve() for path in files}
+    inputs = [(f.name, f.path.resolve()) for f in source.files if f.path is not None]
+    inside = [name for name, path in inputs if (path in outputs if files else path.is_relative_to(out))]
     if inside:
-        raise ValueError(f"input {inside[0]} is inside the output folder {output}, which is never an input")
+        where = f"a file the output {output} writes" if files else f"inside the output folder {output}"
+        raise ValueError(f"input {inside[0]} is {where}, which is never an input")
 
 
 def check_unique(read: Callable[[], Iterable[list]], options: Options) -> None:

@@ -24,6 +24,7 @@ from .job import (
     Prepared,
     ShardTask,
     Solo,
+    check_apart,
     check_embedder,
     check_unique,
     embed,
@@ -152,6 +153,8 @@ def encode_file(
     make_writable_folder(output.parent, output)
     dtype = embedder.dtype if embedder else resolve_dtype(resolve_device(device), dtype)  # the device checked too
     source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, options.input_format)
+    ids_file = output.with_name(output.name.removesuffix(output.suffix) + ".ids.json")
+    check_apart(source, output, (output, ids_file))
     check_fields(source, options.text_field, options.id_field, options.skip_bad)
     folder = checkpoint.resolve(model)
     settled = embedder or tokenizer_only(folder)
@@ -165,7 +168,6 @@ def encode_file(
     with Progress(len(prepared.tokens), enabled=show_progress) as progress:
         vectors = embed(embedder, prepared.tokens, dim, options, progress)
     atomic_write(output, serialize_vectors(vectors, fmt))
-    ids_file = output.with_name(output.name.removesuffix(output.suffix) + ".ids.json")
     if prepared.ids != list(range(len(prepared.ids))):
         atomic_write(ids_file, json.dumps(prepared.ids).encode())
     else:

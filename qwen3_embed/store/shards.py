@@ -250,13 +250,18 @@ def manifest_problems(folder: Path, manifest: dict) -> list[str]:
     folder."""
     problems = [] if sealed(manifest) else [f"{MANIFEST} fails its checksum: it was edited or damaged since written"]
     problems += _unaccounted(manifest)
-    listed = {f"{shard_name(s['index'])}.json" for s in manifest["shards"]}
-    listed |= {entry["name"] for s in manifest["shards"] for entry in s["files"].values()}
-    unlisted = sorted(p.name for p in folder.glob("shard-*") if p.name not in listed)
+    unlisted = [path.name for path in unlisted_files(folder, manifest["shards"])]
     if unlisted:
         shown = ", ".join(unlisted[:6]) + (f" and {len(unlisted) - 6} more" if len(unlisted) > 6 else "")
         problems.append(f"{MANIFEST} does not list {shown}, which are in the folder")
     return problems
+
+
+def unlisted_files(folder: Path, shards: list[dict]) -> list[Path]:
+    """The shard-named files in `folder` (shard-*) that are not those of `shards` (their records and files), by name."""
+    listed = {f"{shard_name(s['index'])}.json" for s in shards}
+    listed |= {entry["name"] for s in shards for entry in s["files"].values()}
+    return sorted(p for p in folder.glob("shard-*") if p.name not in listed)
 
 
 def _unaccounted(manifest: dict) -> list[str]:
