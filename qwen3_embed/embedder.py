@@ -90,8 +90,7 @@ class Embedder(Pipeline):
         batch_size: not used (packed by tokens; it warns). show_progress (or show_progress_bar): a progress bar.
         precision: int8, uint8, binary or ubinary vectors as sentence-transformers' quantize_embeddings makes them
         (int8/uint8 by `ranges` [2, dim], or those of `calibration_embeddings` or of the vectors), or float16.
-        convert_to_numpy (or convert_to_tensor=False): a numpy array instead of a tensor (convert_to_tensor=True: a
-        tensor, the default)."""
+        convert_to_numpy (or convert_to_tensor=False): numpy, not a tensor (convert_to_tensor=True: a tensor)."""
         check_bools(normalize=normalize, truncate=truncate, show_progress=show_progress,
                     convert_to_numpy=convert_to_numpy)  # fmt: skip
         single = isinstance(texts, str)

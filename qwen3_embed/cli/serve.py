@@ -43,13 +43,14 @@ def add_parser(commands) -> None:
         help="require 'Authorization: Bearer KEY' on every request but GET /health (default: $QWEN3_EMBED_API_KEY, "
         "else no key)",
     )
-    add_limits(p)
+    add_request_limits(p)
+    add_queue_limits(p)
     add_connections(p)
     p.set_defaults(run=run)
 
 
-def add_limits(p: argparse.ArgumentParser) -> None:
-    """The flags of server.Limits, one per field."""
+def add_request_limits(p: argparse.ArgumentParser) -> None:
+    """The flags of server.Limits (one per field) that bound a request."""
     p.add_argument("--max-input-length", type=int, help="tokens per input (default 8192, at most the model's)")
     p.add_argument(
         "--max-batch-tokens",
@@ -85,6 +86,10 @@ def add_limits(p: argparse.ArgumentParser) -> None:
         default=2_000_000,
         help="bytes per request body; a larger body is refused (413) before it is parsed",
     )
+
+
+def add_queue_limits(p: argparse.ArgumentParser) -> None:
+    """The flags of server.Limits (one per field) for the requests together: admission, queue and batching."""
     p.add_argument(
         "--max-concurrent-requests",
         type=int,
