@@ -4,6 +4,7 @@ key; and the exactness of tokenizing a rerank query once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import socket
@@ -23,6 +24,7 @@ from test_server import Gate, Served, reranker_fixture, scrape, wait_until  # no
 
 from qwen3_embed.reranker import Reranker, pairs  # noqa: E402
 from qwen3_embed.server import ConnectionLimits, Limits, create_app  # noqa: E402
+from qwen3_embed.server.service import Service  # noqa: E402
 from qwen3_embed.tokenize import NFC_FOLD, TextTooLong, Tokenizer  # noqa: E402
 
 MAX_INPUT = 512
@@ -482,6 +484,36 @@ def test_a_body_on_a_method_other_than_post_is_refused_from_the_head(embedder, r
                 list(pool.map(lambda sock: sock.sendall(b"a" * 2_000_000), sockets))
             assert httpx.get(f"{base}/health").status_code == 200
         figure(record_property, "400 GET /health with 2 MB bodies each: memory growth", rss.growth / 2**20, 100, "MiB")
+    for sock in sockets:
+        sock.close()
+
+
+def test_bodies_waiting_to_be_parsed_are_held_once(embedder, record_property, monkeypatch):
+    """100 sockets each POST /embed with 2 MB of junk (no API key), all read before the first is parsed: each body
+    is held once, so memory grows by not much more than the 191 MiB sent (it grew by 420 MiB, and by 540 MiB without
+    holding them back, when the server kept the chunks read joined, Starlette's join of that, and for each refused
+    body the text the JSON parser had decoded, as the context of the 422)."""
+    count, junk = 100, (bytes(range(256)) * 7813)[:2_000_000]
+    with Served(create_app(embedder)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        assert httpx.post(f"{base}/embed", json={"inputs": "warm up"}).status_code == 200
+        read, parse_later = [], Service._in_thread
+
+        async def all_read_first(threads, work, gone):  # each body waits here, read, until all are
+            read.append(1)
+            while len(read) < count:
+                await asyncio.sleep(0.01)
+            return await parse_later(threads, work, gone)
+
+        monkeypatch.setattr(Service, "_in_thread", staticmethod(all_read_first))
+        sockets = connect_all(port, [b"POST /embed HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n"] * count)
+        with PeakRss() as rss:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda sock: sock.sendall(junk), sockets))
+            assert statuses(sockets, 60) == [422] * count and len(read) == count
+        sent = count * len(junk) / 2**20
+        figure(record_property, f"{count} POST /embed of 2 MB each, all held: memory growth over the {sent:.0f} MiB "
+               "sent", rss.growth / 2**20, 1.5 * sent, "MiB")  # fmt: skip
     for sock in sockets:
         sock.close()
 

@@ -69,7 +69,16 @@ class BodyRoute(APIRoute):
         return handler
 
 
-def parse(model: type[B] | Callable[[dict], type[B]], raw: bytes, limits: Limits, max_input_length: int) -> B:
+async def body_of(request: Request) -> bytes | bytearray:
+    """The request's body: the one buffer the Guard read it into, not a copy (as Starlette's `request.body()` makes,
+    joining its chunks)."""
+    chunks = [chunk async for chunk in request.stream() if chunk]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse(
+    model: type[B] | Callable[[dict], type[B]], raw: bytes | bytearray, limits: Limits, max_input_length: int
+) -> B:
     """The body `raw` as `model` (or as the model that `model(data)` picks for its JSON object): JSON, then its
     fields' names, then its inputs' count and lengths (`check_inputs`), then each field's type and value; the first
     failure is refused (ApiError)."""
@@ -86,21 +95,30 @@ def parse(model: type[B] | Callable[[dict], type[B]], raw: bytes, limits: Limits
         raise malformed(e) from None
 
 
-def load_json(raw: bytes) -> object:
-    """The JSON value of a body, or the 4xx that says why it is not one."""
-    if not raw.strip():
+def load_json(raw: bytes | bytearray) -> object:
+    """The JSON value of a body, or the 4xx that says why it is not one. The 4xx is raised outside the handler of
+    the parser's error: as its context, that error would keep the parser's text of the body (its `doc`) and frames
+    alive until the answer is sent."""
+    if not raw or raw.isspace():  # (strip would copy a bytearray)
         raise ApiError(422, "the body is empty; send a JSON object")
     try:
         return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ApiError(422, f"the body is not valid JSON: {e}") from None
-    except UnicodeDecodeError as e:
-        raise ApiError(400, f"the body is not valid UTF-8 (byte {e.start}); send UTF-8 JSON") from None
-    except RecursionError:
-        raise ApiError(400, "the body nests arrays or objects too deeply for the JSON parser") from None
-    except ValueError:  # what is left: an integer too long for Python to convert
-        raise ApiError(400, f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits; no "
-                       "field takes one that large") from None  # fmt: skip
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        refusal = not_json(e)
+    raise refusal
+
+
+def not_json(error: ValueError | RecursionError) -> ApiError:
+    """The 4xx for what json.loads raised."""
+    if isinstance(error, json.JSONDecodeError):
+        return ApiError(422, f"the body is not valid JSON: {error}")
+    if isinstance(error, UnicodeDecodeError):
+        return ApiError(400, f"the body is not valid UTF-8 (byte {error.start}); send UTF-8 JSON")
+    if isinstance(error, RecursionError):
+        return ApiError(400, "the body nests arrays or objects too deeply for the JSON parser")
+    # what is left: an integer too long for Python to convert
+    return ApiError(400, f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits; no field "
+                    "takes one that large")  # fmt: skip
 
 
 def check_fields(model: type[BaseModel], data: dict, within: str = "") -> None:
