@@ -12,9 +12,10 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+import types
 import typing
 from collections.abc import Callable
-from typing import Annotated, ClassVar, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -92,7 +93,7 @@ def parse(
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise malformed(e) from None
+        raise malformed(e, model, data) from None
 
 
 def load_json(raw: bytes | bytearray) -> object:
@@ -182,12 +183,114 @@ def check_inputs(model: type[Body], value: object, limits: Limits, max_input_len
     limits.check_request_tokens(tokens, model.token_limit)
 
 
-def malformed(e: ValidationError) -> ApiError:
-    """422 naming the first few fields that are not of the route's types."""
-    errors = e.errors(include_url=False, include_context=False, include_input=False)
-    said = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in errors[:FIRST_ERRORS])
+def malformed(e: ValidationError, model: type[BaseModel], data: dict) -> ApiError:
+    """422 naming the first few fields that are not of the route's types, in the request's terms: where (`texts[0]`),
+    what it must be (the field's type in JSON's words) and what was sent there. A field of several types is named
+    once, with what was sent at the deepest place any of its types reached (`inputs[0] is an object`)."""
+    said: dict[str, tuple[int, str]] = {}  # by field: how deep its error is, and its words
+    for error in e.errors(include_url=False, include_context=False):
+        field, annotation = field_at(model, error["loc"])
+        path, value = value_at(data, error["loc"])
+        depth, words = len(path) + (error["type"] == "missing"), misfit(field, annotation, path, value, error)
+        where = place(field)
+        if where not in said or depth > said[where][0]:
+            said[where] = depth, words
+    errors = [words for _, words in said.values()]
     more = f" (and {len(errors) - FIRST_ERRORS} more)" if len(errors) > FIRST_ERRORS else ""
-    return ApiError(422, f"malformed request: {said}{more}")
+    return ApiError(422, "; ".join(errors[:FIRST_ERRORS]) + more)
+
+
+def field_at(model: type[BaseModel], loc: tuple) -> tuple[list, object]:
+    """Where an error is, as far as the route's types tell it without choosing among several (a union): the path
+    (field names and list indexes), and the type there."""
+    annotation, path = model, []
+    for step in loc:
+        annotation = bare(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and step in annotation.model_fields:
+            annotation = annotation.model_fields[step].annotation
+        elif typing.get_origin(annotation) is list and isinstance(step, int):
+            annotation = typing.get_args(annotation)[0]
+        else:
+            break
+        path.append(step)
+    return path, annotation
+
+
+def value_at(data: object, loc: tuple) -> tuple[list, object]:
+    """The deepest place of pydantic's location `loc` that the body holds (its union choices name no field, and a
+    missing field is not there), and the value there."""
+    path, value = [], data
+    for step in loc:
+        if isinstance(value, dict) and step in value or isinstance(value, list) and isinstance(step, int):
+            path.append(step)
+            value = value[step]
+    return path, value
+
+
+def misfit(field: list, annotation: object, path: list, value: object, error: dict) -> str:
+    """What is wrong with `field`, in the request's terms."""
+    where, deepest = place(field), place(path)
+    if bare(annotation) is type(None):
+        return f"{where} is not supported by this server; leave it out"
+    if error["type"] == "missing":
+        return f"{place([*path, error['loc'][-1]])} is missing"
+    if not (error["type"].endswith("_type") or error["type"] in ("literal_error", "union_tag_invalid")):
+        return f"{deepest} must be {error['msg'].removeprefix('Input should be ')}"  # a value out of range
+    must = f"{where} must be {described(annotation)}"
+    return f"{must}, not {sent(value)}" if deepest == where else f"{must}; {deepest} is {sent(value)}"
+
+
+def place(path: list) -> str:
+    """A path as the request writes it: inputs.sentences[0]."""
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+
+
+def bare(annotation: object) -> object:
+    """A type without its Annotated metadata, and X for an optional X (X | None)."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kept = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bare(kept[0]) if len(kept) == 1 else annotation
+    return annotation
+
+
+def described(annotation: object, many: bool = False) -> str:
+    """What a value of this type is, in JSON's words: "a string", "a list of strings" (`many`: "strings")."""
+    if annotation == Ids:
+        return "lists of token ids" if many else "a list of token ids"
+    annotation = bare(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return either([described(a, many) for a in args if a is not type(None)])
+    if origin is list:
+        return f"{'lists' if many else 'a list'} of {described(args[0], many=True)}"
+    if origin is Literal:
+        return either([json.dumps(a) for a in args])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        fields = ", ".join(f'"{name}": ...' for name in annotation.model_fields)
+        return f"{'objects' if many else 'an object'} {{{fields}}}"
+    one, several = JSON_TYPES.get(annotation, (getattr(annotation, "__name__", str(annotation)),) * 2)
+    return several if many else one
+
+
+JSON_TYPES = {str: ("a string", "strings"), int: ("an integer", "integers"), bool: ("true or false", "booleans"),
+              float: ("a number", "numbers")}  # fmt: skip
+
+
+def either(choices: list[str]) -> str:
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+def sent(value: object) -> str:
+    """What was sent, briefly: a short string, a number, true, false or null as written, else its kind."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str) and len(value) > NAME_CHARS:
+        return f"a string of {len(value)} characters"
+    return cut(json.dumps(value))
 
 
 def cut(text: str, chars: int = NAME_CHARS) -> str:
