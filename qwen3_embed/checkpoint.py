@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import UsageError
 from .config import Qwen3Config
 
 # What a Qwen3-Embedding / Qwen3-Reranker repo needs to run here; nothing else is downloaded.
@@ -187,9 +188,9 @@ def kind(folder: Path) -> str | None:
     return "embedding" if sentence_transformers else "reranker"
 
 
-KINDS = {  # kind -> (what the repos are called, the class that loads them, the command that uses them)
-    "embedding": ("Qwen3-Embedding", "Embedder", "similarity, encode or serve --model"),
-    "reranker": ("Qwen3-Reranker", "Reranker", "rerank --model or serve --reranker"),
+KINDS = {  # kind -> (what the repos are called, the class that loads them, the flags of the commands that take them)
+    "embedding": ("Qwen3-Embedding", "Embedder", "the --model of similarity, encode, search or serve"),
+    "reranker": ("Qwen3-Reranker", "Reranker", "the --model of rerank, or the --reranker of search or serve"),
 }
 
 
@@ -198,12 +199,13 @@ def check_kind(folder: Path, expected: str) -> None:
     found = kind(folder)
     if found is None or found == expected:
         return
-    name, loader, command = KINDS[found]
+    name, loader, flags = KINDS[found]
     signs = "has sentence-transformers files" if found == "embedding" else "has no sentence-transformers files"
     signs += " and keys " + ("without" if found == "embedding" else "with") + " the 'model.' prefix"
-    raise ValueError(
-        f"{folder} looks like a {name} checkpoint (it {signs}), not a {KINDS[expected][0]} one: load it with "
-        f"{loader}.from_pretrained (qwen3-embed {command}), or pass check_kind=False (--ignore-kind) to load it anyway"
+    found_it = f"{folder} looks like a {name} checkpoint (it {signs}), not a {KINDS[expected][0]} one"
+    raise UsageError(
+        f"{found_it}: load it with {loader}.from_pretrained, or pass check_kind=False to load it anyway",
+        f"{found_it}: give it as {flags}, or pass --ignore-kind to load it anyway",
     )
 
 

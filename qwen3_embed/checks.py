@@ -42,6 +42,15 @@ def check_str(name: str, value: object) -> str:
     return value
 
 
+class UsageError(ValueError):
+    """A wrong use whose fix is said one way to a Python caller (its message) and another on the command line
+    (`command_line`, naming flags and commands)."""
+
+    def __init__(self, message: str, command_line: str):
+        super().__init__(message)
+        self.command_line = command_line
+
+
 DEFAULT_MAX_LENGTH = 8192  # tokens per text (EOS or prompt included), at most the model's positions
 
 

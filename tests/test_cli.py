@@ -159,7 +159,7 @@ def test_verify_checks_a_folder_without_a_model(tiny, tmp_path, capsys):
     [
         ("{not json", r"in.jsonl:2: not valid JSON"),
         ('{"txt": "x"}', r'in.jsonl:2: no "text" field \(its fields: txt\)'),
-        ('{"text": 5}', r'in.jsonl:2: "text" is int, not a string'),
+        ('{"text": 5}', r'in.jsonl:2: "text" is the number 5, not a string'),
     ],
 )
 def test_encode_names_the_bad_line(tiny, tmp_path, line, message, capsys):
@@ -214,7 +214,7 @@ def reranker_folder(tmp_path_factory):
         (["similarity", "--device", "gpu"], "device 'gpu' is not a device name; use 'cpu', 'cuda' or 'cuda:N'"),
         (["rerank", "--query", "q"], "no documents: give them with --document TEXT .* or --input FILE"),
         (["rerank", "--query", "q", "--document", "d", "--input", "x"], "--document or with --input FILE, not both"),
-        (["rerank", "--query", "q", "--document", "d", "--id-field", "id"], "--id-field read fields of an --input"),
+        (["rerank", "--query", "q", "--document", "d", "--id-field", "id"], "--id-field say how to read an --input"),
         (["rerank", "--query", "q", "--input", "missing.txt"], "input missing.txt does not exist"),
         (["rerank", "--query", "q", "--document", "d", "--top-k", "0"], "--top-k=0 must be at least 1"),
         (["rerank", "--query", "q", "--document", "d", "--max-length", "40000"], "--max-length=40000 is outside 2"),
@@ -237,8 +237,14 @@ def test_cuda_on_a_machine_without_one(tiny, no_loading):
 
 
 def test_a_checkpoint_of_the_other_kind(tiny, reranker_folder, capsys):
+    """Said with the commands' flags (it said: load it with Reranker.from_pretrained, or pass check_kind=False)."""
     message = error_of(["rerank", "--model", str(tiny[0]), "--query", "q", "--document", "d"])
-    assert "looks like a Qwen3-Embedding checkpoint" in message and "--ignore-kind" in message
+    assert message.startswith(f"qwen3-embed: error: {tiny[0]} looks like a Qwen3-Embedding checkpoint")
+    assert message.endswith(": give it as the --model of similarity, encode, search or serve, or pass --ignore-kind "
+                            "to load it anyway")  # fmt: skip
+    message = error_of(["similarity", "--model", str(reranker_folder)])
+    assert message.endswith(": give it as the --model of rerank, or the --reranker of search or serve, or pass "
+                            "--ignore-kind to load it anyway")  # fmt: skip
     main(["rerank", "--model", str(tiny[0]), "--query", "q", "--document", "d", "--ignore-kind"])
     assert re.fullmatch(r"\d\.\d{4}  d0  d\n", capsys.readouterr().out)
 
@@ -335,6 +341,53 @@ def test_an_output_of_no_known_format_is_refused(tiny, no_loading, tmp_path):
     assert re.search(r"--output .*out.csv: encode writes no .csv files; give FILE.npy or FILE.safetensors", message)
     assert not (tmp_path / "out.csv").exists()
     assert "the model was loaded" in error_of([*argv, str(tmp_path / "shards.v2") + "/"])  # past every check
+
+
+def test_rerank_takes_format_as_encode_does(tiny, reranker_folder, tmp_path, capsys):
+    """The advice to force the format with --format applies to rerank too (it had no --format)."""
+    source = tmp_path / "in.txt"
+    source.write_text('{"t": "first", "k": "a"}\n{"t": "second", "k": "b"}\n')
+    argv = ["rerank", "--model", str(reranker_folder), "--query", "q", "--input", str(source), "--text-field", "t"]
+    assert error_of(argv).endswith("holds text lines (one text per line, ids are positions); drop it, or force the "
+                                   "format with --format jsonl")  # fmt: skip
+    main([*argv, "--format", "jsonl", "--id-field", "k", "--json"])
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((line["id"], line["document"]) for line in printed) == [("a", "first"), ("b", "second")]
+    assert "--format, --text-field and --id-field say how to read an --input file" in error_of(
+        ["rerank", "--model", str(reranker_folder), "--query", "q", "--document", "d", "--format", "jsonl"]
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["similarity", "--query", "a\udcffb"], "--query 'a\\udcffb'"),
+        (["similarity", "--document", "ok", "--document", "a\udcffb"], "--document 'a\\udcffb'"),
+        (["similarity", "--instruction", "a\udcffb"], "--instruction"),
+        (["rerank", "--query", "a\udcffb", "--document", "d"], "--query"),
+        (["rerank", "--query", "q", "--document", "a\udcffb"], "--document 'a\\udcffb'"),
+        (["rerank", "--query", "q", "--document", "d", "--instruction", "a\udcffb"], "--instruction"),
+        (["encode", "--input", "README.md", "--output", "o.npy", "--instruction", "a\udcffb"], "--instruction"),
+    ],
+)
+def test_a_text_flag_of_bytes_that_are_not_utf8_is_named_at_its_place(tiny, no_loading, argv, named):
+    """As `search --query` does (test_search_cli.py): the flag, and the place in what was typed, before the model
+    loads (it was "text 0 ... at character 92", counted in the prompt the text was formatted into)."""
+    assert error_of([*argv, "--model", str(tiny[0])]) == (
+        f"qwen3-embed: error: {named} is not valid Unicode: it holds the lone surrogate U+DCFF at character 1 (bytes "
+        "that are not UTF-8?)"
+    )
+
+
+@pytest.mark.parametrize("value, kind", [("null", "null"), ("1.5", "the number 1.5"), ("true", "true")])
+def test_an_id_of_the_wrong_type_is_named_in_the_files_words(tiny, no_loading, tmp_path, value, kind):
+    """It was Python's type name: '"id" is NoneType', 'is float', 'is bool'."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(f'{{"text": "a", "id": {value}}}\n')
+    said = f'in.jsonl:1: "id" is {kind}; an id is a string or an integer; '
+    given = ["--model", str(tiny[0]), "--input", str(source), "--id-field", "id"]
+    assert said in error_of(["encode", *given, "--output", str(tmp_path / "o.npy")])
+    assert said in error_of(["rerank", *given, "--query", "q"])
 
 
 def test_help_shows_defaults_and_version(capsys):

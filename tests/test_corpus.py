@@ -118,7 +118,7 @@ def test_a_folder_of_mixed_files_and_a_glob(tiny, embedder, tmp_path, expected):
     [
         (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"corpus.jsonl:2: not valid UTF-8 \(byte 0xe9"),
         (b'{"text": "ok"}\n{"text": "\\ud800 alone"}\n', r'corpus.jsonl:2: "text" holds a lone surrogate'),
-        (b'{"text": "ok"}\n{"text": 7}\n', r'corpus.jsonl:2: "text" is int, not a string'),
+        (b'{"text": "ok"}\n{"text": 7}\n', r'corpus.jsonl:2: "text" is the number 7, not a string'),
         (b'{"text": "ok"}\n{broken\n', r"corpus.jsonl:2: not valid JSON"),
         (b'{"text": "ok"}\n{"txt": "x"}\n', r'corpus.jsonl:2: no "text" field \(its fields: txt\)'),
         (

@@ -105,12 +105,16 @@ def test_zstd_without_its_extra_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_ids_are_checked(tmp_path):
+    """A value of the wrong type is named in JSON's words (it was Python's: NoneType, float, bool, list)."""
     path = tmp_path / "in.jsonl"
-    path.write_text('{"text": "a", "id": [1]}\n{"text": "b", "id": "k"}\n')
+    ids = ["null", "1.5", "true", "[1]", '{"a": 1}']
+    path.write_text("".join(f'{{"text": "a", "id": {i}}}\n' for i in ids) + '{"text": "b", "id": "k"}\n')
     file = resolve_inputs(path).files[0]
-    bad, good = read_records(file, id_field="id", positions=True)
-    assert str(bad) == 'in.jsonl:1: "id" is list; an id is a string or an integer'
-    assert good == Record("k", "b", "in.jsonl:2")
+    *bad, good = read_records(file, id_field="id", positions=True)
+    kinds = ["null", "the number 1.5", "true", "a list", "an object"]
+    assert [str(b) for b in bad] == [f'in.jsonl:{i}: "id" is {kind}; an id is a string or an integer'
+                                     for i, kind in enumerate(kinds, start=1)]  # fmt: skip
+    assert good == Record("k", "b", "in.jsonl:6")
 
 
 def encode_cli(*args: str) -> subprocess.CompletedProcess:

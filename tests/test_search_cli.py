@@ -94,7 +94,7 @@ def test_bad_search_options_are_named_before_any_model_loads(corpus, tiny, build
         ([*index, "--top-k", "0"], "--top-k=0 is outside 1..30, the 30 vectors of the index"),
         ([*index, "--top-k", "31"], "--top-k=31 is outside 1..30"),
         ([*index, "--reranker", "R"], "a reranker reads the documents' texts, and .* keeps none: encode the corpus "
-         "again with --store-text"),
+         "again with `qwen3-embed encode --store-text`, or search it without --reranker$"),  # (was: pass texts=)
         (["search", "--index", str(corpus / "int8"), "--query", "q", "--reranker", "R", "--top-k", "5",
           "--candidates", "4"], "--candidates=4 must be at least 5"),
         (["search", "--index", str(corpus / "int8"), "--query", "q", "--precision", "float16"],

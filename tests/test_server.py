@@ -292,6 +292,61 @@ def test_errors_name_what_the_client_sent_in_the_servers_words(client):
         assert response.status_code in (400, 422) and message.startswith(f"{name} is not valid Unicode"), message
 
 
+@pytest.mark.parametrize(
+    "path, body, message",
+    [
+        ("/embed", {"inputs": [{"text": "a"}]}, "inputs must be a string or a list of strings; inputs[0] is an object"),
+        ("/embed", {"inputs": [[1, 2]]}, "inputs must be a string or a list of strings; inputs[0] is a list"),
+        ("/embed", {"inputs": None}, "inputs must be a string or a list of strings, not null"),
+        ("/embed", {"inputs": "a", "dimensions": "8"}, 'dimensions must be an integer, not "8"'),
+        ("/embed", {"inputs": "a", "truncation_direction": "up"},
+         'truncation_direction must be "Right", "Left", "right" or "left", not "up"'),
+        ("/embed", {"inputs": "a", "options": {"use_cache": "yes"}},
+         'options.use_cache must be true or false, not "yes"'),
+        ("/embed", {"inputs": 5, "normalize": "yes", "truncate": 1, "dimensions": 1.5},
+         'inputs must be a string or a list of strings, not 5; normalize must be true or false, not "yes"; truncate '
+         "must be true or false, not 1 (and 1 more)"),
+        ("/rerank", {"texts": ["a"]}, "query is missing"),
+        ("/rerank", {"query": "q", "texts": ["a", 5]}, "texts[1] must be a string, not 5"),
+        ("/similarity", {"inputs": {"source_sentence": "a", "sentences": [1]}},
+         "inputs.sentences[0] must be a string, not 1"),
+        ("/v1/embeddings", {"input": [{"text": "a"}]}, "input must be a string, a list of strings, a list of token ids "
+         "or a list of lists of token ids; input[0] is an object"),
+        ("/v1/embeddings", {"input": "a", "late_chunking": True}, "late_chunking must be false, not true"),
+        ("/v1/rerank", {"query": "q", "documents": ["d"], "rank_fields": ["text"]},
+         "rank_fields is not supported by this server; leave it out"),
+        ("/v2/rerank", {"query": "q", "documents": [5]},
+         'documents[0] must be a string or an object {"text": ...}, not 5'),
+        ("/v2/rerank", {"query": "q", "documents": [{}]}, "documents[0].text is missing"),
+        ("/v2/rerank", {"query": "q", "documents": ["d"], "top_n": 0}, "top_n must be greater than or equal to 1"),
+        ("/decode", {"ids": "x"}, 'ids must be a list of token ids or a list of lists of token ids, not "x"'),
+    ],
+)  # fmt: skip
+def test_a_body_of_the_wrong_types_is_refused_in_the_requests_terms(client, path, body, message):
+    """What a field must be and what was sent, in JSON's words: pydantic's union choices (`inputs.list[str].0`) and
+    its phrasing ('Input should be None') were the message."""
+    response = client.post(path, json=body)
+    assert response.status_code == (422 if path in ("/embed", "/rerank", "/similarity", "/decode") else 400)
+    error = response.json()["error"]
+    assert (error if isinstance(error, str) else error["message"]) == message
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http(url):
+    """A request to switch to a WebSocket got uvicorn's bare 403 with an empty body, before the API key and the
+    routes were checked: it is the HTTP request it also is, answered by its route in the route's error shape."""
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    with httpx.Client(base_url=url, headers=upgrade) as client:
+        refused = client.get("/embed")
+        assert refused.status_code == 405 and refused.json() == {
+            "error": "GET is not allowed on /embed; use POST", "error_type": "Validation"}  # fmt: skip
+        refused = client.get("/v1/embeddings")
+        assert refused.status_code == 405 and refused.json()["error"]["type"] == "invalid_request_error"
+        assert client.get("/nope").json()["error"] == "no route /nope; /docs lists them"
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.post("/embed", json={"inputs": "a"}).status_code == 200
+
+
 def test_an_unknown_field_named_with_a_lone_surrogate_is_refused_not_a_500(client):
     """The error quoting the field's name writes the surrogate as its escape (UTF-8 cannot hold it)."""
     json_type = {"content-type": "application/json"}

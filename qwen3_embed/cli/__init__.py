@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterable
 
 from .. import __version__
+from ..checks import UsageError
 from . import encode, rerank, search, serve, similarity, train, verify
 from .common import HelpFormatter
 
@@ -63,7 +64,10 @@ def in_flags(message: str, options: Iterable[str]) -> str:
 
 
 def describe(error: Exception) -> str:
-    """The message of an error the user can act on; the type too, and where to look, for anything unexpected."""
+    """The message of an error the user can act on (a UsageError's for the command line); the type too, and where to
+    look, for anything unexpected."""
+    if isinstance(error, UsageError):
+        return error.command_line
     if isinstance(error, (OSError, ValueError, TypeError, ImportError, FloatingPointError)):
         return str(error)
     return f"{type(error).__name__}: {error} (this looks like a bug: rerun with --debug and report the traceback)"

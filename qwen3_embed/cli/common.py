@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 
 from .. import checkpoint
-from ..checks import resolve_device
+from ..checks import check_str, resolve_device
 from ..corpus import Options
+from ..corpus.inputs import INPUT_FORMATS
 
 EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
@@ -64,6 +65,24 @@ def add_fields(parser: argparse.ArgumentParser, id_help: str) -> None:
     """--text-field and --id-field, for JSON lines and Parquet inputs; what an id is differs by command."""
     parser.add_argument("--text-field", help="field of the text in JSON lines or Parquet (default: text)")
     parser.add_argument("--id-field", help=id_help)
+
+
+def add_format(parser: argparse.ArgumentParser) -> None:
+    """--format, for the commands that read --input."""
+    help = "the input's format (default: detected per file, by its suffix or its content)"
+    parser.add_argument("--format", choices=INPUT_FORMATS, help=help)
+
+
+def check_text_flags(args: argparse.Namespace, *names: str) -> None:
+    """The text options `names` hold valid Unicode: a value that does not (bytes that are not UTF-8, which Python
+    reads as lone surrogates) is named by its flag, with the place in what was typed; a repeated one with its value."""
+    for name in names:
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if isinstance(value, list):  # a flag given repeatedly
+            for text in value:
+                check_str(f"{flag} {text!r}", text)
+        elif value is not None:
+            check_str(flag, value)
 
 
 def loading(args: argparse.Namespace) -> dict:

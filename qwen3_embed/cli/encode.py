@@ -13,10 +13,19 @@ import numpy as np
 
 from .. import corpus
 from ..corpus import torchrun
-from ..corpus.inputs import INPUT_FORMATS
 from ..corpus.local import report
 from ..store.shards import VECTOR_DTYPES, VECTOR_FORMATS
-from .common import DEVICE, DIM, EMBEDDING_MODEL, TOKENS, add_command, add_fields, add_model
+from .common import (
+    DEVICE,
+    DIM,
+    EMBEDDING_MODEL,
+    TOKENS,
+    add_command,
+    add_fields,
+    add_format,
+    add_model,
+    check_text_flags,
+)
 
 FILE_SUFFIXES = tuple(f".{format}" for format in VECTOR_FORMATS)  # --output FILE.npy, FILE.safetensors: one file
 # The flags of a folder of shards (ShardOptions' own fields, and the Ray engine's), refused with a one-file output.
@@ -39,8 +48,7 @@ def add_parser(commands) -> None:
         help="a file, a folder (every file under it), a glob pattern, or - for standard input; text lines, JSON lines "
         "or Parquet, text and JSON lines optionally .gz or .zst",
     )
-    formats = "the input's format (default: detected per file, by its suffix or its content)"
-    p.add_argument("--format", choices=INPUT_FORMATS, help=formats)
+    add_format(p)
     p.add_argument(
         "--output",
         required=True,
@@ -107,6 +115,7 @@ def add_folder_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    check_text_flags(args, "instruction")
     args.output = output_path(args.output)
     options = dict(
         text_field=args.text_field,

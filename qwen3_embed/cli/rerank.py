@@ -17,7 +17,9 @@ from .common import (
     TOKENS,
     add_command,
     add_fields,
+    add_format,
     add_model,
+    check_text_flags,
     checked_options,
     loading,
     token_options,
@@ -30,6 +32,7 @@ def add_parser(commands) -> None:
     p.add_argument("--query", required=True, help="the query to rank the documents for")
     p.add_argument("--document", action="append", help="a document (repeat for several)")
     p.add_argument("--input", type=Path, help="documents from a file: text lines, JSON lines or Parquet")
+    add_format(p)
     add_fields(p, "field of each document's id, printed with it (default: its position)")
     p.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="the task")
     p.add_argument("--top-k", type=int, help="print only the best k")
@@ -45,8 +48,11 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("no documents: give them with --document TEXT (repeat it) or --input FILE")
     if args.document and args.input is not None:
         raise ValueError("give the documents with --document or with --input FILE, not both")
-    if args.input is None and (args.text_field or args.id_field):
-        raise ValueError("--text-field and --id-field read fields of an --input file; --document takes plain text")
+    if args.input is None and (args.text_field or args.id_field or args.format):
+        raise ValueError(
+            "--format, --text-field and --id-field say how to read an --input file; --document takes plain text"
+        )
+    check_text_flags(args, "query", "document", "instruction")
     if args.top_k is not None:
         check_int("--top-k", args.top_k, 1)
     options = checked_options(args)
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
         ids, documents = list(range(len(args.document))), args.document
     else:
         try:
-            ids, documents = corpus.read_documents(args.input, args.text_field, args.id_field)
+            ids, documents = corpus.read_documents(args.input, args.text_field, args.id_field, args.format)
         except BadRecord as e:
             raise BadRecord(
                 f"{e}; fix or remove that record of --input {args.input} (rerank reads every record; --text-field "

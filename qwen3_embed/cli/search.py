@@ -8,10 +8,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..checks import check_int, check_str
+from ..checks import check_int
 from ..search import Index, Retriever
 from ..store.quantize import PRECISIONS
-from .common import DEVICE, add_command, add_model, loading
+from .common import DEVICE, add_command, add_model, check_text_flags, loading
 
 
 def add_parser(commands) -> None:
@@ -42,10 +42,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    for query in args.query:
-        check_str(f"--query {query!r}", query)
-    if args.instruction is not None:
-        check_str("--instruction", args.instruction)
+    check_text_flags(args, "query", "instruction")
     index = Index.open(args.index, precision=args.precision, verify=not args.no_verify, device=args.device)
     top_k, _ = index.check_search(args.top_k, args.rescore_multiplier)  # as the search checks them, before any model
     if args.reranker is not None:

@@ -14,6 +14,7 @@ from .common import (
     TOKENS,
     add_command,
     add_model,
+    check_text_flags,
     checked_options,
     loading,
     token_options,
@@ -38,6 +39,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    check_text_flags(args, "query", "document", "instruction")
     queries = args.query or CARD_QUERIES
     documents = args.document or CARD_DOCUMENTS
     options = checked_options(args)

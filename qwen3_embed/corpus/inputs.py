@@ -528,12 +528,12 @@ def _record(
 
 def _fields(where: str, value, text_field: str, id_field: str | None, default_id) -> Record | BadRecord:
     if not isinstance(value, dict):
-        return BadRecord(f'{where}: expected an object with a "{text_field}" field, found {type(value).__name__}')
+        return BadRecord(f'{where}: expected an object with a "{text_field}" field, found {kind_of(value)}')
     if text_field not in value:
         return BadRecord(f'{where}: no "{text_field}" field (its fields: {", ".join(map(str, value)) or "none"})')
     text = value[text_field]
     if not isinstance(text, str):
-        return BadRecord(f'{where}: "{text_field}" is {type(text).__name__}, not a string')
+        return BadRecord(f'{where}: "{text_field}" is {kind_of(text)}, not a string')
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -544,8 +544,18 @@ def _fields(where: str, value, text_field: str, id_field: str | None, default_id
         return BadRecord(f'{where}: no "{id_field}" field')
     record_id = value[id_field]
     if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
-        return BadRecord(f'{where}: "{id_field}" is {type(record_id).__name__}; an id is a string or an integer')
+        return BadRecord(f'{where}: "{id_field}" is {kind_of(record_id)}; an id is a string or an integer')
     return Record(record_id, text, where)
+
+
+def kind_of(value: object) -> str:
+    """What a JSON (or Parquet) value is, in the file's words: null, true, the number 1.5, a list, an object."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    kinds = {str: "a string", list: "a list", dict: "an object", bytes: "binary data"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _read_parquet(
@@ -600,11 +610,11 @@ def bad_record_error(record: BadRecord) -> BadRecord:
 
 
 def read_documents(
-    path: str | os.PathLike, text_field: str | None = None, id_field: str | None = None
+    path: str | os.PathLike, text_field: str | None = None, id_field: str | None = None, input_format: str | None = None
 ) -> tuple[list, list[str]]:
     """(ids, texts) of the records of a file, folder or glob (text lines, JSON lines or Parquet, detected as for
-    `encode`); a bad record is a BadRecord naming its file and line."""
-    source = resolve_inputs(path)
+    `encode`, or `input_format`); a bad record is a BadRecord naming its file and line."""
+    source = resolve_inputs(path, input_format)
     check_fields(source, text_field, id_field, skip_bad=True)  # a bad first record is found below
     ids, texts = [], []
     for file in source.files:

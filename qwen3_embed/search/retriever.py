@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from .. import checkpoint
-from ..checks import check_int, check_str
+from ..checks import UsageError, check_int, check_str
 from ..embedder import Embedder
 from ..reranker import Reranker
 from ..store.fingerprint import model_fingerprint
@@ -170,7 +170,9 @@ def check_width(index: Index, model: str, hidden_size: int) -> None:
 def check_texts(index: Index, texts: Mapping | Sequence | None) -> None:
     """A reranker reads the documents' texts: given, or kept by the index."""
     if texts is None and index.texts is None:
-        raise ValueError(
-            f"a reranker reads the documents' texts, and {index.name} keeps none: encode the corpus again with "
-            "--store-text, or pass texts= (a mapping from id to text)"
+        keeps_none = f"a reranker reads the documents' texts, and {index.name} keeps none"
+        raise UsageError(
+            f"{keeps_none}: encode the corpus again with --store-text, or pass texts= (a mapping from id to text)",
+            f"{keeps_none}: encode the corpus again with `qwen3-embed encode --store-text`, or search it without "
+            "--reranker",
         )

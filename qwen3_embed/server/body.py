@@ -12,9 +12,10 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+import types
 import typing
 from collections.abc import Callable
-from typing import Annotated, ClassVar, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -69,7 +70,16 @@ class BodyRoute(APIRoute):
         return handler
 
 
-def parse(model: type[B] | Callable[[dict], type[B]], raw: bytes, limits: Limits, max_input_length: int) -> B:
+async def body_of(request: Request) -> bytes | bytearray:
+    """The request's body: the one buffer the Guard read it into, not a copy (as Starlette's `request.body()` makes,
+    joining its chunks)."""
+    chunks = [chunk async for chunk in request.stream() if chunk]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse(
+    model: type[B] | Callable[[dict], type[B]], raw: bytes | bytearray, limits: Limits, max_input_length: int
+) -> B:
     """The body `raw` as `model` (or as the model that `model(data)` picks for its JSON object): JSON, then its
     fields' names, then its inputs' count and lengths (`check_inputs`), then each field's type and value; the first
     failure is refused (ApiError)."""
@@ -83,24 +93,33 @@ def parse(model: type[B] | Callable[[dict], type[B]], raw: bytes, limits: Limits
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise malformed(e) from None
+        raise malformed(e, model, data) from None
 
 
-def load_json(raw: bytes) -> object:
-    """The JSON value of a body, or the 4xx that says why it is not one."""
-    if not raw.strip():
+def load_json(raw: bytes | bytearray) -> object:
+    """The JSON value of a body, or the 4xx that says why it is not one. The 4xx is raised outside the handler of
+    the parser's error: as its context, that error would keep the parser's text of the body (its `doc`) and frames
+    alive until the answer is sent."""
+    if not raw or raw.isspace():  # (strip would copy a bytearray)
         raise ApiError(422, "the body is empty; send a JSON object")
     try:
         return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ApiError(422, f"the body is not valid JSON: {e}") from None
-    except UnicodeDecodeError as e:
-        raise ApiError(400, f"the body is not valid UTF-8 (byte {e.start}); send UTF-8 JSON") from None
-    except RecursionError:
-        raise ApiError(400, "the body nests arrays or objects too deeply for the JSON parser") from None
-    except ValueError:  # what is left: an integer too long for Python to convert
-        raise ApiError(400, f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits; no "
-                       "field takes one that large") from None  # fmt: skip
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        refusal = not_json(e)
+    raise refusal
+
+
+def not_json(error: ValueError | RecursionError) -> ApiError:
+    """The 4xx for what json.loads raised."""
+    if isinstance(error, json.JSONDecodeError):
+        return ApiError(422, f"the body is not valid JSON: {error}")
+    if isinstance(error, UnicodeDecodeError):
+        return ApiError(400, f"the body is not valid UTF-8 (byte {error.start}); send UTF-8 JSON")
+    if isinstance(error, RecursionError):
+        return ApiError(400, "the body nests arrays or objects too deeply for the JSON parser")
+    # what is left: an integer too long for Python to convert
+    return ApiError(400, f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits; no field "
+                    "takes one that large")  # fmt: skip
 
 
 def check_fields(model: type[BaseModel], data: dict, within: str = "") -> None:
@@ -164,12 +183,114 @@ def check_inputs(model: type[Body], value: object, limits: Limits, max_input_len
     limits.check_request_tokens(tokens, model.token_limit)
 
 
-def malformed(e: ValidationError) -> ApiError:
-    """422 naming the first few fields that are not of the route's types."""
-    errors = e.errors(include_url=False, include_context=False, include_input=False)
-    said = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in errors[:FIRST_ERRORS])
+def malformed(e: ValidationError, model: type[BaseModel], data: dict) -> ApiError:
+    """422 naming the first few fields that are not of the route's types, in the request's terms: where (`texts[0]`),
+    what it must be (the field's type in JSON's words) and what was sent there. A field of several types is named
+    once, with what was sent at the deepest place any of its types reached (`inputs[0] is an object`)."""
+    said: dict[str, tuple[int, str]] = {}  # by field: how deep its error is, and its words
+    for error in e.errors(include_url=False, include_context=False):
+        field, annotation = field_at(model, error["loc"])
+        path, value = value_at(data, error["loc"])
+        depth, words = len(path) + (error["type"] == "missing"), misfit(field, annotation, path, value, error)
+        where = place(field)
+        if where not in said or depth > said[where][0]:
+            said[where] = depth, words
+    errors = [words for _, words in said.values()]
     more = f" (and {len(errors) - FIRST_ERRORS} more)" if len(errors) > FIRST_ERRORS else ""
-    return ApiError(422, f"malformed request: {said}{more}")
+    return ApiError(422, "; ".join(errors[:FIRST_ERRORS]) + more)
+
+
+def field_at(model: type[BaseModel], loc: tuple) -> tuple[list, object]:
+    """Where an error is, as far as the route's types tell it without choosing among several (a union): the path
+    (field names and list indexes), and the type there."""
+    annotation, path = model, []
+    for step in loc:
+        annotation = bare(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and step in annotation.model_fields:
+            annotation = annotation.model_fields[step].annotation
+        elif typing.get_origin(annotation) is list and isinstance(step, int):
+            annotation = typing.get_args(annotation)[0]
+        else:
+            break
+        path.append(step)
+    return path, annotation
+
+
+def value_at(data: object, loc: tuple) -> tuple[list, object]:
+    """The deepest place of pydantic's location `loc` that the body holds (its union choices name no field, and a
+    missing field is not there), and the value there."""
+    path, value = [], data
+    for step in loc:
+        if isinstance(value, dict) and step in value or isinstance(value, list) and isinstance(step, int):
+            path.append(step)
+            value = value[step]
+    return path, value
+
+
+def misfit(field: list, annotation: object, path: list, value: object, error: dict) -> str:
+    """What is wrong with `field`, in the request's terms."""
+    where, deepest = place(field), place(path)
+    if bare(annotation) is type(None):
+        return f"{where} is not supported by this server; leave it out"
+    if error["type"] == "missing":
+        return f"{place([*path, error['loc'][-1]])} is missing"
+    if not (error["type"].endswith("_type") or error["type"] in ("literal_error", "union_tag_invalid")):
+        return f"{deepest} must be {error['msg'].removeprefix('Input should be ')}"  # a value out of range
+    must = f"{where} must be {described(annotation)}"
+    return f"{must}, not {sent(value)}" if deepest == where else f"{must}; {deepest} is {sent(value)}"
+
+
+def place(path: list) -> str:
+    """A path as the request writes it: inputs.sentences[0]."""
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+
+
+def bare(annotation: object) -> object:
+    """A type without its Annotated metadata, and X for an optional X (X | None)."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kept = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bare(kept[0]) if len(kept) == 1 else annotation
+    return annotation
+
+
+def described(annotation: object, many: bool = False) -> str:
+    """What a value of this type is, in JSON's words: "a string", "a list of strings" (`many`: "strings")."""
+    if annotation == Ids:
+        return "lists of token ids" if many else "a list of token ids"
+    annotation = bare(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return either([described(a, many) for a in args if a is not type(None)])
+    if origin is list:
+        return f"{'lists' if many else 'a list'} of {described(args[0], many=True)}"
+    if origin is Literal:
+        return either([json.dumps(a) for a in args])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        fields = ", ".join(f'"{name}": ...' for name in annotation.model_fields)
+        return f"{'objects' if many else 'an object'} {{{fields}}}"
+    one, several = JSON_TYPES.get(annotation, (getattr(annotation, "__name__", str(annotation)),) * 2)
+    return several if many else one
+
+
+JSON_TYPES = {str: ("a string", "strings"), int: ("an integer", "integers"), bool: ("true or false", "booleans"),
+              float: ("a number", "numbers")}  # fmt: skip
+
+
+def either(choices: list[str]) -> str:
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+def sent(value: object) -> str:
+    """What was sent, briefly: a short string, a number, true, false or null as written, else its kind."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str) and len(value) > NAME_CHARS:
+        return f"a string of {len(value)} characters"
+    return cut(json.dumps(value))
 
 
 def cut(text: str, chars: int = NAME_CHARS) -> str:

@@ -143,6 +143,11 @@ class Protocol(H11Protocol):
         from its head may still be sending a body, which is dropped)."""
         return self.cycle is None or self.cycle.response_complete
 
+    def _should_upgrade(self) -> bool:
+        """Never: the server takes no WebSocket (nor h2c), so a request asking to switch is answered as the plain HTTP
+        request it also is, by its route (an error in the route's shape), not with uvicorn's bare 403."""
+        return False
+
     def send_400_response(self, msg: str) -> None:
         """The 400 for a request h11 cannot parse, in TEI's error shape."""
         body = json.dumps({"error": "the request is not valid HTTP/1.1", "error_type": "Validation"}).encode()

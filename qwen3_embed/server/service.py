@@ -19,7 +19,7 @@ from ..checks import check_dim
 from ..embedder import Embedder
 from ..reranker import Reranker
 from ..tokenize import EOS, PROBE_CHARS, TextTooLong
-from .body import Body, parse
+from .body import Body, body_of, parse
 from .limits import ApiError, ClientGone, Limits, check_text
 from .metrics import Metrics
 from .token_ids import FOREIGN_SHARE, RoundTrip
@@ -131,7 +131,7 @@ class Service:
     async def parse(self, request: Request, model: type[B] | Callable[[dict], type[B]]) -> B:
         """The request's body as `model` (or the model it picks, see body.parse), parsed and checked within the
         limits: on the event loop when it is small, else in the parsing thread, dropped if the client leaves first."""
-        raw = await request.body()
+        raw = await body_of(request)
         work = lambda: parse(model, raw, self.limits, self.max_input_length)  # noqa: E731
         if len(raw) <= INLINE_BODY:
             return work()
