@@ -421,3 +421,15 @@ def test_a_prompt_that_leaves_a_text_little_room_is_warned_about_or_refused(tiny
     with pytest.raises(SystemExit, match=r"error: the prompt takes 69 tokens, leaving no room for a text within "
                        r"--max-length=70: use --max-length of at least 71$"):  # fmt: skip
         main([*argv, "--max-length", "70"])
+
+
+def test_encode_takes_ignore_kind(reranker_folder, tmp_path, capsys):
+    """encode offered --ignore-kind (and its kind error advised it) but never passed it on: a reranker checkpoint was
+    refused either way."""
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    for output in ("o.npy", "shards"):
+        args = ["encode", "--model", str(reranker_folder), "--input", str(tmp_path / "in.txt")]
+        with pytest.raises(SystemExit, match="looks like a Qwen3-Reranker checkpoint.* or pass --ignore-kind"):
+            main([*args, "--output", str(tmp_path / f"refused-{output}")])
+        main([*args, "--output", str(tmp_path / output), "--ignore-kind"])
+        assert "wrote 2 vectors" in capsys.readouterr().err

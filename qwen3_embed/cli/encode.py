@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> None:
         input_format=args.format,
         skip_bad=args.skip_bad,
         unique_ids=args.unique_ids,
+        check_kind=not args.ignore_kind,
         vector_dtype=args.vector_dtype,
         instruction=args.instruction,
         prompt_name=args.prompt_name,

@@ -83,7 +83,9 @@ def run_job(
 ) -> Summary | None:
     """encode_corpus once its Job is settled (and holds the output folder)."""
     if embedder is None:
-        embedder = Embedder.from_pretrained(job.checkpoint, device=device, dtype=dtype)
+        embedder = Embedder.from_pretrained(
+            job.checkpoint, device=device, dtype=dtype, check_kind=job.options.check_kind
+        )
     todo = sum(task.records for task in job.plan if task.index not in job.existing)
     desc = f"rank 0 of {group.world_size} (its share)" if group.world_size > 1 else None
     progress = Progress(-(-todo // group.world_size), enabled=show_progress and group.rank == 0 and todo > 0, desc=desc)
@@ -163,7 +165,7 @@ def encode_file(
     records, skipped = read_all(source, options.text_field, options.id_field, options.skip_bad, max_chars)
     check_unique(lambda: [[r.id for r in records]], options)
     if embedder is None:
-        embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype)
+        embedder = Embedder.from_pretrained(folder, device=device, dtype=dtype, check_kind=options.check_kind)
     prepared: Prepared = prepare(embedder, records, options, max_length)
     with Progress(len(prepared.tokens), enabled=show_progress) as progress:
         vectors = embed(embedder, prepared.tokens, dim, options, progress)

@@ -48,6 +48,7 @@ class Options:
     skip_bad: bool = False
     unique_ids: bool = False  # refuse ids that more than one record has (else a warning names them)
     calibration: np.ndarray | None = None  # vectors [n, dim] whose ranges int8 and uint8 quantize with
+    check_kind: bool = True  # False: load a checkpoint whose files say it is a reranker (not a setting)
 
     def __post_init__(self) -> None:
         if self.batch_tokens is not None:

@@ -79,7 +79,8 @@ class Embed:
         if device == "cpu":
             torch.set_num_threads(threads)
         self.job = job
-        self.embedder = Embedder.from_pretrained(job.checkpoint, device=device, dtype=dtype)
+        self.embedder = Embedder.from_pretrained(job.checkpoint, device=device, dtype=dtype,
+                                                 check_kind=job.options.check_kind)  # fmt: skip
 
     def __call__(self, row: dict) -> dict:
         task = self.job.plan[row["index"]]
