@@ -138,7 +138,8 @@ def test_cohere_sdk_embeds_queries_and_documents(url, embedder):
     assert documents.embeddings.binary == quantize(expected, "binary").tolist()
     with pytest.raises(cohere.core.ApiError) as refused:
         v2.embed(texts=["a"], model=EMBEDDER, input_type="clustering", embedding_types=["int8"])
-    assert refused.value.status_code == 400 and "'float', 'binary' or 'ubinary'" in refused.value.body["message"]
+    message = 'embedding_types[0] must be "float", "binary" or "ubinary", not "int8"'
+    assert refused.value.status_code == 400 and message in refused.value.body["message"]
 
 
 def test_cohere_v2_cuts_a_long_document_by_default(url, reranker):
