@@ -201,7 +201,8 @@ def test_the_progress_bar_shows_each_steps_own_loss(tmp_path, small):
     with pytest.MonkeyPatch.context() as patch:  # every frame drawn, into `screen`
         patch.setattr(trainer, "tqdm", functools.partial(trainer.tqdm, file=screen, mininterval=0, miniters=1))
         train(TrainOptions(model=str(small), data=write_jsonl(tmp_path / "train.jsonl", examples),
-                           output=str(tmp_path / "out"), lr=1e-3, batch_tokens=100, max_length=64))  # fmt: skip
+                           output=str(tmp_path / "out"), lr=1e-3, batch_tokens=100, max_length=64,
+                           instruction="q"))  # fmt: skip
     frames = [frame for frame in screen.getvalue().split("\r") if "step" in frame]
     steps = [frame for frame in frames if not frame.lstrip().startswith("0%")]
     assert len(steps) >= 3 and all("loss" in frame for frame in steps), frames
@@ -211,7 +212,8 @@ def test_batches_of_one_example_without_negatives_are_warned_about(tmp_path, sma
     examples, _ = retrieval_task(4, 3)
     with pytest.warns(UserWarning, match=r"3 of 3 batches hold one example and no negative.*--batch-tokens \(now 20\)"):
         data = write_jsonl(tmp_path / "train.jsonl", examples)
-        train(TrainOptions(model=str(small), data=data, output=str(tmp_path / "out"), batch_tokens=20, max_length=64))
+        train(TrainOptions(model=str(small), data=data, output=str(tmp_path / "out"), batch_tokens=20, max_length=64,
+                           instruction="q"))  # fmt: skip
 
 
 def test_the_saved_folder_loads_in_sentence_transformers_transformers_and_here(tmp_path, small):
