@@ -18,9 +18,9 @@ from . import ops
 EOS = "<|endoftext|>"  # Qwen3-Embedding pools the hidden state of this token, appended to every text
 # NFC composes at most this many characters into one: the longest canonical decomposition (U+1F82 is four).
 NFC_FOLD = 4
-# A text of more than PROBE_CHARS characters per token of room is tokenized a prefix at a time (see
-# Tokenizer.tokens_within); PROBE_SLACK tokens past the room keep the kept tokens clear of where a prefix ends.
-PROBE_CHARS, PROBE_SLACK = 8, 16
+# A text of more than PROBE_CHARS characters per token of room is read in pieces of that many (see
+# Tokenizer.tokens_within); PROBE_SLACK tokens past the room keep the kept tokens clear of where the prefix ends.
+PROBE_CHARS, PROBE_SLACK = 8, 64
 
 
 class TextTooLong(ValueError):
@@ -165,25 +165,30 @@ class Tokenizer:
         self, texts: Sequence[str], room: int, first: int = 0, left: bool = False
     ) -> tuple[list[list[int]], set[int]]:
         """The tokens of each text, and the indices of those known to pass `room` tokens from a prefix alone (a
-        suffix, with `left`: the part a cut keeps). A text of more than PROBE_CHARS x room characters is tokenized
-        a prefix at a time, from that many characters, doubling, until its tokens pass room + PROBE_SLACK; then only
-        that prefix's tokens are kept (enough to cut it to `room` or refuse it). Tokenizing holds a hundred or more
-        bytes a character, so this spends memory and time on what can be kept, whatever the text's length: a run of
-        digits or emoji is a token a character, and the character cap alone let a text of max_length x 512 of them
-        be tokenized whole."""
-        long = {i for i, text in enumerate(texts) if len(text) > PROBE_CHARS * room}
+        suffix, with `left`: the part a cut keeps). A text of more than PROBE_CHARS x room characters is read in
+        pieces of that many, each tokenized alone and counted, until the count passes room + PROBE_SLACK; then only
+        the prefix read so far is tokenized (enough to cut it to `room` or refuse it). Tokenizing holds a hundred or
+        more bytes a character and more a token, so a piece holds at most PROBE_CHARS x room tokens whatever the
+        text: a run of digits or emoji is a token a character, a run of spaces 128 characters a token (a prefix
+        doubled until its tokens passed the room let a dense rest follow spaces: 948,194 tokens for 2 MB)."""
+        size = PROBE_CHARS * room
+        long = {i for i, text in enumerate(texts) if len(text) > size}
         ids = self._tokens(["" if i in long else text for i, text in enumerate(texts)], first)
         probed = set()
         for i in long:
-            size = PROBE_CHARS * room
+            text = texts[i][::-1] if left else texts[i]  # a suffix is read from the end
+            read = counted = 0
             while True:
-                ids[i] = self._tokens([texts[i][-size:] if left else texts[i][:size]], first + i)[0]
-                if size >= len(texts[i]):
+                while read < len(text) and counted <= room + PROBE_SLACK:
+                    piece = text[read : read + size]
+                    counted += len(self._tokens([piece[::-1] if left else piece], first + i)[0])
+                    read += len(piece)
+                ids[i] = self._tokens([texts[i][len(text) - read :] if left else texts[i][:read]], first + i)[0]
+                if read == len(text) or len(ids[i]) > room:
                     break
-                if len(ids[i]) > room + PROBE_SLACK:
-                    probed.add(i)
-                    break
-                size *= 2
+                counted = len(ids[i])  # the pieces' ends split runs that the prefix joins: read on
+            if read < len(text):
+                probed.add(i)
         return ids, probed
 
     def ids(self, text: str) -> list[int]:

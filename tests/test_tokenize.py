@@ -79,37 +79,57 @@ def test_a_text_over_the_character_cap_is_cut_to_it_before_it_is_tokenized(folde
     text = "a b c d " * cap
     with pytest.warns(UserWarning, match=r"1 of 2 text\(s\) were longer than .* the longest had at least \d+\)"):
         ids = tok.encode([text, "short"], max_length=16)
-    assert seen == [0, 5, PROBE_CHARS * 15]  # and the first PROBE_CHARS x 15 characters of the capped text
+    *pieces, prefix = seen[2:]  # of the capped text: pieces of PROBE_CHARS characters a token of room, counted, then
+    assert seen[:2] == [0, 5] and set(pieces) == {PROBE_CHARS * 15} and prefix == sum(pieces)  # the prefix they make
     assert ids[0] == tok.ids(text)[:15] + [tok.eos_id]  # the tokens of the whole text
     with pytest.raises(TextTooLong, match=rf"1 text\(s\) are longer than max_length=16 tokens: they have more than "
                        rf"{cap} characters.*\(indices 1; the longest has {len(text)} characters\)"):  # fmt: skip
         tok.encode(["short", text], max_length=16, truncate=False)
 
 
-def test_a_long_text_is_tokenized_a_prefix_at_a_time_doubling(folders, monkeypatch):
+def test_a_long_text_is_read_in_pieces_as_far_as_it_can_fit(folders, monkeypatch):
     """Under the cap, a text of a token a character (digits, emoji) still cost its whole length to tokenize (a 50 MB
-    line: +1.5 GB). A long text is tokenized from PROBE_CHARS characters a token of room, doubling, until its tokens
-    pass the room by PROBE_SLACK: only that is tokenized, and its first tokens are those of the whole text."""
+    line: +1.5 GB). A long text is counted in pieces of PROBE_CHARS characters a token of room, until its tokens pass
+    the room by PROBE_SLACK; only the prefix read is tokenized, and its first tokens are the whole text's."""
     tok = Tokenizer(folders[0] / "tokenizer.json", vocab_size=300)
     tokens, seen = Tokenizer._tokens, []
     monkeypatch.setattr(Tokenizer, "_tokens", lambda self, texts, first=0: seen.append(list(map(len, texts))) or
                         tokens(self, texts, first))  # fmt: skip
-    monkeypatch.setattr(tokenize, "PROBE_CHARS", 1)  # so that a prefix of this text falls short and doubles
+    monkeypatch.setattr(tokenize, "PROBE_CHARS", 1)  # so that the first piece falls short and more are read
     text = "gravity pulls " * 1000
     with pytest.warns(UserWarning, match=r"the longest had at least \d+\)"):
         ids = tok.encode(["short", text], max_length=64)
-    probes = [sizes[0] for sizes in seen[1:]]
-    assert seen[0] == [5, 0] and len(probes) >= 2 and probes == [63 * 2**k for k in range(len(probes))]
-    assert len(tok.ids(text[: probes[-2]])) <= 63 + PROBE_SLACK < len(tok.ids(text[: probes[-1]]))
+    *pieces, prefix = [sizes[0] for sizes in seen[1:]]
+    assert seen[0] == [5, 0] and len(pieces) >= 2 and set(pieces) == {63} and prefix == sum(pieces)
+    counts = [len(tok.ids(text[a : a + 63])) for a in range(0, prefix, 63)]
+    assert sum(counts[:-1]) <= 63 + PROBE_SLACK < sum(counts)
     assert ids[1] == tok.ids(text)[:63] + [tok.eos_id]
     seen.clear()
     under_the_cap = text[: tok.max_chars(63)]
     with pytest.raises(TextTooLong, match=r"\(indices 0; the longest has at least \d+\)") as refused:
         tok.encode([under_the_cap], max_length=64, truncate=False)
-    assert refused.value.length.startswith("at least ") and max(map(max, seen)) == probes[-1]
+    assert refused.value.length.startswith("at least ") and max(map(max, seen)) == prefix
     seen.clear()
-    assert tok.encode([text[:200]], max_length=64, warn=False)[0] == tok.ids(text[:200])[:63] + [tok.eos_id]
-    assert [sizes[0] for sizes in seen[1:]] == [63, 126, 200]  # a text that ends before its tokens pass the room
+    assert tok.encode([text[:100]], max_length=64, warn=False)[0] == tok.ids(text[:100])[:63] + [tok.eos_id]
+    assert seen[-1] == [100]  # a text that ends before its pieces pass the room: tokenized whole
+
+
+@pytest.mark.skipif(not SHARED_TOKENIZER.exists(), reason=f"needs the real tokenizer ({SHARED_TOKENIZER})")
+def test_spaces_then_digits_cost_no_more_than_the_pieces_that_fit():
+    """Doubling a prefix until its tokens passed the room was beaten by a run of spaces (128 a token) and then
+    digits (one a token): the last prefix was the whole text, 948,194 tokens of a 2 MB /tokenize request."""
+    tok = Tokenizer(SHARED_TOKENIZER / "tokenizer.json", vocab_size=151669)
+    room, text = 63, " " * (128 * 200) + "a" + "7" * 100_000
+    counted = []
+    with pytest.MonkeyPatch.context() as patch:
+        tokens = Tokenizer._tokens
+        patch.setattr(Tokenizer, "_tokens", lambda self, texts, first=0: counted.append(
+            sum(map(len, out := tokens(self, texts, first)))) or out)  # fmt: skip
+        for left in (False, True):
+            ids, probed = tok.tokens_within([text[::-1] if left else text], room, left=left)  # spaces read first
+            assert probed == {0} and max(counted) <= PROBE_CHARS * room + room + PROBE_SLACK
+            assert left or ids[0][:room] == tok.ids(text)[:room]  # a cut end of a run of spaces moves its tokens
+            counted.clear()
 
 
 def test_token_outside_the_embedding_table(folders):
