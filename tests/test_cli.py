@@ -433,3 +433,13 @@ def test_encode_takes_ignore_kind(reranker_folder, tmp_path, capsys):
             main([*args, "--output", str(tmp_path / f"refused-{output}")])
         main([*args, "--output", str(tmp_path / output), "--ignore-kind"])
         assert "wrote 2 vectors" in capsys.readouterr().err
+
+
+def test_a_refused_one_file_output_makes_no_folder(tiny, tmp_path):
+    """encode --input gl --output gl/sub/v2.npy was refused (an output inside the input) but left gl/sub behind."""
+    (tmp_path / "gl").mkdir()
+    (tmp_path / "gl" / "a.txt").write_text("a\n")
+    with pytest.raises(SystemExit, match="inside the input folder"):
+        main(["encode", "--model", str(tiny[0]), "--input", str(tmp_path / "gl"), "--output",
+              str(tmp_path / "gl" / "sub" / "v2.npy")])  # fmt: skip
+    assert not (tmp_path / "gl" / "sub").exists()

@@ -266,6 +266,13 @@ def test_every_field_of_the_clients_request_schemas_is_accepted(client, path, bo
     assert response.status_code == 200, response.text
 
 
+def test_a_body_that_is_no_object_is_named_in_jsons_words(client):
+    for body, kind in [(b'"text"', "string"), (b"[1]", "array"), (b"3.5", "number"), (b"null", "null")]:
+        response = client.post("/embed", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == f"the body is a JSON {kind}; send an object of the route's fields"
+
+
 def test_an_unknown_field_is_refused_naming_the_closest_known_one(client):
     response = client.post("/v1/embeddings", json={"input": "a", "dimension": 2})
     assert response.status_code == 400

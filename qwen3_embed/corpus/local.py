@@ -152,11 +152,11 @@ def encode_file(
         raise ValueError(f"output {output} must end in .npy or .safetensors (or be a folder, for shards)")
     if output.is_dir():
         raise IsADirectoryError(f"output {output} is a folder; give a file name ending in .{fmt}, or drop the suffix")
-    make_writable_folder(output.parent, output)
     dtype = embedder.dtype if embedder else resolve_dtype(resolve_device(device), dtype)  # the device checked too
     source = inputs if not isinstance(inputs, (str, os.PathLike)) else resolve_inputs(inputs, options.input_format)
     ids_file = output.with_name(output.name.removesuffix(output.suffix) + ".ids.json")
     check_apart(source, output, (output, ids_file))
+    make_writable_folder(output.parent, output)  # once it is known to be no input's: a refused run makes nothing
     check_fields(source, options.text_field, options.id_field, options.skip_bad)
     folder = checkpoint.resolve(model)
     settled = embedder or tokenizer_only(folder)

@@ -85,7 +85,8 @@ def parse(
     failure is refused (ApiError)."""
     data = load_json(raw)
     if not isinstance(data, dict):
-        raise ApiError(422, f"the body is a JSON {type(data).__name__}; send an object of the route's fields")
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(data), "null")
+        raise ApiError(422, f"the body is a JSON {kind}; send an object of the route's fields")
     if not isinstance(model, type):
         model = model(data)
     check_fields(model, data)
