@@ -40,7 +40,7 @@ def measure() -> list[dict]:
 
 def row(figure: dict) -> str:
     precision = 0 if figure["unit"] == "bytes" else 2
-    measured, bound = f"{figure['measured']:,.{precision}f}", f"{figure['bound']:,}"
+    measured, bound = f"{figure['measured']:,.{precision}f}", f"{figure['bound']:,.4g}"
     return f"| {figure['what']} | {measured} {figure['unit']} | under {bound} {figure['unit']} |"
 
 
