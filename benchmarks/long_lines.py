@@ -4,7 +4,7 @@ A 2-layer random checkpoint of Qwen3's vocabulary (the real tokenizer, hidden si
 cap of 4.19M). Each run is `qwen3-embed encode` in a process of its own, started from a small launcher (a process's
 peak as its parent sees it starts at the peak of the process that started it), with and without `--no-truncate`:
 - text: one 50 MB line of words (cut to the cap, or refused), and one of "7 7 7 ..." (a token a character: under the
-  cap, it was tokenized whole, +1.5 GB, until long texts were tokenized a prefix at a time);
+  cap, it was tokenized whole until long texts were read in pieces as far as they can fit);
 - gzip: one 535 MB line of one letter in a 520 KB `.txt.gz` (the attacker's file: it once peaked at 2.16 GB);
 - JSON lines: one 60 MB record, too long for any record whose text fits (refused unread either way).
 

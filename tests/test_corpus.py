@@ -479,7 +479,8 @@ def test_a_manifest_cannot_name_a_file_outside_its_shard(tiny, embedder, corpus,
 def test_a_50_mb_line_costs_under_1_gb_and_is_cut_or_refused_by_file_and_line(build_checkpoint, tmp_path):
     """The encoder had no character cap and tokenized a text at the limit twice: one 20 MB line peaked at 4.8 GB. With
     the real vocabulary (its longest token has 128 characters, so max_length 8192 caps a text at 4.2M characters);
-    a line of words, and one of a token a character ("7 7 7 ...": under the cap, it was tokenized whole, +1.5 GB)."""
+    a line of words, and one of a token a character ("7 7 7 ...": under the cap, it was tokenized whole: an attacker
+    trial reported +1.5 GB)."""
     folder, _ = build_checkpoint("real-vocab", (151669, 32, 2, 4, 2, 8, 64), tokenizer=SHARED_TOKENIZER)
     rng = random.Random(0)
     words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(1, 10))) for _ in range(10_000)]

@@ -635,9 +635,9 @@ def test_work_for_clients_that_left_is_dropped_from_the_tokenizing_threads(embed
 
 def test_texts_of_a_token_a_character_are_tokenized_only_as_far_as_they_can_fit(embedder, record_property):
     """A text of a token a character ("7 7 7 ...") under the character cap, which allows a token its vocabulary's
-    longest (128 characters in Qwen's), was tokenized whole only to be refused or cut (with the real tokenizer, four
-    2 MB ones at once to /tokenize and /embed took the server from 0.68 to 2.8 GB). Now a prefix at a time
-    (Tokenizer.tokens_within): refused, or cut, having tokenized about what can fit."""
+    longest (128 characters in Qwen's), was tokenized whole only to be refused or cut (an attacker trial reported
+    four 2 MB ones at once to /tokenize and /embed taking the server from 0.68 to 2.8 GB with the real tokenizer).
+    Now read in pieces (Tokenizer.tokens_within): refused, or cut, having tokenized about what can fit."""
     text = "7 " * 200_000  # under both routes' caps with the tests' tokenizer
     bodies = [("/tokenize", {"inputs": text})] * 2 + [
         ("/embed", {"inputs": text}),

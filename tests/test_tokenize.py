@@ -89,8 +89,9 @@ def test_a_text_over_the_character_cap_is_cut_to_it_before_it_is_tokenized(folde
 
 def test_a_long_text_is_read_in_pieces_as_far_as_it_can_fit(folders, monkeypatch):
     """Under the cap, a text of a token a character (digits, emoji) still cost its whole length to tokenize (a 50 MB
-    line: +1.5 GB). A long text is counted in pieces of PROBE_CHARS characters a token of room, until its tokens pass
-    the room by PROBE_SLACK; only the prefix read is tokenized, and its first tokens are the whole text's."""
+    line: +1.5 GB, as an attacker trial reported). A long text is counted in pieces of PROBE_CHARS characters a token
+    of room, until its tokens pass the room by PROBE_SLACK; only the prefix read is tokenized, and its first tokens
+    are the whole text's."""
     tok = Tokenizer(folders[0] / "tokenizer.json", vocab_size=300)
     tokens, seen = Tokenizer._tokens, []
     monkeypatch.setattr(Tokenizer, "_tokens", lambda self, texts, first=0: seen.append(list(map(len, texts))) or
